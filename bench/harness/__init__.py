@@ -1,0 +1,1 @@
+"""The comparison harness behind scripts/bench: targets, scenarios, report."""

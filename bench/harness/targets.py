@@ -1,0 +1,214 @@
+"""Targets: the systems under comparison.
+
+A target is a `start(ctx) -> Running` function: it starts the processes the
+system needs (one broker today; Redis + three AstraMQ nodes + the proxy
+later), waits until they are ready, and returns the addresses publishers and
+subscribers should use and the PIDs whose CPU time and memory are the
+system's cost. `prepare(ctx)` installs or checks what it needs once per run.
+Register new targets in TARGETS; peers (compared against) have peer=True.
+
+Configurations are chosen to be comparable, not tuned: no persistence, no
+logging beyond warnings, 32 QoS 1/2 messages in flight per client where the
+broker lets us set it, and large per-client queues (MAX_QUEUED).
+"""
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import procs
+
+# Per-client queue bound (messages) for brokers that have one.
+MAX_QUEUED = 100_000
+# QoS 1/2 messages in flight per client.
+MAX_INFLIGHT = 32
+
+
+@dataclass
+class Context:
+    root: Path  # the workspace
+    target_dir: Path  # cargo's target directory
+    workdir: Path  # configs and logs of this run
+    install: bool = True  # install missing peers (apt-get, cargo install)
+    started: int = 0  # counter for unique log names
+
+    def log(self, name):
+        self.started += 1
+        return self.workdir / f"{self.started:02d}-{name}.log"
+
+
+@dataclass
+class Running:
+    pub_addrs: list
+    sub_addrs: list
+    pids: list
+    procs: list = field(default_factory=list)
+
+    def stop(self):
+        for proc in reversed(self.procs):
+            procs.stop(proc)
+
+
+@dataclass
+class Target:
+    key: str
+    name: str
+    prepare: Callable
+    start: Callable
+    peer: bool
+
+
+# --- AstraMQ -----------------------------------------------------------------
+
+LISTENING = "astramq-node listening on mqtt://"
+
+
+def astramq_binary(ctx):
+    return ctx.target_dir / "release" / "astramq-node"
+
+
+def prepare_astramq(ctx):
+    # Built by the entry point together with the bench (one cargo invocation).
+    if not astramq_binary(ctx).exists():
+        raise RuntimeError(f"{astramq_binary(ctx)} is missing (build failed?)")
+
+
+def start_astramq_node(ctx, extra_args=(), name="astramq"):
+    """One node on an ephemeral loopback port; returns (proc, 'host:port')."""
+    argv = [
+        str(astramq_binary(ctx)),
+        "--listen", "127.0.0.1:0",
+        "--sys-interval", "0",
+        "--max-inflight", str(MAX_INFLIGHT),
+        "--max-queued-messages", str(MAX_QUEUED),
+        *extra_args,
+    ]
+    env = dict(os.environ, RUST_LOG=os.environ.get("ASTRAMQ_BENCH_LOG", "warn"))
+    log = ctx.log(name)
+    proc = procs.spawn(argv, log, env=env, stdout=subprocess.PIPE)
+    try:
+        addr = procs.wait_for_line(proc, LISTENING, log)
+    except Exception:
+        procs.stop(proc)
+        raise
+    return proc, addr
+
+
+def start_astramq(ctx):
+    proc, addr = start_astramq_node(ctx)
+    return Running([addr], [addr], [proc.pid], [proc])
+
+
+# Later: def start_astramq_cluster3(ctx): start redis-server on a free port,
+# three nodes with --redis, the proxy in front; return pub_addrs=[node 1],
+# sub_addrs=[node 2] for the cross-node path (or both = [proxy]), pids = all
+# of them, and register it below.
+
+
+# --- Mosquitto ---------------------------------------------------------------
+
+def mosquitto_binary():
+    return shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+
+
+def prepare_mosquitto(ctx):
+    if mosquitto_binary():
+        return
+    if not ctx.install:
+        raise RuntimeError("mosquitto is not installed (run without --no-install)")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    print("installing mosquitto (apt-get)...", flush=True)
+    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env, timeout=600)
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "mosquitto"], check=True, env=env, timeout=600)
+    if not mosquitto_binary():
+        raise RuntimeError("mosquitto still missing after apt-get install")
+
+
+def start_mosquitto(ctx):
+    port = procs.free_port()
+    conf = ctx.workdir / f"mosquitto-{port}.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "persistence false\n"
+        f"max_queued_messages {MAX_QUEUED}\n"
+        f"max_inflight_messages {MAX_INFLIGHT}\n"
+        "max_connections -1\n"
+        "set_tcp_nodelay true\n"
+        "log_dest none\n"
+    )
+    conf.chmod(0o644)  # mosquitto drops to its own user when started as root
+    proc = procs.spawn([mosquitto_binary(), "-c", str(conf)], ctx.log("mosquitto"))
+    try:
+        procs.wait_for_port(proc, port)
+    except Exception:
+        procs.stop(proc)
+        raise
+    addr = f"127.0.0.1:{port}"
+    return Running([addr], [addr], [proc.pid], [proc])
+
+
+# --- rumqttd -----------------------------------------------------------------
+
+def rumqttd_binary():
+    cargo_bin = Path.home() / ".cargo" / "bin" / "rumqttd"
+    return str(cargo_bin) if cargo_bin.exists() else shutil.which("rumqttd")
+
+
+def prepare_rumqttd(ctx):
+    if rumqttd_binary():
+        return
+    if not ctx.install:
+        raise RuntimeError("rumqttd is not installed (run without --no-install)")
+    # Without --locked: its lock file does not build on current compilers.
+    print("installing rumqttd (cargo install, takes minutes)...", flush=True)
+    subprocess.run(["cargo", "install", "rumqttd"], check=True, timeout=1800)
+
+
+def start_rumqttd(ctx):
+    port = procs.free_port()
+    conf = ctx.workdir / f"rumqttd-{port}.toml"
+    # Only a v4 listener on loopback: the stock config also opens v5,
+    # websocket, console and prometheus ports on 0.0.0.0.
+    # rumqttd's outgoing in-flight window is fixed at 100 (router/iobufs.rs);
+    # max_inflight_count is its per-connection incoming batch size.
+    conf.write_text(
+        "id = 0\n\n"
+        "[router]\n"
+        "id = 0\n"
+        "max_connections = 20010\n"
+        "max_outgoing_packet_count = 200\n"
+        "max_segment_size = 104857600\n"
+        "max_segment_count = 10\n\n"
+        "[v4.1]\n"
+        'name = "v4-1"\n'
+        f'listen = "127.0.0.1:{port}"\n'
+        "next_connection_delay_ms = 0\n"
+        "[v4.1.connections]\n"
+        "connection_timeout_ms = 60000\n"
+        "max_payload_size = 1048576\n"
+        "max_inflight_count = 100\n"
+        "dynamic_filters = true\n"
+    )
+    proc = procs.spawn([rumqttd_binary(), "-q", "-c", str(conf)], ctx.log("rumqttd"))
+    try:
+        procs.wait_for_port(proc, port)
+    except Exception:
+        procs.stop(proc)
+        raise
+    addr = f"127.0.0.1:{port}"
+    return Running([addr], [addr], [proc.pid], [proc])
+
+
+TARGETS = {
+    t.key: t
+    for t in [
+        Target("astramq", "AstraMQ", prepare_astramq, start_astramq, peer=False),
+        Target("mosquitto", "Mosquitto", prepare_mosquitto, start_mosquitto, peer=True),
+        Target("rumqttd", "rumqttd", prepare_rumqttd, start_rumqttd, peer=True),
+    ]
+}

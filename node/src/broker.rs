@@ -1,0 +1,262 @@
+//! The state one node shares between its sessions, and the publish path.
+//!
+//! `Broker::publish` is where a message fans out: match the topic in the
+//! subscription tree, post a delivery into the mailbox of every matching
+//! connected session, hand the deliveries for offline persistent sessions
+//! to the store in one batch, and, in a cluster, forward the message once
+//! to each other node that subscribes to it.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use crate::cluster::Cluster;
+use crate::config::Limits;
+use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::router::SubscriptionTree;
+use crate::session::mailbox::Refused;
+use crate::session::registry::Registry;
+use crate::stats::Stats;
+use crate::store::{QueueOutcome, Store};
+
+/// A publish that could not be made durable; a QoS 1/2 publisher must not
+/// be acknowledged.
+#[derive(Debug, thiserror::Error)]
+#[error("message not stored: {0}")]
+pub struct PublishError(&'static str);
+
+/// Everything sessions on this node share.
+pub struct Broker {
+    /// This node's id, for logs and assigned client ids.
+    pub node_id: Arc<str>,
+    /// Bounds applied to every connection.
+    pub limits: Limits,
+    /// Connected sessions by client id.
+    pub registry: Registry,
+    /// Subscriptions of this node's sessions (online and offline).
+    router: RwLock<SubscriptionTree>,
+    /// Filters of persistent sessions this node owns while their clients
+    /// are away, so they can be removed if another node claims the session.
+    offline_sessions: Mutex<HashMap<ClientId, Vec<String>>>,
+    /// Sessions, retained messages and offline queues.
+    pub store: Arc<dyn Store>,
+    /// The cluster this node belongs to, if any.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Counters for `$SYS` and metrics.
+    pub stats: Stats,
+    /// When the node started, for `$SYS/broker/uptime`.
+    pub started: Instant,
+    /// Source of unique connection ids and assigned client ids.
+    next_id: AtomicU64,
+}
+
+impl Broker {
+    /// A broker with no sessions yet.
+    pub fn new(
+        node_id: &str,
+        limits: Limits,
+        store: Arc<dyn Store>,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Broker {
+        Broker {
+            node_id: node_id.into(),
+            limits,
+            registry: Registry::default(),
+            router: RwLock::new(SubscriptionTree::default()),
+            offline_sessions: Mutex::new(HashMap::new()),
+            store,
+            cluster,
+            stats: Stats::default(),
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A number never handed out before by this node.
+    pub fn unique_id(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn router(&self) -> RwLockReadGuard<'_, SubscriptionTree> {
+        self.router.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn router_mut(&self) -> RwLockWriteGuard<'_, SubscriptionTree> {
+        self.router.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn offline_sessions(&self) -> MutexGuard<'_, HashMap<ClientId, Vec<String>>> {
+        self.offline_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds or replaces a subscription; a filter new to this node is
+    /// announced to the cluster before this returns.
+    pub async fn subscribe(&self, client_id: &ClientId, filter: &str, qos: Qos) {
+        let outcome = self.router_mut().subscribe(filter, client_id, qos);
+        if let (true, Some(cluster)) = (outcome.new_filter, &self.cluster) {
+            cluster.route_changed(filter, true).await;
+        }
+    }
+
+    /// Removes subscriptions of `client_id`; filters no longer subscribed
+    /// on this node are withdrawn from the cluster.
+    pub async fn unsubscribe<'a>(
+        &self,
+        client_id: &ClientId,
+        filters: impl IntoIterator<Item = &'a str>,
+    ) {
+        let gone: Vec<&str> = {
+            let mut router = self.router_mut();
+            filters
+                .into_iter()
+                .filter(|f| router.unsubscribe(f, client_id).filter_gone)
+                .collect()
+        };
+        if let Some(cluster) = &self.cluster {
+            for filter in gone {
+                cluster.route_changed(filter, false).await;
+            }
+        }
+    }
+
+    /// Number of subscriptions on this node.
+    pub fn subscription_count(&self) -> usize {
+        self.router().len()
+    }
+
+    /// Every filter with a subscriber on this node.
+    pub fn local_filters(&self) -> Vec<String> {
+        self.router().filters()
+    }
+
+    /// Remembers a parked persistent session's filters (its subscriptions
+    /// stay in the tree so its messages are queued).
+    pub fn session_parked(&self, client_id: &ClientId, filters: Vec<String>) {
+        self.offline_sessions().insert(client_id.clone(), filters);
+    }
+
+    /// Forgets the parked-session record when the session is resumed here.
+    pub fn session_resumed(&self, client_id: &ClientId) {
+        self.offline_sessions().remove(client_id);
+    }
+
+    /// Takes over an offline persistent session of a dead node.
+    pub async fn adopt_offline_session(
+        &self,
+        client_id: &ClientId,
+        subscriptions: Vec<(String, Qos)>,
+    ) {
+        for (filter, qos) in &subscriptions {
+            self.subscribe(client_id, filter, *qos).await;
+        }
+        let filters = subscriptions.into_iter().map(|(f, _)| f).collect();
+        self.session_parked(client_id, filters);
+    }
+
+    /// Another node claims `client_id`: end its connection here, or drop
+    /// the subscriptions of its parked session.
+    pub async fn release_session(&self, client_id: &ClientId) {
+        if let Some(session) = self.registry.read().get(client_id) {
+            session.kick.notify_one();
+            return;
+        }
+        let parked = self.offline_sessions().remove(client_id);
+        if let Some(filters) = parked {
+            self.unsubscribe(client_id, filters.iter().map(String::as_str))
+                .await;
+        }
+    }
+
+    /// Stores (if retained) and delivers a message published by a client of
+    /// this node, locally and to the other nodes. Returns an error if a
+    /// write it needs failed: a QoS 1/2 publisher must then not be
+    /// acknowledged.
+    pub async fn publish(&self, message: Arc<Message>) -> Result<(), PublishError> {
+        if message.retain {
+            if let Err(error) = self.store.set_retained(message.clone()).await {
+                tracing::warn!(%error, topic = %message.topic, "retained message not stored");
+                return Err(PublishError("retained store unavailable"));
+            }
+        }
+        let local = self.deliver_locally(message.clone()).await;
+        let forwarded = match &self.cluster {
+            Some(cluster) => cluster.forward(&message).await,
+            None => true,
+        };
+        match (local, forwarded) {
+            (Ok(()), true) => Ok(()),
+            (Err(e), _) => Err(e),
+            (_, false) => Err(PublishError("inter-node stream unavailable")),
+        }
+    }
+
+    /// Delivers a message another node forwarded: to local sessions only,
+    /// never forwarded again.
+    pub async fn deliver_from_cluster(&self, message: Arc<Message>) {
+        let _ = self.deliver_locally(message).await;
+    }
+
+    async fn deliver_locally(&self, message: Arc<Message>) -> Result<(), PublishError> {
+        let offline = self.deliver_to_connected(&message);
+        if offline.is_empty() {
+            return Ok(());
+        }
+        self.queue_offline(offline).await
+    }
+
+    /// Posts deliveries to connected sessions; returns those for sessions
+    /// that are not connected.
+    fn deliver_to_connected(&self, message: &Arc<Message>) -> Vec<(ClientId, Delivery)> {
+        let matches = self.router().matches(&message.topic);
+        if matches.is_empty() {
+            Stats::add(&self.stats.unrouted, 1);
+            return Vec::new();
+        }
+        let mut offline = Vec::new();
+        let sessions = self.registry.read();
+        for (client_id, granted) in matches {
+            let delivery = Delivery::forward(message.clone(), granted);
+            let Some(session) = sessions.get(&client_id) else {
+                offline.push((client_id, delivery));
+                continue;
+            };
+            match session
+                .mailbox
+                .post(delivery, self.limits.max_queued_messages)
+            {
+                Ok(()) => {}
+                Err(Refused::Full) => Stats::add(&self.stats.dropped_queue_full, 1),
+                Err(Refused::Closed(delivery)) => offline.push((client_id, delivery)),
+            }
+        }
+        offline
+    }
+
+    /// Queues deliveries for offline sessions, counting what is dropped.
+    pub async fn queue_offline(
+        &self,
+        batch: Vec<(ClientId, Delivery)>,
+    ) -> Result<(), PublishError> {
+        let count = batch.len() as u64;
+        match self.store.enqueue_offline(batch).await {
+            Ok(QueueOutcome {
+                dropped_queue_full,
+                dropped_qos0,
+                ..
+            }) => {
+                Stats::add(&self.stats.dropped_queue_full, dropped_queue_full as u64);
+                Stats::add(&self.stats.dropped_qos0_offline, dropped_qos0 as u64);
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, count, "offline deliveries dropped: store unavailable");
+                Stats::add(&self.stats.dropped_queue_full, count);
+                Err(PublishError("offline queue unavailable"))
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Heartbeats, and noticing that another node has died.
+//!
+//! Each node refreshes `astramq:node:<id>:alive` (TTL `heartbeat-ttl`)
+//! every `heartbeat-interval` and checks the other registered nodes' keys;
+//! a node whose key has expired is dead and [`super::recovery`] runs for
+//! it. Gossip, when it reports a failure first, only makes the check run
+//! sooner: Redis stays the arbiter, so a node cut off from gossip but still
+//! writing its heartbeat is not declared dead.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+
+use super::{keys, recovery, Cluster};
+use crate::broker::Broker;
+
+/// How often the route cache is reloaded and this node's route set
+/// reconciled, in case a change was missed.
+const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+
+/// Writes this node's heartbeat and registers it in the node set.
+pub async fn heartbeat(con: &mut ConnectionManager, cluster: &Cluster) -> redis::RedisResult<()> {
+    let ttl_ms = cluster.options.heartbeat_ttl.as_millis() as u64;
+    redis::pipe()
+        .cmd("SET")
+        .arg(keys::node_alive(&cluster.node_id))
+        .arg(std::process::id())
+        .arg("PX")
+        .arg(ttl_ms)
+        .ignore()
+        .cmd("SADD")
+        .arg(keys::nodes())
+        .arg(&*cluster.node_id)
+        .ignore()
+        .query_async(con)
+        .await
+}
+
+/// Registered nodes, other than this one, whose heartbeat has expired.
+async fn dead_nodes(con: &mut ConnectionManager, me: &str) -> redis::RedisResult<Vec<String>> {
+    let nodes: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::nodes())
+        .query_async(con)
+        .await?;
+    let others: Vec<String> = nodes.into_iter().filter(|n| n != me).collect();
+    if others.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for node in &others {
+        pipe.cmd("EXISTS").arg(keys::node_alive(node));
+    }
+    let alive: Vec<bool> = pipe.query_async(con).await?;
+    Ok(others
+        .into_iter()
+        .zip(alive)
+        .filter(|(_, alive)| !alive)
+        .map(|(node, _)| node)
+        .collect())
+}
+
+/// Runs the heartbeat and dead-node checks until the process ends.
+pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
+    let mut con = cluster.connection();
+    let mut ticker = tokio::time::interval(cluster.options.heartbeat_interval);
+    let mut last_reconcile = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = cluster.check_now.notified() => {}
+        }
+        if let Err(error) = heartbeat(&mut con, &cluster).await {
+            if cluster.stats.redis_up.swap(false, Relaxed) {
+                tracing::error!(%error, "Redis unreachable: QoS 1/2 publishes are refused until it is back");
+            }
+            continue;
+        }
+        if !cluster.stats.redis_up.swap(true, Relaxed) {
+            tracing::info!("Redis reachable again");
+        }
+        match dead_nodes(&mut con, &cluster.node_id).await {
+            Ok(dead) => {
+                for node in dead {
+                    if let Err(error) = recovery::recover(&cluster, &broker, &node).await {
+                        tracing::warn!(%error, %node, "dead node recovery failed; retrying next round");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "dead node check failed"),
+        }
+        if last_reconcile.elapsed() >= RECONCILE_EVERY {
+            last_reconcile = tokio::time::Instant::now();
+            reconcile(&cluster, &broker, &mut con).await;
+        }
+    }
+}
+
+/// Reloads the route cache and repairs this node's route set from the
+/// filters its sessions actually hold.
+async fn reconcile(cluster: &Cluster, broker: &Broker, con: &mut ConnectionManager) {
+    let result: redis::RedisResult<()> = async {
+        let stored: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::node_routes(&cluster.node_id))
+            .query_async(con)
+            .await?;
+        let local = broker.local_filters();
+        for filter in local.iter().filter(|f| !stored.contains(f)) {
+            super::routes::publish_change(con, &cluster.node_id, filter, true).await?;
+        }
+        for filter in stored.iter().filter(|f| !local.contains(f)) {
+            super::routes::publish_change(con, &cluster.node_id, filter, false).await?;
+        }
+        cluster.routes.reload(con).await
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, "route reconcile failed");
+    }
+}

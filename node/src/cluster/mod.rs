@@ -1,0 +1,300 @@
+//! The cluster: nodes that share their state through Redis.
+//!
+//! # What Redis holds
+//! - **Sessions** (see `store::redis`): owner node, fencing epoch,
+//!   subscriptions (written through on SUBSCRIBE/UNSUBSCRIBE), and, while
+//!   the client is away, its queue and unacknowledged messages. Any node
+//!   can resume any persistent session.
+//! - **Routes** ([`routes`]): per node, the filters it has subscribers
+//!   for, and a log of changes every node follows.
+//! - **Streams** ([`bus`]): a per-node inbox (routed mode) or one shared
+//!   stream (broadcast mode) carrying publishes between nodes, and control
+//!   entries for session takeover.
+//! - **Liveness** ([`liveness`]): a heartbeat key per node with a TTL.
+//!
+//! # What is guaranteed
+//! - A QoS 1/2 publish is acknowledged only after every Redis write it
+//!   needs (other nodes' inboxes, offline queues, retained) succeeded.
+//! - A client id is owned by one node at a time; a stale owner's writes are
+//!   fenced off by the epoch.
+//! - When a node dies (its heartbeat expires), exactly one survivor — the
+//!   holder of a Redis lock — publishes the wills of its connected
+//!   clients, adopts its persistent sessions (their messages queue from
+//!   then on), drops its routes, and queues the dead node's unread inbox
+//!   entries for those sessions ([`recovery`]).
+//!
+//! # What is not (yet)
+//! - Messages a dead node had already read from its inbox, or that sat in
+//!   its memory for a connected client (in flight, or queued behind the
+//!   in-flight window), are lost with it. Only their publishers'
+//!   acknowledgement is kept true by Redis; closing this gap is the chaos
+//!   test's work.
+//! - Redis durability is Redis's: with AOF `appendfsync everysec` a Redis
+//!   crash can lose up to one second of acknowledged writes.
+//! - A subscription becomes visible to other nodes when they read the route
+//!   log (milliseconds after SUBACK), not atomically with SUBACK.
+
+pub mod bus;
+pub mod keys;
+pub mod liveness;
+pub mod recovery;
+pub mod redis_value;
+pub mod routes;
+pub mod wire;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+
+use crate::broker::Broker;
+use crate::message::{Message, Qos};
+use routes::RouteCache;
+
+/// How publishes travel between nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Each message goes to the inboxes of the nodes that subscribe to it.
+    Routed,
+    /// Each message goes to one stream that every node reads.
+    Broadcast,
+}
+
+/// Cluster settings.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Redis URL (`redis://host:port/db`).
+    pub redis_url: String,
+    /// Routed or broadcast delivery.
+    pub mode: Mode,
+    /// Bound on every Redis command and connection attempt.
+    pub redis_timeout: Duration,
+    /// Approximate cap of each stream (`MAXLEN ~`).
+    pub stream_maxlen: usize,
+    /// How often the heartbeat is written and dead nodes are looked for.
+    pub heartbeat_interval: Duration,
+    /// How long a heartbeat lives: a node silent this long is dead.
+    pub heartbeat_ttl: Duration,
+    /// How long a claim waits for another node to park a session.
+    pub takeover_timeout: Duration,
+}
+
+/// Counters of inter-node traffic.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Publishes written to streams.
+    pub appended: AtomicU64,
+    /// Messages read from streams.
+    pub read: AtomicU64,
+    /// False while Redis cannot be reached.
+    pub redis_up: AtomicBool,
+}
+
+impl ClusterStats {
+    fn record_appends(&self, n: usize) {
+        self.appended.fetch_add(n as u64, Relaxed);
+    }
+
+    fn record_reads(&self, n: usize) {
+        self.read.fetch_add(n as u64, Relaxed);
+    }
+}
+
+/// This node's membership in the cluster.
+pub struct Cluster {
+    /// This node's id; names its inbox and route set.
+    pub node_id: Arc<str>,
+    /// Routed or broadcast.
+    pub mode: Mode,
+    /// The settings it runs with.
+    pub options: ClusterOptions,
+    /// Cached copy of every node's routes.
+    pub routes: RouteCache,
+    /// Inter-node traffic counters.
+    pub stats: ClusterStats,
+    client: redis::Client,
+    connection: ConnectionManager,
+    forward_tx: mpsc::Sender<bus::Forward>,
+    /// Taken by `start` to run the forwarder.
+    forward_rx: Mutex<Option<mpsc::Receiver<bus::Forward>>>,
+    /// Wakes the liveness task early (e.g. gossip reported a failure).
+    check_now: Notify,
+}
+
+/// Capacity of the queue in front of the forwarder; a full queue slows
+/// publishers down instead of growing without bound.
+const FORWARD_QUEUE: usize = 65_536;
+
+impl Cluster {
+    /// Connects to Redis, retrying with backoff until it answers.
+    pub async fn connect(node_id: &str, options: ClusterOptions) -> anyhow::Result<Arc<Cluster>> {
+        let client = redis::Client::open(options.redis_url.as_str())
+            .with_context(|| format!("invalid Redis URL {}", options.redis_url))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(options.redis_timeout)
+            .set_response_timeout(options.redis_timeout)
+            .set_number_of_retries(3)
+            .set_max_delay(1000);
+        let mut delay = Duration::from_millis(100);
+        let connection = loop {
+            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+                Ok(connection) => break connection,
+                Err(error) => {
+                    tracing::warn!(%error, url = %options.redis_url, "Redis unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let (forward_tx, forward_rx) = mpsc::channel(FORWARD_QUEUE);
+        let stats = ClusterStats::default();
+        stats.redis_up.store(true, Relaxed);
+        Ok(Arc::new(Cluster {
+            node_id: node_id.into(),
+            mode: options.mode,
+            options,
+            routes: RouteCache::default(),
+            stats,
+            client,
+            connection,
+            forward_tx,
+            forward_rx: Mutex::new(Some(forward_rx)),
+            check_now: Notify::new(),
+        }))
+    }
+
+    /// A handle on the shared, reconnecting connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// Cleans up after this node's previous run, registers it, loads the
+    /// route table and starts the background tasks.
+    pub async fn start(self: &Arc<Self>, broker: Arc<Broker>) -> anyhow::Result<()> {
+        let mut con = self.connection();
+        recovery::recover(self, &broker, &self.node_id.clone())
+            .await
+            .context("recovering this node's previous run")?;
+        liveness::heartbeat(&mut con, self)
+            .await
+            .context("registering the node")?;
+        let route_position = stream_end(&mut con, &keys::route_log())
+            .await
+            .context("reading the route log")?;
+        self.routes
+            .reload(&mut con)
+            .await
+            .context("loading the route table")?;
+        let bus_position = match self.mode {
+            Mode::Broadcast => stream_end(&mut con, &keys::bus()).await?,
+            Mode::Routed => "0-0".into(),
+        };
+        let forward_rx = self
+            .forward_rx
+            .lock()
+            .await
+            .take()
+            .context("cluster already started")?;
+        tokio::spawn(bus::Forwarder::new(self.clone(), self.connection(), forward_rx).run());
+        let reader = bus::InboxReader::new(
+            self.clone(),
+            broker.clone(),
+            self.client.clone(),
+            self.connection(),
+            route_position,
+            bus_position,
+        );
+        tokio::spawn(reader.run());
+        tokio::spawn(liveness::run(self.clone(), broker));
+        tracing::info!(node_id = %self.node_id, mode = ?self.mode, "joined the cluster");
+        Ok(())
+    }
+
+    /// Sends `message` to the other nodes that want it. For QoS 1/2 waits
+    /// until it is in Redis; returns false if it could not be written.
+    pub async fn forward(&self, message: &Arc<Message>) -> bool {
+        let destinations = match self.mode {
+            Mode::Routed => {
+                let nodes = self.routes.remote_nodes(&message.topic, &self.node_id);
+                if nodes.is_empty() {
+                    return true;
+                }
+                nodes
+            }
+            Mode::Broadcast => Vec::new(),
+        };
+        let (written, confirmation) = match message.qos {
+            Qos::AtMostOnce => (None, None),
+            _ => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+        };
+        let forward = bus::Forward {
+            message: message.clone(),
+            destinations,
+            written,
+        };
+        if self.forward_tx.send(forward).await.is_err() {
+            return false;
+        }
+        match confirmation {
+            None => true,
+            Some(rx) => matches!(
+                tokio::time::timeout(self.options.redis_timeout * 2, rx).await,
+                Ok(Ok(true))
+            ),
+        }
+    }
+
+    /// Records that this node gained (`added`) or lost its last subscriber
+    /// for `filter`.
+    pub async fn route_changed(&self, filter: &str, added: bool) -> bool {
+        let mut con = self.connection();
+        match routes::publish_change(&mut con, &self.node_id, filter, added).await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, %filter, added, "route change not written; the periodic reconcile retries");
+                false
+            }
+        }
+    }
+
+    /// Withdraws this node's heartbeat at shutdown, after its sessions are
+    /// parked, so a survivor adopts them at once instead of after the TTL.
+    pub async fn leave(&self) {
+        let mut con = self.connection();
+        let removed: redis::RedisResult<redis::Value> = redis::cmd("DEL")
+            .arg(keys::node_alive(&self.node_id))
+            .query_async(&mut con)
+            .await;
+        if let Err(error) = removed {
+            tracing::warn!(%error, "heartbeat not withdrawn; survivors notice after its TTL");
+        }
+    }
+
+    /// Asks the liveness task to look for dead nodes now.
+    pub fn check_liveness_now(&self) {
+        self.check_now.notify_one();
+    }
+}
+
+/// The id of the last entry of `stream` ("0-0" when empty).
+async fn stream_end(con: &mut ConnectionManager, stream: &str) -> anyhow::Result<String> {
+    let reply: redis::Value = redis::cmd("XREVRANGE")
+        .arg(stream)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(con)
+        .await?;
+    Ok(redis_value::stream_entries(&reply)
+        .ok()
+        .and_then(|e| e.first().map(|e| e.id.clone()))
+        .unwrap_or_else(|| "0-0".into()))
+}

@@ -1,0 +1,139 @@
+//! The cluster route table: for each topic filter, the nodes that have at
+//! least one subscriber for it.
+//!
+//! Each node writes its own filters to `astramq:node:<id>:routes` and
+//! appends every change to the `astramq:routes:log` stream; every node keeps
+//! a cached copy of the whole table, loads it in full on start, follows the
+//! log, and reloads it periodically in case a change was missed. A node
+//! publishing a message matches the topic against this cache to know which
+//! inboxes to append to.
+
+use std::sync::{Arc, RwLock};
+
+use redis::aio::ConnectionManager;
+use redis::Value;
+
+use super::keys;
+use super::redis_value::StreamEntry;
+use crate::message::{ClientId, Qos};
+use crate::router::SubscriptionTree;
+
+/// How the route log is capped (approximate, `MAXLEN ~`).
+const ROUTE_LOG_MAXLEN: usize = 100_000;
+
+/// The cached route table: the subscription tree reused with node ids in
+/// place of client ids.
+#[derive(Default)]
+pub struct RouteCache {
+    tree: RwLock<SubscriptionTree>,
+}
+
+impl RouteCache {
+    /// Nodes other than `me` with a subscription matching `topic`.
+    pub fn remote_nodes(&self, topic: &str, me: &str) -> Vec<ClientId> {
+        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        tree.matches(topic)
+            .into_iter()
+            .map(|(node, _)| node)
+            .filter(|node| &**node != me)
+            .collect()
+    }
+
+    /// Applies one entry of the route log.
+    pub fn apply(&self, entry: &StreamEntry) {
+        let text = |field: &[u8]| {
+            entry
+                .get(field)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let (Some(op), Some(node)) = (text(b"op"), text(b"node")) else {
+            return;
+        };
+        let node: ClientId = node.into();
+        let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+        match (op.as_str(), text(b"filter")) {
+            ("add", Some(filter)) => {
+                tree.subscribe(&filter, &node, Qos::AtMostOnce);
+            }
+            ("del", Some(filter)) => {
+                tree.unsubscribe(&filter, &node);
+            }
+            ("drop", _) => {
+                tracing::debug!(%node, "route log: node dropped; reload follows");
+            }
+            _ => {}
+        }
+    }
+
+    /// Replaces the cache with the table as Redis holds it now.
+    pub async fn reload(&self, con: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys::nodes())
+            .query_async(con)
+            .await?;
+        let mut pipe = redis::pipe();
+        for node in &nodes {
+            pipe.cmd("SMEMBERS").arg(keys::node_routes(node));
+        }
+        let sets: Vec<Vec<String>> = pipe.query_async(con).await?;
+        let mut fresh = SubscriptionTree::default();
+        for (node, filters) in nodes.iter().zip(sets) {
+            let node: ClientId = node.as_str().into();
+            for filter in filters {
+                fresh.subscribe(&filter, &node, Qos::AtMostOnce);
+            }
+        }
+        *self.tree.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+/// Records that `node` has (`add`) or no longer has (`del`) subscribers for
+/// `filter`, in its route set and in the log, in one round trip.
+pub async fn publish_change(
+    con: &mut ConnectionManager,
+    node: &str,
+    filter: &str,
+    added: bool,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    let set_op = if added { "SADD" } else { "SREM" };
+    pipe.cmd(set_op)
+        .arg(keys::node_routes(node))
+        .arg(filter)
+        .ignore();
+    pipe.cmd("XADD")
+        .arg(keys::route_log())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(ROUTE_LOG_MAXLEN)
+        .arg("*")
+        .arg("op")
+        .arg(if added { "add" } else { "del" })
+        .arg("node")
+        .arg(node)
+        .arg("filter")
+        .arg(filter)
+        .ignore();
+    pipe.query_async::<()>(con).await
+}
+
+/// Announces that a dead node's routes are gone (every node reloads).
+pub async fn publish_drop(con: &mut ConnectionManager, node: &str) -> redis::RedisResult<()> {
+    redis::cmd("XADD")
+        .arg(keys::route_log())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(ROUTE_LOG_MAXLEN)
+        .arg("*")
+        .arg("op")
+        .arg("drop")
+        .arg("node")
+        .arg(node)
+        .query_async::<Value>(con)
+        .await
+        .map(|_| ())
+}
+
+/// Shared handle to the cache.
+pub type SharedRoutes = Arc<RouteCache>;

@@ -1,0 +1,294 @@
+//! Node configuration: command-line flags, `ASTRAMQ_*` environment
+//! variables and an optional TOML file, in that order of precedence, over
+//! documented defaults.
+//!
+//! Flag names are an interface scripts and operators rely on: keep them.
+//! The TOML file uses the same names as the long flags (`max-inflight = 64`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::cluster::{ClusterOptions, Mode};
+
+/// Settings as given: every field optional so the three sources can be
+/// layered. Clap reads flags and environment; serde reads the file.
+#[derive(Debug, Default, Clone, Parser, Deserialize)]
+#[command(
+    name = "astramq-node",
+    version,
+    about = "AstraMQ broker node: MQTT 3.1.1 over TCP, alone or in a Redis-backed cluster."
+)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// TOML file with any of these settings (same names as the long flags).
+    #[arg(long, env = "ASTRAMQ_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// MQTT over TCP listen address [default: 0.0.0.0:1883].
+    #[arg(long, env = "ASTRAMQ_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// Prometheus metrics and health endpoint address [default: off].
+    #[arg(long, env = "ASTRAMQ_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// This node's identity in the cluster [default: astramq-<random>].
+    #[arg(long, env = "ASTRAMQ_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Redis URL of the shared cluster state [default: none, embedded in-memory store].
+    #[arg(long, env = "ASTRAMQ_REDIS")]
+    pub redis: Option<String>,
+
+    /// How publishes cross nodes: `routed` (to the inboxes of subscribing nodes) or `broadcast` (one stream every node reads) [default: routed].
+    #[arg(long, env = "ASTRAMQ_CLUSTER_MODE", value_enum)]
+    pub cluster_mode: Option<Mode>,
+
+    /// Bound on each Redis command and connection attempt, in milliseconds [default: 2000].
+    #[arg(long, env = "ASTRAMQ_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
+
+    /// Approximate cap of each inter-node stream, in entries [default: 100000].
+    #[arg(long, env = "ASTRAMQ_STREAM_MAXLEN")]
+    pub stream_maxlen: Option<usize>,
+
+    /// Heartbeat period in milliseconds; dead nodes are looked for as often [default: 500].
+    #[arg(long, env = "ASTRAMQ_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+
+    /// A node whose heartbeat is older than this many milliseconds is dead [default: 2000].
+    #[arg(long, env = "ASTRAMQ_HEARTBEAT_TTL_MS")]
+    pub heartbeat_ttl_ms: Option<u64>,
+
+    /// Largest MQTT packet accepted, in bytes; larger ones close the connection [default: 1048576].
+    #[arg(long, env = "ASTRAMQ_MAX_PACKET_SIZE")]
+    pub max_packet_size: Option<usize>,
+
+    /// Unacknowledged QoS 1/2 messages in flight to one client [default: 32].
+    #[arg(long, env = "ASTRAMQ_MAX_INFLIGHT")]
+    pub max_inflight: Option<usize>,
+
+    /// Messages queued per session (offline, or waiting for the in-flight window); beyond it they are dropped and counted [default: 1000].
+    #[arg(long, env = "ASTRAMQ_MAX_QUEUED_MESSAGES")]
+    pub max_queued_messages: Option<usize>,
+
+    /// Simultaneous client connections; more are refused at accept [default: 1000000].
+    #[arg(long, env = "ASTRAMQ_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a new connection may take to send CONNECT [default: 10].
+    #[arg(long, env = "ASTRAMQ_CONNECT_TIMEOUT")]
+    pub connect_timeout: Option<u64>,
+
+    /// Seconds a write to a client may block before the client is dropped as too slow [default: 30].
+    #[arg(long, env = "ASTRAMQ_WRITE_TIMEOUT")]
+    pub write_timeout: Option<u64>,
+
+    /// Seconds between `$SYS/broker/...` statistics publishes; 0 disables them [default: 10].
+    #[arg(long, env = "ASTRAMQ_SYS_INTERVAL")]
+    pub sys_interval: Option<u64>,
+
+    /// Seconds to wait for clients to close on SIGTERM/SIGINT [default: 5].
+    #[arg(long, env = "ASTRAMQ_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<u64>,
+
+    /// Runtime worker threads [default: number of CPUs].
+    #[arg(long, env = "ASTRAMQ_THREADS")]
+    pub threads: Option<usize>,
+}
+
+impl Settings {
+    /// Fills every field not set here from `lower`.
+    fn or(self, lower: Settings) -> Settings {
+        Settings {
+            config: self.config.or(lower.config),
+            listen: self.listen.or(lower.listen),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            node_id: self.node_id.or(lower.node_id),
+            redis: self.redis.or(lower.redis),
+            cluster_mode: self.cluster_mode.or(lower.cluster_mode),
+            redis_timeout_ms: self.redis_timeout_ms.or(lower.redis_timeout_ms),
+            stream_maxlen: self.stream_maxlen.or(lower.stream_maxlen),
+            heartbeat_interval_ms: self.heartbeat_interval_ms.or(lower.heartbeat_interval_ms),
+            heartbeat_ttl_ms: self.heartbeat_ttl_ms.or(lower.heartbeat_ttl_ms),
+            max_packet_size: self.max_packet_size.or(lower.max_packet_size),
+            max_inflight: self.max_inflight.or(lower.max_inflight),
+            max_queued_messages: self.max_queued_messages.or(lower.max_queued_messages),
+            max_connections: self.max_connections.or(lower.max_connections),
+            connect_timeout: self.connect_timeout.or(lower.connect_timeout),
+            write_timeout: self.write_timeout.or(lower.write_timeout),
+            sys_interval: self.sys_interval.or(lower.sys_interval),
+            shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
+            threads: self.threads.or(lower.threads),
+        }
+    }
+}
+
+/// The resolved configuration the node runs with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// MQTT listen address.
+    pub listen: SocketAddr,
+    /// Metrics endpoint address, if enabled.
+    pub metrics_listen: Option<SocketAddr>,
+    /// This node's id.
+    pub node_id: String,
+    /// Cluster settings, when a Redis URL is given.
+    pub cluster: Option<ClusterOptions>,
+    /// Limits that protect the node from clients.
+    pub limits: Limits,
+    /// Seconds between `$SYS` publishes; `None` when disabled.
+    pub sys_interval: Option<Duration>,
+    /// How long shutdown waits for sessions to close.
+    pub shutdown_timeout: Duration,
+    /// Runtime worker threads; `None` for one per CPU.
+    pub threads: Option<usize>,
+}
+
+/// Per-connection and per-session bounds.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest packet accepted.
+    pub max_packet_size: usize,
+    /// Outgoing QoS 1/2 window per client.
+    pub max_inflight: usize,
+    /// Queue bound per session.
+    pub max_queued_messages: usize,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// Time allowed for the first CONNECT.
+    pub connect_timeout: Duration,
+    /// Time a single write may block.
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_packet_size: 1024 * 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            max_connections: 1_000_000,
+            connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads flags and environment, then the file they name, and resolves
+    /// defaults.
+    pub fn load() -> anyhow::Result<NodeConfig> {
+        let given = Settings::parse();
+        let from_file = match &given.config {
+            Some(path) => read_file(path)?,
+            None => Settings::default(),
+        };
+        NodeConfig::resolve(given.or(from_file))
+    }
+
+    /// Applies defaults and checks values.
+    pub fn resolve(s: Settings) -> anyhow::Result<NodeConfig> {
+        let defaults = Limits::default();
+        let limits = Limits {
+            max_packet_size: s.max_packet_size.unwrap_or(defaults.max_packet_size),
+            max_inflight: s.max_inflight.unwrap_or(defaults.max_inflight),
+            max_queued_messages: s
+                .max_queued_messages
+                .unwrap_or(defaults.max_queued_messages),
+            max_connections: s.max_connections.unwrap_or(defaults.max_connections),
+            connect_timeout: s
+                .connect_timeout
+                .map_or(defaults.connect_timeout, Duration::from_secs),
+            write_timeout: s
+                .write_timeout
+                .map_or(defaults.write_timeout, Duration::from_secs),
+        };
+        anyhow::ensure!(
+            limits.max_packet_size >= 16,
+            "max-packet-size must be at least 16 bytes"
+        );
+        anyhow::ensure!(
+            (1..=65_535).contains(&limits.max_inflight),
+            "max-inflight must be between 1 and 65535"
+        );
+        anyhow::ensure!(
+            limits.max_connections >= 1,
+            "max-connections must be at least 1"
+        );
+        Ok(NodeConfig {
+            listen: s
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883))),
+            metrics_listen: s.metrics_listen,
+            node_id: s.node_id.unwrap_or_else(random_node_id),
+            cluster: s.redis.map(|redis_url| ClusterOptions {
+                redis_url,
+                mode: s.cluster_mode.unwrap_or(Mode::Routed),
+                redis_timeout: Duration::from_millis(s.redis_timeout_ms.unwrap_or(2000)),
+                stream_maxlen: s.stream_maxlen.unwrap_or(100_000),
+                heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms.unwrap_or(500)),
+                heartbeat_ttl: Duration::from_millis(s.heartbeat_ttl_ms.unwrap_or(2000)),
+                takeover_timeout: Duration::from_secs(5),
+            }),
+            limits,
+            sys_interval: match s.sys_interval.unwrap_or(10) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            shutdown_timeout: Duration::from_secs(s.shutdown_timeout.unwrap_or(5)),
+            threads: s.threads,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Settings> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+fn random_node_id() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    format!(
+        "astramq-{:08x}",
+        RandomState::new().hash_one(std::process::id()) as u32
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let file: Settings =
+            toml::from_str("listen = \"127.0.0.1:1999\"\nmax-inflight = 7\n").unwrap();
+        let flags = Settings::try_parse_from(["astramq-node", "--max-inflight", "9"]).unwrap();
+        let config = NodeConfig::resolve(flags.or(file)).unwrap();
+        assert_eq!(config.listen, "127.0.0.1:1999".parse().unwrap());
+        assert_eq!(config.limits.max_inflight, 9);
+        assert_eq!(config.limits.max_queued_messages, 1000);
+        assert!(config.cluster.is_none());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        assert!(toml::from_str::<Settings>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn invalid_limits_are_refused() {
+        let s = Settings {
+            max_inflight: Some(0),
+            ..Settings::default()
+        };
+        assert!(NodeConfig::resolve(s).is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! `astramq-node`: the AstraMQ broker.
+//!
+//! # Layout
+//!
+//! A request travels down this list:
+//!
+//! - [`listener`]: accepts TCP connections, caps their number, shuts down
+//!   gracefully.
+//! - [`session`]: one task per connection: CONNECT handshake, takeover,
+//!   the packet loop, keep-alive, will, persistent-session parking.
+//! - [`connection`]: bytes ⇄ whole MQTT frames, with coalesced writes and
+//!   no buffers held while idle.
+//! - [`protocol`]: framing, bounds-checked validation and the mqttrs codec.
+//! - [`broker`]: the publish path: route, post to mailboxes, queue offline.
+//! - [`router`]: topic validation and the subscription tree.
+//! - [`store`]: sessions, retained messages and offline queues behind one
+//!   trait; an embedded memory backend, and Redis for clusters.
+//! - [`cluster`]: nodes sharing state through Redis: routes, inter-node
+//!   streams, heartbeats, and taking over from a dead node.
+//! - [`message`]: the shared message model (MQTT 5-ready).
+//! - [`sys`], [`stats`]: `$SYS` topics and the counters behind them.
+//! - [`config`]: flags, environment and TOML.
+
+pub mod broker;
+pub mod cluster;
+pub mod config;
+pub mod connection;
+pub mod listener;
+pub mod message;
+pub mod protocol;
+pub mod router;
+pub mod session;
+pub mod stats;
+pub mod store;
+pub mod sys;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::broker::Broker;
+use crate::cluster::Cluster;
+use crate::config::NodeConfig;
+use crate::store::memory::MemoryStore;
+use crate::store::redis::RedisStore;
+use crate::store::Store;
+
+/// Runs the node until `shutdown` resolves, then closes every client and
+/// saves their sessions.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (store, cluster) = open_store(&config).await?;
+    let broker = Arc::new(Broker::new(
+        &config.node_id,
+        config.limits.clone(),
+        store,
+        cluster.clone(),
+    ));
+    if let Some(cluster) = &cluster {
+        cluster.start(broker.clone()).await?;
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding MQTT listener on {}", config.listen))?;
+    let local = listener
+        .local_addr()
+        .context("reading the bound MQTT address")?;
+    tracing::info!(node_id = %config.node_id, mqtt = %local, "node started");
+    // A stable line on stdout: scripts and tests wait for it.
+    println!("astramq-node listening on mqtt://{local}");
+    let sys_task = config
+        .sys_interval
+        .map(|every| tokio::spawn(sys::publish_periodically(broker.clone(), every)));
+    listener::serve(broker, listener, shutdown, config.shutdown_timeout).await;
+    if let Some(task) = sys_task {
+        task.abort();
+    }
+    if let Some(cluster) = &cluster {
+        cluster.leave().await;
+    }
+    tracing::info!("node stopped");
+    Ok(())
+}
+
+/// The embedded store, or Redis and the cluster when a URL is configured.
+async fn open_store(config: &NodeConfig) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<Cluster>>)> {
+    let Some(options) = &config.cluster else {
+        let store = MemoryStore::new(config.limits.max_queued_messages);
+        return Ok((Arc::new(store), None));
+    };
+    let cluster = Cluster::connect(&config.node_id, options.clone()).await?;
+    let store = RedisStore::new(
+        cluster.connection(),
+        cluster.node_id.clone(),
+        config.limits.max_queued_messages,
+        options.takeover_timeout,
+    );
+    Ok((Arc::new(store), Some(cluster)))
+}

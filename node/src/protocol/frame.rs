@@ -1,0 +1,150 @@
+//! The MQTT fixed header: packet type, flags and remaining length.
+//!
+//! Parsed here rather than by mqttrs so that a declared length over the
+//! limit is refused as soon as its length bytes arrive, before the node
+//! reserves or reads the rest of the packet.
+
+/// A complete fixed header at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// The first byte: packet type (high nibble) and flags (low nibble).
+    pub first_byte: u8,
+    /// Bytes taken by the first byte plus the remaining-length field.
+    pub header_len: usize,
+    /// Bytes of the packet after the fixed header.
+    pub remaining_len: usize,
+}
+
+impl FrameHeader {
+    /// The whole packet's size on the wire.
+    pub fn packet_len(&self) -> usize {
+        self.header_len + self.remaining_len
+    }
+}
+
+/// Why a fixed header cannot be accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The remaining length used more than four bytes (MQTT-2.2.3).
+    #[error("remaining length field longer than four bytes")]
+    MalformedLength,
+    /// The packet is larger than the node accepts.
+    #[error("packet of {size} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// Declared packet size.
+        size: usize,
+        /// Configured maximum.
+        max: usize,
+    },
+}
+
+/// Most bytes the remaining-length field may take.
+const MAX_LENGTH_BYTES: usize = 4;
+
+/// Parses the fixed header at the start of `buf`.
+///
+/// `Ok(None)` means more bytes are needed to know the length. A packet
+/// larger than `max_packet_size` is refused here, even when only its first
+/// bytes have arrived.
+pub fn parse_header(buf: &[u8], max_packet_size: usize) -> Result<Option<FrameHeader>, FrameError> {
+    let Some(&first_byte) = buf.first() else {
+        return Ok(None);
+    };
+    let mut remaining_len = 0usize;
+    for index in 0..MAX_LENGTH_BYTES {
+        let Some(&byte) = buf.get(1 + index) else {
+            return Ok(None);
+        };
+        remaining_len |= usize::from(byte & 0x7F) << (7 * index);
+        if byte & 0x80 == 0 {
+            let header = FrameHeader {
+                first_byte,
+                header_len: 2 + index,
+                remaining_len,
+            };
+            if header.packet_len() > max_packet_size {
+                return Err(FrameError::TooLarge {
+                    size: header.packet_len(),
+                    max: max_packet_size,
+                });
+            }
+            return Ok(Some(header));
+        }
+    }
+    Err(FrameError::MalformedLength)
+}
+
+/// Appends the remaining-length encoding of `len` (at most 268,435,455).
+pub fn put_remaining_length(out: &mut bytes::BytesMut, mut len: usize) {
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.extend_from_slice(&[byte]);
+        if len == 0 {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_more_bytes_until_length_is_complete() {
+        assert_eq!(parse_header(&[], 100), Ok(None));
+        assert_eq!(parse_header(&[0x30], 100), Ok(None));
+        assert_eq!(parse_header(&[0x30, 0x80], 1000), Ok(None));
+    }
+
+    #[test]
+    fn parses_multi_byte_lengths() {
+        let h = parse_header(&[0x30, 0xC1, 0x02], 1 << 20).unwrap().unwrap();
+        assert_eq!(h.remaining_len, 321);
+        assert_eq!(h.header_len, 3);
+        let h = parse_header(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F], usize::MAX)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.remaining_len, 268_435_455);
+    }
+
+    #[test]
+    fn five_length_bytes_are_malformed() {
+        assert_eq!(
+            parse_header(&[0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], usize::MAX),
+            Err(FrameError::MalformedLength)
+        );
+    }
+
+    #[test]
+    fn oversized_packet_is_refused_from_its_header_alone() {
+        // Declares 1 MiB; only the header has arrived.
+        let err = parse_header(&[0x30, 0x80, 0x80, 0x40], 1024).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { max: 1024, .. }));
+    }
+
+    #[test]
+    fn remaining_length_round_trips() {
+        for len in [
+            0usize,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            2_097_151,
+            2_097_152,
+            268_435_455,
+        ] {
+            let mut out = bytes::BytesMut::new();
+            out.extend_from_slice(&[0x30]);
+            put_remaining_length(&mut out, len);
+            let h = parse_header(&out, usize::MAX).unwrap().unwrap();
+            assert_eq!(h.remaining_len, len);
+            assert_eq!(h.header_len, out.len());
+        }
+    }
+}

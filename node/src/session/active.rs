@@ -1,0 +1,532 @@
+//! A connected session: the loop that reads packets, writes deliveries and
+//! watches keep-alive, and the end of the session (will, parking).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::registry::SessionHandle;
+use super::state::{OutgoingStage, SessionState};
+use super::window::{AckOutcome, OutgoingWindow};
+use super::ShutdownSignal;
+use crate::broker::Broker;
+use crate::connection::{Connection, ConnectionError};
+use crate::message::{unix_millis, ClientId, Delivery, Message, Qos};
+use crate::protocol::codec::{
+    encode_ack, encode_connack, encode_pingresp, encode_publish, encode_suback, Ack, ConnackCode,
+    PublishPacket,
+};
+use crate::protocol::{decode, FrameHeader, Inbound};
+use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
+use crate::stats::Stats;
+use crate::store::{SessionClaim, SessionOwner};
+
+/// When a resumed session looks once more for messages queued by the
+/// node that owned it before.
+const LATE_DRAIN_AFTER: Duration = Duration::from_secs(1);
+
+/// Longest wait for pending bytes to leave when a connection is closed.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the handshake hands to the active session.
+pub struct SessionSetup {
+    /// The (possibly assigned) client id.
+    pub client_id: ClientId,
+    /// Forget the session when the connection ends.
+    pub clean_session: bool,
+    /// 1.5 × the client's keep-alive; `None` when disabled.
+    pub keep_alive: Option<Duration>,
+    /// Published if the connection ends without DISCONNECT.
+    pub will: Option<Arc<Message>>,
+    /// This session's entry in the registry.
+    pub handle: SessionHandle,
+    /// Set when the session has parked its state (takeover waits on it).
+    pub finished: watch::Sender<bool>,
+    /// Ownership and previous state from the store.
+    pub claim: SessionClaim,
+}
+
+/// Why a session ended; decides whether the will is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// DISCONNECT received: the will is discarded.
+    Disconnect,
+    /// Nothing heard within 1.5 × keep-alive.
+    KeepAliveTimeout,
+    /// The client went away without DISCONNECT.
+    ConnectionLost,
+    /// The client broke the protocol.
+    ProtocolError(String),
+    /// A newer connection took the client id over.
+    TakenOver,
+    /// The node is shutting down; sessions are kept, wills are not sent.
+    Shutdown,
+    /// A QoS 1/2 message could not be stored: the client is disconnected
+    /// without an acknowledgement, and will re-send it.
+    StoreUnavailable(String),
+}
+
+impl End {
+    fn publishes_will(&self) -> bool {
+        !matches!(self, End::Disconnect | End::Shutdown)
+    }
+}
+
+/// A session with a live connection.
+pub struct ActiveSession {
+    broker: Arc<Broker>,
+    connection: Connection,
+    client_id: ClientId,
+    owner: SessionOwner,
+    clean_session: bool,
+    will: Option<Arc<Message>>,
+    handle: SessionHandle,
+    /// Filter → granted QoS, kept to park or undo on disconnect.
+    subscriptions: HashMap<String, Qos>,
+    window: OutgoingWindow,
+    /// Incoming QoS 2 ids between PUBREC and PUBREL.
+    incoming_qos2: HashSet<u16>,
+    /// Deliveries taken from the mailbox (or resumed) but not yet sent
+    /// because the in-flight window is full.
+    pending: VecDeque<Delivery>,
+}
+
+impl ActiveSession {
+    /// Answers CONNACK, resumes what the previous connection left, and runs
+    /// the session to its end.
+    pub async fn start(
+        broker: Arc<Broker>,
+        mut connection: Connection,
+        setup: SessionSetup,
+        shutdown: ShutdownSignal,
+    ) {
+        let SessionSetup {
+            client_id,
+            clean_session,
+            keep_alive,
+            will,
+            handle,
+            finished,
+            claim,
+        } = setup;
+        broker.session_resumed(&client_id);
+        let resumed = if clean_session {
+            if let Some(previous) = &claim.previous {
+                let filters = previous.subscriptions.keys().map(String::as_str);
+                broker.unsubscribe(&client_id, filters).await;
+            }
+            None
+        } else {
+            claim.previous
+        };
+        encode_connack(
+            connection.output(),
+            resumed.is_some(),
+            ConnackCode::Accepted,
+        );
+        Stats::add(&broker.stats.clients_connected, 1);
+        let mut session = ActiveSession {
+            window: OutgoingWindow::new(broker.limits.max_inflight),
+            broker,
+            connection,
+            client_id,
+            owner: claim.owner,
+            clean_session,
+            will,
+            handle,
+            subscriptions: HashMap::new(),
+            incoming_qos2: HashSet::new(),
+            pending: VecDeque::new(),
+        };
+        let late_drain = resumed.is_some().then(|| Instant::now() + LATE_DRAIN_AFTER);
+        if let Some(state) = resumed {
+            session.resume(state).await;
+        }
+        let end = session.run(keep_alive, shutdown, late_drain).await;
+        tracing::debug!(client_id = %session.client_id, ?end, "session ended");
+        session.finish(end).await;
+        finished.send_replace(true);
+    }
+
+    /// Restores a parked session and re-sends its unacknowledged messages
+    /// with DUP set (MQTT-4.4.0-1).
+    async fn resume(&mut self, state: SessionState) {
+        for (filter, qos) in &state.subscriptions {
+            self.broker.subscribe(&self.client_id, filter, *qos).await;
+        }
+        self.subscriptions = state.subscriptions;
+        self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
+        self.pending = state.pending;
+        self.window.restore(state.outgoing);
+        let out = self.connection.output();
+        for entry in self.window.entries() {
+            let result = match entry.stage {
+                OutgoingStage::AwaitingPubcomp => encode_ack(out, Ack::Pubrel, entry.packet_id),
+                _ => {
+                    let d = &entry.delivery;
+                    encode_publish(
+                        out,
+                        &d.message.topic,
+                        &d.message.payload,
+                        d.qos,
+                        Some(entry.packet_id),
+                        true,
+                        d.retain,
+                    )
+                }
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, "in-flight message not re-sent");
+            }
+        }
+    }
+
+    async fn run(
+        &mut self,
+        keep_alive: Option<Duration>,
+        mut shutdown: ShutdownSignal,
+        mut late_drain: Option<Instant>,
+    ) -> End {
+        let kick = self.handle.kick.clone();
+        let mailbox = self.handle.mailbox.clone();
+        let far_future = Duration::from_secs(86_400 * 365);
+        let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+        loop {
+            self.send_pending();
+            if let Err(error) = self
+                .connection
+                .flush(self.broker.limits.write_timeout)
+                .await
+            {
+                tracing::debug!(%error, "write failed");
+                return End::ConnectionLost;
+            }
+            tokio::select! {
+                biased;
+                _ = kick.notified() => return End::TakenOver,
+                _ = shutdown.changed() => return End::Shutdown,
+                frame = self.connection.read_frame() => {
+                    deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+                    if let Some(end) = self.on_read(frame).await {
+                        return end;
+                    }
+                }
+                _ = mailbox.posted() => {}
+                _ = tokio::time::sleep_until(deadline) => return End::KeepAliveTimeout,
+                _ = tokio::time::sleep_until(late_drain.unwrap_or(deadline)), if late_drain.is_some() => {
+                    late_drain = None;
+                    self.drain_stragglers().await;
+                }
+            }
+        }
+    }
+
+    /// Handles a frame read from the socket and every further frame already
+    /// buffered, so one turn of the loop answers them all in one write.
+    async fn on_read(
+        &mut self,
+        first: Result<Option<(FrameHeader, Bytes)>, ConnectionError>,
+    ) -> Option<End> {
+        let mut next = match first {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Some(End::ConnectionLost),
+            Err(ConnectionError::Protocol(error)) => {
+                return Some(self.protocol_error(error.to_string()))
+            }
+            Err(error) => {
+                tracing::debug!(%error, "read failed");
+                return Some(End::ConnectionLost);
+            }
+        };
+        loop {
+            let (header, frame) = next;
+            if let Some(end) = self.on_frame(&header, &frame).await {
+                return Some(end);
+            }
+            next = match self.connection.buffered_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(error) => return Some(self.protocol_error(error.to_string())),
+            };
+        }
+    }
+
+    /// Picks up deliveries queued for this session by a node that owned it
+    /// until this connection claimed it (they were routed before the
+    /// ownership change reached every node).
+    async fn drain_stragglers(&mut self) {
+        match self.broker.store.drain_offline(&self.owner).await {
+            Ok(deliveries) => self.pending.extend(deliveries),
+            Err(error) => tracing::debug!(%error, "late queue drain failed"),
+        }
+    }
+
+    fn protocol_error(&self, reason: String) -> End {
+        Stats::add(&self.broker.stats.protocol_errors, 1);
+        End::ProtocolError(reason)
+    }
+
+    async fn on_frame(&mut self, header: &FrameHeader, frame: &Bytes) -> Option<End> {
+        let packet = match decode(header, frame) {
+            Ok(packet) => packet,
+            Err(error) => return Some(self.protocol_error(error.to_string())),
+        };
+        let out = self.connection.output();
+        let written = match packet {
+            Inbound::Connect(_) => return Some(self.protocol_error("second CONNECT".into())),
+            Inbound::Publish(publish) => return self.on_publish(publish).await,
+            Inbound::Puback(id) => {
+                self.window.puback(id);
+                Ok(())
+            }
+            Inbound::Pubrec(id) => match self.window.pubrec(id) {
+                AckOutcome::SendPubrel => encode_ack(out, Ack::Pubrel, id),
+                _ => Ok(()),
+            },
+            Inbound::Pubrel(id) => {
+                self.incoming_qos2.remove(&id);
+                encode_ack(out, Ack::Pubcomp, id)
+            }
+            Inbound::Pubcomp(id) => {
+                self.window.pubcomp(id);
+                Ok(())
+            }
+            Inbound::Subscribe { packet_id, filters } => {
+                self.on_subscribe(packet_id, filters).await;
+                Ok(())
+            }
+            Inbound::Unsubscribe { packet_id, filters } => {
+                self.on_unsubscribe(filters).await;
+                encode_ack(self.connection.output(), Ack::Unsuback, packet_id)
+            }
+            Inbound::Pingreq => {
+                encode_pingresp(out);
+                Ok(())
+            }
+            Inbound::Disconnect => return Some(End::Disconnect),
+        };
+        written.err().map(|e| self.protocol_error(e.to_string()))
+    }
+
+    async fn on_publish(&mut self, publish: PublishPacket) -> Option<End> {
+        if !is_valid_topic_name(&publish.topic) {
+            return Some(self.protocol_error(format!("invalid topic name {:?}", publish.topic)));
+        }
+        let stats = &self.broker.stats;
+        Stats::add(&stats.messages_received, 1);
+        Stats::add(&stats.payload_bytes_received, publish.payload.len() as u64);
+        let message = Arc::new(Message::new(
+            publish.topic,
+            publish.payload,
+            publish.qos,
+            publish.retain,
+        ));
+        let answer = match (publish.qos, publish.packet_id) {
+            (Qos::AtMostOnce, _) => {
+                // At most once: a failed store or forward is not retried.
+                let _ = self.broker.publish(message).await;
+                return None;
+            }
+            (Qos::AtLeastOnce, Some(id)) => {
+                if let Err(error) = self.broker.publish(message).await {
+                    return Some(End::StoreUnavailable(error.to_string()));
+                }
+                (Ack::Puback, id)
+            }
+            (Qos::ExactlyOnce, Some(id)) => {
+                // A re-sent PUBLISH of a message already received is only
+                // acknowledged again: exactly once (MQTT-4.3.3-2, method B).
+                if !self.incoming_qos2.contains(&id) {
+                    if let Err(error) = self.broker.publish(message).await {
+                        return Some(End::StoreUnavailable(error.to_string()));
+                    }
+                    self.incoming_qos2.insert(id);
+                }
+                (Ack::Pubrec, id)
+            }
+            (_, None) => return Some(self.protocol_error("QoS 1/2 PUBLISH without id".into())),
+        };
+        encode_ack(self.connection.output(), answer.0, answer.1)
+            .err()
+            .map(|e| self.protocol_error(e.to_string()))
+    }
+
+    async fn on_subscribe(&mut self, packet_id: u16, filters: Vec<(String, Qos)>) {
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut accepted: Vec<(String, Qos)> = Vec::with_capacity(filters.len());
+        for (filter, requested) in filters {
+            if !is_valid_filter(&filter) {
+                granted.push(None);
+                continue;
+            }
+            self.broker
+                .subscribe(&self.client_id, &filter, requested)
+                .await;
+            self.subscriptions.insert(filter.clone(), requested);
+            granted.push(Some(requested));
+            accepted.push((filter, requested));
+        }
+        self.persist_subscriptions(&accepted, &[]).await;
+        if let Err(error) = encode_suback(self.connection.output(), packet_id, &granted) {
+            tracing::warn!(%error, "SUBACK not encoded");
+        }
+        self.queue_retained(&accepted).await;
+    }
+
+    async fn on_unsubscribe(&mut self, filters: Vec<String>) {
+        // An invalid filter was never subscribed: nothing to remove.
+        let valid = filters.iter().filter(|f| is_valid_filter(f));
+        self.broker
+            .unsubscribe(&self.client_id, valid.map(String::as_str))
+            .await;
+        for filter in &filters {
+            self.subscriptions.remove(filter);
+        }
+        self.persist_subscriptions(&[], &filters).await;
+    }
+
+    /// Writes subscription changes of a persistent session through to the
+    /// store, so they outlive this node.
+    async fn persist_subscriptions(&self, added: &[(String, Qos)], removed: &[String]) {
+        if self.clean_session {
+            return;
+        }
+        let store = &self.broker.store;
+        if let Err(error) = store
+            .update_subscriptions(&self.owner, added, removed)
+            .await
+        {
+            tracing::warn!(%error, client_id = %self.client_id, "subscription change not persisted");
+        }
+    }
+
+    /// Queues the retained messages matching new subscriptions, each once at
+    /// the best QoS granted among the filters that match it.
+    async fn queue_retained(&mut self, accepted: &[(String, Qos)]) {
+        if accepted.is_empty() {
+            return;
+        }
+        let filters: Vec<&str> = accepted.iter().map(|(f, _)| f.as_str()).collect();
+        let retained = match self.broker.store.retained_matching(&filters).await {
+            Ok(retained) => retained,
+            Err(error) => {
+                tracing::warn!(%error, "retained messages not read");
+                return;
+            }
+        };
+        for message in retained {
+            let best = accepted
+                .iter()
+                .filter(|(f, _)| filter_matches(f, &message.topic))
+                .map(|(_, q)| *q)
+                .max();
+            if let Some(qos) = best {
+                self.pending.push_back(Delivery::retained(message, qos));
+            }
+        }
+    }
+
+    /// Encodes pending deliveries while the in-flight window has room,
+    /// refilling from the mailbox only when the local queue is empty (so
+    /// the two together stay bounded).
+    fn send_pending(&mut self) {
+        let now_ms = unix_millis();
+        loop {
+            if self.pending.is_empty() {
+                self.pending = self.handle.mailbox.take_all();
+                if self.pending.is_empty() {
+                    return;
+                }
+            }
+            let needs_window = self
+                .pending
+                .front()
+                .is_some_and(|d| d.qos != Qos::AtMostOnce);
+            if needs_window && !self.window.has_room() {
+                return;
+            }
+            let Some(delivery) = self.pending.pop_front() else {
+                return;
+            };
+            if delivery.message.is_expired(now_ms) {
+                Stats::add(&self.broker.stats.dropped_expired, 1);
+                continue;
+            }
+            self.send(delivery);
+        }
+    }
+
+    fn send(&mut self, delivery: Delivery) {
+        let packet_id = match delivery.qos {
+            Qos::AtMostOnce => None,
+            _ => Some(self.window.start(delivery.clone())),
+        };
+        let message = &delivery.message;
+        let out = self.connection.output();
+        match encode_publish(
+            out,
+            &message.topic,
+            &message.payload,
+            delivery.qos,
+            packet_id,
+            false,
+            delivery.retain,
+        ) {
+            Ok(()) => {
+                Stats::add(&self.broker.stats.messages_sent, 1);
+                Stats::add(
+                    &self.broker.stats.payload_bytes_sent,
+                    message.payload.len() as u64,
+                );
+            }
+            Err(error) => tracing::warn!(%error, "delivery not encoded"),
+        }
+    }
+
+    /// Publishes the will when due, then parks (persistent) or forgets
+    /// (clean) the session.
+    async fn finish(mut self, end: End) {
+        if let End::ProtocolError(reason) = &end {
+            tracing::info!(client_id = %self.client_id, %reason, "closing connection: protocol error");
+        }
+        if let (true, Some(will)) = (end.publishes_will(), self.will.take()) {
+            if let Err(error) = self.broker.publish(will).await {
+                tracing::warn!(%error, client_id = %self.client_id, "will not published");
+            }
+        }
+        // Best effort: a client that does not read must not hold up takeover.
+        let timeout = self.broker.limits.write_timeout.min(CLOSE_TIMEOUT);
+        self.connection.close(timeout).await;
+        // Deliveries posted from now on are refused and go to the store.
+        let leftovers = self.handle.mailbox.close();
+        let result = if self.clean_session {
+            let filters = self.subscriptions.keys().map(String::as_str);
+            self.broker.unsubscribe(&self.client_id, filters).await;
+            self.broker.store.discard_session(&self.owner).await
+        } else {
+            let filters = self.subscriptions.keys().cloned().collect();
+            self.broker.session_parked(&self.client_id, filters);
+            self.pending.extend(leftovers);
+            let state = SessionState {
+                subscriptions: std::mem::take(&mut self.subscriptions),
+                outgoing: self.window.take(),
+                incoming_qos2: self.incoming_qos2.drain().collect(),
+                pending: std::mem::take(&mut self.pending),
+            };
+            self.broker.store.park_session(&self.owner, state).await
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, client_id = %self.client_id, "session state not saved");
+        }
+        // Only now may a new connection with this client id register: it
+        // must find the state parked, not race the park.
+        self.broker
+            .registry
+            .remove(&self.client_id, self.handle.connection_id);
+        Stats::sub(&self.broker.stats.clients_connected, 1);
+    }
+}

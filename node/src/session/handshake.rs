@@ -1,0 +1,195 @@
+//! The start of a connection: CONNECT in, CONNACK out, session claimed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Notify};
+use tracing::Instrument;
+
+use super::active::{ActiveSession, SessionSetup};
+use super::mailbox::Mailbox;
+use super::registry::SessionHandle;
+use super::ShutdownSignal;
+use crate::broker::Broker;
+use crate::connection::{Connection, ConnectionError};
+use crate::message::{ClientId, Message};
+use crate::protocol::codec::{encode_connack, ConnackCode, ConnectPacket};
+use crate::protocol::{decode, Inbound, ProtocolError};
+use crate::router::topic::is_valid_topic_name;
+use crate::stats::Stats;
+use crate::store::ClaimRequest;
+
+/// Longest client id MQTT 3.1 (protocol level 3) allows.
+const MQTT31_MAX_CLIENT_ID: usize = 23;
+
+/// How long a new connection waits for an older one with its client id to
+/// hand its session over.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one accepted connection until it ends. `_done` is dropped when
+/// the connection ends, which is how shutdown knows every session is gone.
+pub async fn serve(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    shutdown: ShutdownSignal,
+    _done: mpsc::Sender<()>,
+) {
+    let mut connection = Connection::new(stream, broker.limits.max_packet_size);
+    let Some(connect) = read_connect(&broker, &mut connection).await else {
+        connection.close(broker.limits.write_timeout).await;
+        return;
+    };
+    let client_id = match admit(&broker, &connect) {
+        Ok(id) => id,
+        Err(answer) => {
+            tracing::debug!(client_id = %connect.client_id, ?answer, "connection refused");
+            if let Some(code) = answer {
+                encode_connack(connection.output(), false, code);
+            }
+            connection.close(broker.limits.write_timeout).await;
+            return;
+        }
+    };
+    let span = tracing::debug_span!("session", client_id = %client_id);
+    run_session(broker, connection, connect, client_id, shutdown)
+        .instrument(span)
+        .await;
+}
+
+/// Reads the first packet; answers and returns `None` unless it is a
+/// well-formed CONNECT.
+async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<ConnectPacket> {
+    let frame = tokio::time::timeout(broker.limits.connect_timeout, connection.read_frame()).await;
+    let refusal = match frame {
+        Err(_) => {
+            tracing::debug!("no CONNECT within the connect timeout");
+            return None;
+        }
+        Ok(Ok(None)) => return None,
+        Ok(Ok(Some((header, frame)))) => match decode(&header, &frame) {
+            Ok(Inbound::Connect(connect)) => return Some(connect),
+            Ok(other) => {
+                tracing::debug!(packet = ?std::mem::discriminant(&other), "first packet is not CONNECT");
+                None
+            }
+            Err(error) => Some(error),
+        },
+        Ok(Err(ConnectionError::Protocol(error))) => Some(error),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, "connection failed before CONNECT");
+            return None;
+        }
+    };
+    Stats::add(&broker.stats.protocol_errors, 1);
+    if let Some(ProtocolError::UnsupportedProtocol { name, level }) = &refusal {
+        tracing::debug!(%name, level, "unsupported protocol");
+        encode_connack(
+            connection.output(),
+            false,
+            ConnackCode::UnacceptableProtocol,
+        );
+    } else if let Some(error) = refusal {
+        tracing::debug!(%error, "malformed first packet");
+    }
+    None
+}
+
+/// Checks the CONNECT's identity and will; returns the client id to use,
+/// or the CONNACK code to refuse with (`None`: close without answering,
+/// for a protocol violation).
+fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<ConnackCode>> {
+    if let Some(will) = &connect.will {
+        if !is_valid_topic_name(&will.topic) {
+            Stats::add(&broker.stats.protocol_errors, 1);
+            return Err(None);
+        }
+    }
+    if connect.client_id.is_empty() {
+        if !connect.clean_session || connect.protocol_level == 3 {
+            return Err(Some(ConnackCode::IdentifierRejected));
+        }
+        return Ok(format!("astramq-{}-{}", broker.node_id, broker.unique_id()).into());
+    }
+    if connect.protocol_level == 3 && connect.client_id.len() > MQTT31_MAX_CLIENT_ID {
+        return Err(Some(ConnackCode::IdentifierRejected));
+    }
+    Ok(connect.client_id.as_str().into())
+}
+
+/// Registers the session (taking the id over from an older connection),
+/// claims it in the store, and runs it.
+async fn run_session(
+    broker: Arc<Broker>,
+    mut connection: Connection,
+    connect: ConnectPacket,
+    client_id: ClientId,
+    shutdown: ShutdownSignal,
+) {
+    let (finished_tx, finished_rx) = watch::channel(false);
+    let handle = SessionHandle {
+        connection_id: broker.unique_id(),
+        mailbox: Arc::new(Mailbox::default()),
+        kick: Arc::new(Notify::new()),
+        finished: finished_rx,
+    };
+    if !take_over(&broker, &client_id, &handle).await {
+        encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+        connection.close(broker.limits.write_timeout).await;
+        return;
+    }
+    let will = connect
+        .will
+        .map(|w| Arc::new(Message::new(w.topic.as_str(), w.payload, w.qos, w.retain)));
+    let request = ClaimRequest {
+        client_id: client_id.clone(),
+        clean_session: connect.clean_session,
+        will: will.clone(),
+    };
+    let claim = match broker.store.claim_session(&request).await {
+        Ok(claim) => claim,
+        Err(error) => {
+            tracing::warn!(%error, %client_id, "session not claimed: store unavailable");
+            broker.registry.remove(&client_id, handle.connection_id);
+            encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+            connection.close(broker.limits.write_timeout).await;
+            return;
+        }
+    };
+    let keep_alive = match connect.keep_alive {
+        0 => None,
+        secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
+    };
+    let setup = SessionSetup {
+        client_id,
+        clean_session: connect.clean_session,
+        keep_alive,
+        will,
+        handle,
+        finished: finished_tx,
+        claim,
+    };
+    ActiveSession::start(broker, connection, setup, shutdown).await;
+}
+
+/// Registers `handle` for `client_id`, first ending any session that holds
+/// the id (MQTT-3.1.4-2). Returns false if the old session would not end.
+async fn take_over(broker: &Broker, client_id: &ClientId, handle: &SessionHandle) -> bool {
+    loop {
+        let existing = match broker.registry.register(client_id, handle.clone()) {
+            Ok(()) => return true,
+            Err(existing) => existing,
+        };
+        tracing::debug!(%client_id, "taking over a connected session");
+        existing.kick.notify_one();
+        let mut finished = existing.finished.clone();
+        let ended = tokio::time::timeout(TAKEOVER_TIMEOUT, finished.wait_for(|done| *done)).await;
+        if !matches!(ended, Ok(Ok(_))) {
+            tracing::warn!(%client_id, "old session did not end; refusing the new connection");
+            return false;
+        }
+        // The old session removes itself before it reports finished; loop in
+        // case yet another connection registered meanwhile.
+        broker.registry.remove(client_id, existing.connection_id);
+    }
+}

@@ -1,0 +1,77 @@
+//! A connected session's inbox: deliveries the router hands over, waiting
+//! for the session task to write them.
+//!
+//! A plain mutex-guarded queue plus a `Notify`, rather than a channel, so an
+//! idle session holds no preallocated buffer, the bound is checked where
+//! the drop is counted, and a closed mailbox gives its deliveries back for
+//! the offline queue.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::message::Delivery;
+
+/// Why a delivery was not accepted.
+#[derive(Debug)]
+pub enum Refused {
+    /// The mailbox holds its limit already; the delivery is dropped.
+    Full,
+    /// The session has ended; the delivery goes to the offline queue.
+    Closed(Delivery),
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    deliveries: VecDeque<Delivery>,
+    closed: bool,
+}
+
+/// The inbox of one connected session.
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    queue: Mutex<Queue>,
+    wake: Notify,
+}
+
+impl Mailbox {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a delivery unless the mailbox holds `limit` already or is closed.
+    pub fn post(&self, delivery: Delivery, limit: usize) -> Result<(), Refused> {
+        let mut queue = self.queue();
+        if queue.closed {
+            return Err(Refused::Closed(delivery));
+        }
+        if queue.deliveries.len() >= limit {
+            return Err(Refused::Full);
+        }
+        let was_empty = queue.deliveries.is_empty();
+        queue.deliveries.push_back(delivery);
+        drop(queue);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Takes everything posted so far, oldest first.
+    pub fn take_all(&self) -> VecDeque<Delivery> {
+        std::mem::take(&mut self.queue().deliveries)
+    }
+
+    /// Closes the mailbox and returns what was left in it.
+    pub fn close(&self) -> VecDeque<Delivery> {
+        let mut queue = self.queue();
+        queue.closed = true;
+        std::mem::take(&mut queue.deliveries)
+    }
+
+    /// Resolves when something was posted since the last `take_all`.
+    pub async fn posted(&self) {
+        self.wake.notified().await
+    }
+}

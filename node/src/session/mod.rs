@@ -1,0 +1,24 @@
+//! One client session: from CONNECT to the end of the connection.
+//!
+//! - [`handshake`] reads and checks CONNECT, takes the client id over from
+//!   an older connection, claims the session in the store and answers
+//!   CONNACK;
+//! - [`active`] runs the connected session: packets in, deliveries out,
+//!   keep-alive, and what happens at the end (will, parking);
+//! - [`window`] is the outgoing QoS 1/2 state machine, [`state`] what a
+//!   persistent session keeps while offline, [`mailbox`] and [`registry`]
+//!   how the rest of the node reaches a connected session.
+
+pub mod active;
+pub mod handshake;
+pub mod mailbox;
+pub mod registry;
+pub mod state;
+pub mod window;
+
+pub use handshake::serve;
+
+use tokio::sync::watch;
+
+/// A signal every session listens to: true once the node shuts down.
+pub type ShutdownSignal = watch::Receiver<bool>;

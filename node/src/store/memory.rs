@@ -1,0 +1,344 @@
+//! The embedded store: everything in this process's memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
+use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::router::topic::filter_matches;
+use crate::session::state::SessionState;
+
+/// A persistent session as the memory store holds it.
+#[derive(Debug, Default)]
+struct StoredSession {
+    /// The current owner's epoch.
+    epoch: u64,
+    /// Parked state; `None` while a connection owns the session.
+    parked: Option<SessionState>,
+    /// Deliveries that arrived while the client was offline.
+    offline: VecDeque<Delivery>,
+}
+
+/// Sessions and retained messages in memory, for a single node.
+#[derive(Debug)]
+pub struct MemoryStore {
+    sessions: Mutex<HashMap<ClientId, StoredSession>>,
+    retained: Mutex<HashMap<Arc<str>, Arc<Message>>>,
+    /// Bound of each session's offline queue.
+    max_queued: usize,
+    next_epoch: std::sync::atomic::AtomicU64,
+}
+
+impl MemoryStore {
+    /// An empty store whose offline queues hold at most `max_queued`
+    /// messages each.
+    pub fn new(max_queued: usize) -> MemoryStore {
+        MemoryStore {
+            sessions: Mutex::new(HashMap::new()),
+            retained: Mutex::new(HashMap::new()),
+            max_queued,
+            next_epoch: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<ClientId, StoredSession>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn retained(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Message>>> {
+        self.retained.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim_session(&self, request: &ClaimRequest) -> Result<SessionClaim, StoreError> {
+        let (client_id, clean_session) = (&request.client_id, request.clean_session);
+        let epoch = self
+            .next_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let owner = SessionOwner {
+            client_id: client_id.clone(),
+            epoch,
+        };
+        let mut sessions = self.sessions();
+        let previous = sessions.remove(client_id).map(|mut stored| {
+            let mut state = stored.parked.take().unwrap_or_default();
+            state.pending.extend(stored.offline.drain(..));
+            state
+        });
+        if !clean_session {
+            sessions.insert(
+                client_id.clone(),
+                StoredSession {
+                    epoch,
+                    ..StoredSession::default()
+                },
+            );
+        }
+        Ok(SessionClaim { owner, previous })
+    }
+
+    async fn update_subscriptions(
+        &self,
+        _owner: &SessionOwner,
+        _added: &[(String, Qos)],
+        _removed: &[String],
+    ) -> Result<(), StoreError> {
+        // The connected session holds its subscriptions; parking stores them.
+        Ok(())
+    }
+
+    async fn drain_offline(&self, owner: &SessionOwner) -> Result<Vec<Delivery>, StoreError> {
+        let mut sessions = self.sessions();
+        Ok(match sessions.get_mut(&owner.client_id) {
+            Some(stored) if stored.epoch == owner.epoch => stored.offline.drain(..).collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    async fn park_session(
+        &self,
+        owner: &SessionOwner,
+        mut state: SessionState,
+    ) -> Result<(), StoreError> {
+        let mut sessions = self.sessions();
+        let Some(stored) = sessions.get_mut(&owner.client_id) else {
+            return Ok(());
+        };
+        if stored.epoch != owner.epoch {
+            return Ok(());
+        }
+        // Deliveries queued while the session was being parked are newer
+        // than the ones it parked itself.
+        state.pending.extend(stored.offline.drain(..));
+        stored.offline = std::mem::take(&mut state.pending);
+        stored.parked = Some(state);
+        Ok(())
+    }
+
+    async fn discard_session(&self, owner: &SessionOwner) -> Result<(), StoreError> {
+        let mut sessions = self.sessions();
+        if sessions
+            .get(&owner.client_id)
+            .is_some_and(|s| s.epoch == owner.epoch)
+        {
+            sessions.remove(&owner.client_id);
+        }
+        Ok(())
+    }
+
+    async fn enqueue_offline(
+        &self,
+        batch: Vec<(ClientId, Delivery)>,
+    ) -> Result<QueueOutcome, StoreError> {
+        let mut outcome = QueueOutcome::default();
+        let mut sessions = self.sessions();
+        for (client_id, delivery) in batch {
+            let Some(stored) = sessions.get_mut(&client_id) else {
+                outcome.no_session += 1;
+                continue;
+            };
+            if delivery.qos == Qos::AtMostOnce {
+                outcome.dropped_qos0 += 1;
+            } else if stored.offline.len() >= self.max_queued {
+                outcome.dropped_queue_full += 1;
+            } else {
+                stored.offline.push_back(delivery);
+                outcome.queued += 1;
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError> {
+        let mut retained = self.retained();
+        if message.payload.is_empty() {
+            retained.remove(&message.topic);
+        } else {
+            retained.insert(message.topic.clone(), message);
+        }
+        Ok(())
+    }
+
+    async fn retained_matching(&self, filters: &[&str]) -> Result<Vec<Arc<Message>>, StoreError> {
+        let retained = self.retained();
+        Ok(retained
+            .values()
+            .filter(|m| filters.iter().any(|f| filter_matches(f, &m.topic)))
+            .cloned()
+            .collect())
+    }
+
+    async fn retained_count(&self) -> Result<usize, StoreError> {
+        Ok(self.retained().len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn delivery(qos: Qos, payload: &'static str) -> Delivery {
+        let msg = Message::new("t", Bytes::from_static(payload.as_bytes()), qos, false);
+        Delivery::forward(Arc::new(msg), qos)
+    }
+
+    fn request(id: &ClientId, clean_session: bool) -> ClaimRequest {
+        ClaimRequest {
+            client_id: id.clone(),
+            clean_session,
+            will: None,
+        }
+    }
+
+    fn payloads(state: &SessionState) -> Vec<&[u8]> {
+        state
+            .pending
+            .iter()
+            .map(|d| &d.message.payload[..])
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn persistent_session_resumes_with_parked_then_offline_messages() {
+        let store = MemoryStore::new(10);
+        let id: ClientId = "c".into();
+        let claim = store.claim_session(&request(&id, false)).await.unwrap();
+        assert!(claim.previous.is_none());
+        // Queued while the connection was still parking: newer than parked.
+        store
+            .enqueue_offline(vec![(id.clone(), delivery(Qos::AtLeastOnce, "2"))])
+            .await
+            .unwrap();
+        let mut parked = SessionState::default();
+        parked.pending.push_back(delivery(Qos::AtLeastOnce, "1"));
+        store.park_session(&claim.owner, parked).await.unwrap();
+        store
+            .enqueue_offline(vec![(id.clone(), delivery(Qos::AtLeastOnce, "3"))])
+            .await
+            .unwrap();
+
+        let resumed = store
+            .claim_session(&request(&id, false))
+            .await
+            .unwrap()
+            .previous
+            .unwrap();
+        assert_eq!(payloads(&resumed), vec![b"1", b"2", b"3"]);
+    }
+
+    #[tokio::test]
+    async fn stale_owner_cannot_park_over_a_newer_claim() {
+        let store = MemoryStore::new(10);
+        let id: ClientId = "c".into();
+        let old = store
+            .claim_session(&request(&id, false))
+            .await
+            .unwrap()
+            .owner;
+        let new = store
+            .claim_session(&request(&id, false))
+            .await
+            .unwrap()
+            .owner;
+        let mut stale = SessionState::default();
+        stale.subscriptions.insert("stale".into(), Qos::AtMostOnce);
+        store.park_session(&old, stale).await.unwrap();
+        store
+            .park_session(&new, SessionState::default())
+            .await
+            .unwrap();
+        let resumed = store
+            .claim_session(&request(&id, false))
+            .await
+            .unwrap()
+            .previous
+            .unwrap();
+        assert!(resumed.subscriptions.is_empty());
+    }
+
+    #[tokio::test]
+    async fn offline_queue_is_bounded_and_skips_qos0() {
+        let store = MemoryStore::new(2);
+        let id: ClientId = "c".into();
+        store.claim_session(&request(&id, false)).await.unwrap();
+        let batch = (0..4)
+            .map(|_| (id.clone(), delivery(Qos::AtLeastOnce, "x")))
+            .chain([(id.clone(), delivery(Qos::AtMostOnce, "y"))]);
+        let outcome = store.enqueue_offline(batch.collect()).await.unwrap();
+        assert_eq!(
+            outcome,
+            QueueOutcome {
+                queued: 2,
+                dropped_queue_full: 2,
+                dropped_qos0: 1,
+                no_session: 0
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn clean_session_discards_and_is_not_kept() {
+        let store = MemoryStore::new(2);
+        let id: ClientId = "c".into();
+        let owner = store
+            .claim_session(&request(&id, false))
+            .await
+            .unwrap()
+            .owner;
+        store
+            .park_session(&owner, SessionState::default())
+            .await
+            .unwrap();
+        assert!(store
+            .claim_session(&request(&id, true))
+            .await
+            .unwrap()
+            .previous
+            .is_some());
+        assert!(store
+            .claim_session(&request(&id, true))
+            .await
+            .unwrap()
+            .previous
+            .is_none());
+        let outcome = store
+            .enqueue_offline(vec![(id.clone(), delivery(Qos::AtLeastOnce, "x"))])
+            .await
+            .unwrap();
+        assert_eq!(outcome.no_session, 1);
+    }
+
+    #[tokio::test]
+    async fn retained_set_replace_clear_and_match() {
+        let store = MemoryStore::new(2);
+        let msg = |topic: &str, payload: &'static str| {
+            Arc::new(Message::new(
+                topic,
+                Bytes::from_static(payload.as_bytes()),
+                Qos::AtMostOnce,
+                true,
+            ))
+        };
+        store.set_retained(msg("a/b", "1")).await.unwrap();
+        store.set_retained(msg("a/b", "2")).await.unwrap();
+        store.set_retained(msg("a/c", "3")).await.unwrap();
+        let got = store.retained_matching(&["a/b"]).await.unwrap();
+        assert_eq!(&got[0].payload[..], b"2");
+        assert_eq!(
+            store
+                .retained_matching(&["a/#", "a/c"])
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        store.set_retained(msg("a/b", "")).await.unwrap();
+        assert_eq!(store.retained_count().await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,135 @@
+//! Where sessions, retained messages and offline queues live.
+//!
+//! The broker talks to a [`Store`] and never to a backend directly. Two
+//! backends fit behind it: [`memory::MemoryStore`], embedded, for a single
+//! node (the default), and a Redis store, shared by a cluster, so a client
+//! can resume its session on any node.
+//!
+//! Guarantees every backend gives:
+//! - **Ownership is explicit.** [`Store::claim_session`] makes this node the
+//!   owner of a client id and returns a [`SessionOwner`] with a fencing
+//!   epoch; parking or discarding with a stale epoch is a no-op, so an old
+//!   owner that lost a takeover race can never overwrite the new owner's
+//!   state.
+//! - **Batched calls.** Offline deliveries arrive as one batch per publish,
+//!   so a networked backend sends one pipeline, not a round trip per
+//!   message.
+//! - **Order.** Messages queued for an offline session come back from
+//!   [`Store::claim_session`] in the order they were queued, after the
+//!   deliveries the session itself parked.
+//!
+//! What the memory backend does not give: durability across a restart of
+//! the node.
+
+pub mod memory;
+pub mod redis;
+mod redis_scripts;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::session::state::SessionState;
+
+/// Proof that this node owns a session: checked on every write to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOwner {
+    /// The session's client id.
+    pub client_id: ClientId,
+    /// Increases on every claim; writes with an older epoch are ignored.
+    pub epoch: u64,
+}
+
+/// What a connecting client asks of the store.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The session's client id.
+    pub client_id: ClientId,
+    /// Start fresh, and forget the session when the connection ends.
+    pub clean_session: bool,
+    /// Kept with the session so that, if this node dies, a survivor can
+    /// publish it.
+    pub will: Option<Arc<Message>>,
+}
+
+/// The result of claiming a session.
+#[derive(Debug)]
+pub struct SessionClaim {
+    /// The ownership token for later writes.
+    pub owner: SessionOwner,
+    /// The state the previous connection left, if a persistent session
+    /// existed. Returned even for a clean session, so the broker can undo
+    /// its subscriptions; it is resumed only when clean session is false
+    /// (and then drives CONNACK's session-present).
+    pub previous: Option<SessionState>,
+}
+
+/// What happened to a batch of offline deliveries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOutcome {
+    /// Queued for a later resume.
+    pub queued: usize,
+    /// Refused because the session's queue was full.
+    pub dropped_queue_full: usize,
+    /// Not queued: QoS 0 messages are not kept for offline sessions.
+    pub dropped_qos0: usize,
+    /// Not queued: the client has no persistent session (anymore).
+    pub no_session: usize,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or answered with an error.
+    #[error("store backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The state that outlives a connection.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Makes this node the owner of `client_id`'s session and hands over
+    /// the previous state. With `clean_session` the store forgets the
+    /// session; without, it keeps it for [`Store::park_session`].
+    async fn claim_session(&self, request: &ClaimRequest) -> Result<SessionClaim, StoreError>;
+
+    /// Records subscription changes of a connected persistent session, so
+    /// they survive the death of its node.
+    async fn update_subscriptions(
+        &self,
+        owner: &SessionOwner,
+        added: &[(String, Qos)],
+        removed: &[String],
+    ) -> Result<(), StoreError>;
+
+    /// Takes deliveries queued for a session this node owns and has
+    /// connected (stragglers queued while ownership moved).
+    async fn drain_offline(&self, owner: &SessionOwner) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Keeps a persistent session's state while its client is away.
+    async fn park_session(
+        &self,
+        owner: &SessionOwner,
+        state: SessionState,
+    ) -> Result<(), StoreError>;
+
+    /// Forgets a session (clean session ended).
+    async fn discard_session(&self, owner: &SessionOwner) -> Result<(), StoreError>;
+
+    /// Queues deliveries for sessions whose clients are offline.
+    async fn enqueue_offline(
+        &self,
+        batch: Vec<(ClientId, Delivery)>,
+    ) -> Result<QueueOutcome, StoreError>;
+
+    /// Stores `message` as its topic's retained message, or clears the
+    /// topic when the payload is empty.
+    async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError>;
+
+    /// Retained messages whose topics match any of `filters`, each once.
+    async fn retained_matching(&self, filters: &[&str]) -> Result<Vec<Arc<Message>>, StoreError>;
+
+    /// Number of retained messages, for statistics.
+    async fn retained_count(&self) -> Result<usize, StoreError>;
+}

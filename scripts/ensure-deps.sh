@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what building and testing AstraMQ needs on a Debian/Ubuntu machine,
+# only when it is missing. Sourced by scripts/start and scripts/test.
+set -euo pipefail
+
+# command-on-PATH -> Debian package that provides it
+declare -A ASTRAMQ_PACKAGES=(
+  [cmake]=cmake
+  [cc]=build-essential
+  [redis-server]=redis-server
+  [mosquitto_pub]=mosquitto-clients
+  [mosquitto_sub]=mosquitto-clients
+)
+
+ensure_packages() {
+  local missing=()
+  for command in "$@"; do
+    if ! command -v "$command" >/dev/null 2>&1; then
+      missing+=("${ASTRAMQ_PACKAGES[$command]:-$command}")
+    fi
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "Installing missing packages: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust from https://rustup.rs (stable, 1.85 or newer)" >&2
+    exit 1
+  fi
+}

@@ -1,0 +1,8 @@
+//! Code shared by the AstraMQ broker (`astramq-node`) and proxy (`astramq-proxy`).
+//!
+//! # Layout
+//!
+//! - [`membership`] — gossip membership (serf): who is alive, with each
+//!   member's role and addresses, as a snapshot and a stream of events.
+
+pub mod membership;

@@ -1,0 +1,242 @@
+//! [`NodeProcess`]: one running `astramq-node`, owned by one test.
+//!
+//! The node announces readiness with a single stdout line,
+//! `astramq-node listening on mqtt://127.0.0.1:PORT`, after binding
+//! `--listen 127.0.0.1:0`. Waiting for that line (instead of sleeping or
+//! retrying connects) is what makes startup both fast and deterministic.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+
+use crate::binary::node_binary;
+use crate::unique_id;
+
+/// The prefix of the node's readiness line; the address follows it.
+const READY_PREFIX: &str = "astramq-node listening on mqtt://";
+
+/// How long a node may take from spawn to its readiness line.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much of the node's output is kept for failure reports.
+///
+/// Bounded so a chatty debug-level node cannot grow a test's memory without
+/// limit; the tail is what explains a failure.
+const LOG_CAPACITY: usize = 64 * 1024;
+
+/// How much of the kept output is printed when the guard is dropped.
+const LOG_PRINT_TAIL: usize = 16 * 1024;
+
+/// A running node. Dropping it kills the process, even if the test panicked.
+pub struct NodeProcess {
+    /// The child process, killed and reaped on drop.
+    child: Child,
+    /// The address parsed from the readiness line.
+    addr: SocketAddr,
+    /// Tail of stdout and stderr, filled by background threads that also keep
+    /// the pipes drained so the node never blocks on a full pipe.
+    log: Arc<Mutex<String>>,
+}
+
+impl NodeProcess {
+    /// Starts a node with default settings.
+    pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Starts a node with extra `--flag value` pairs (e.g. `("--max-inflight", "4")`).
+    pub fn start_with(flags: &[(&str, &str)]) -> Result<Self> {
+        let binary = node_binary()?;
+        let mut command = Command::new(&binary);
+        command
+            .args(["--listen", "127.0.0.1:0", "--node-id", &unique_id("node")])
+            // Plain log lines: they end up in failure reports, not a terminal.
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (flag, value) in flags {
+            command.args([flag, value]);
+        }
+        clear_node_environment(&mut command);
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        Self::wait_until_ready(child)
+    }
+
+    /// Drains the child's output and waits for its readiness line.
+    fn wait_until_ready(mut child: Child) -> Result<Self> {
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().context("node stdout not piped")?;
+        let stderr = child.stderr.take().context("node stderr not piped")?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        spawn_stdout_drain(stdout, Arc::clone(&log), ready_tx);
+        spawn_stderr_drain(stderr, Arc::clone(&log));
+        let mut node = match ready_rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addr) => Self { child, addr, log },
+            Err(reason) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+                return Err(anyhow!(
+                    "node did not become ready ({reason}); output:\n{log}"
+                ));
+            }
+        };
+        node.assert_running()?;
+        Ok(node)
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node's TCP port (for command-line clients such as mosquitto).
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Fails with the node's output if the process has exited.
+    pub fn assert_running(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(anyhow!(
+                "node exited ({status}); output:\n{}",
+                self.log_tail()
+            )),
+            Err(e) => Err(anyhow!("cannot query node status: {e}")),
+        }
+    }
+
+    /// Asks the node to shut down gracefully (SIGTERM).
+    pub fn terminate(&self) -> Result<()> {
+        let pid = libc::pid_t::try_from(self.pid()).context("pid out of range")?;
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
+        // own child, which cannot be reaped (and reused) before we wait on it.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("sending SIGTERM");
+        }
+        Ok(())
+    }
+
+    /// Waits up to `limit` for the process to exit and returns its status.
+    pub async fn wait_for_exit(&mut self, limit: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for node")? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "node still running {limit:?} after the request to exit"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The tail of the node's stdout and stderr, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();
+        tail(&log, LOG_PRINT_TAIL).to_owned()
+    }
+}
+
+impl Drop for NodeProcess {
+    /// Kills the node and prints its log tail.
+    ///
+    /// The test harness only shows a test's output when the test fails, so
+    /// printing unconditionally puts the node's side of the story next to
+    /// every failure (including ones reported as `Err`, not as panics).
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!(
+            "---- astramq-node {} output (tail) ----\n{}",
+            self.addr,
+            self.log_tail()
+        );
+    }
+}
+
+/// Removes inherited `ASTRAMQ_*` variables from the node's environment.
+///
+/// The node reads every flag from `ASTRAMQ_<NAME>` too; a variable meant for
+/// the harness (or left in a developer's shell) must not change its config.
+fn clear_node_environment(command: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ASTRAMQ_") {
+            command.env_remove(key);
+        }
+    }
+}
+
+/// Reads stdout lines, reports the readiness address once, and keeps draining.
+fn spawn_stdout_drain(
+    stdout: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    ready: mpsc::Sender<SocketAddr>,
+) {
+    thread::spawn(move || {
+        let mut ready = Some(ready);
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(addr) = line.strip_prefix(READY_PREFIX) {
+                if let (Some(tx), Ok(addr)) = (ready.as_ref(), addr.trim().parse()) {
+                    let _ = tx.send(addr);
+                    ready = None;
+                }
+            }
+            append_log(&log, &line);
+        }
+    });
+}
+
+/// Keeps stderr drained into the shared log.
+fn spawn_stderr_drain(stderr: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            append_log(&log, &line);
+        }
+    });
+}
+
+/// Appends one line, dropping the oldest output beyond [`LOG_CAPACITY`].
+fn append_log(log: &Mutex<String>, line: &str) {
+    let Ok(mut log) = log.lock() else { return };
+    log.push_str(line);
+    log.push('\n');
+    if log.len() > 2 * LOG_CAPACITY {
+        let keep = tail(&log, LOG_CAPACITY).to_owned();
+        *log = keep;
+    }
+}
+
+/// The last `max` bytes of `text`, cut at a character boundary.
+fn tail(text: &str, max: usize) -> &str {
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
