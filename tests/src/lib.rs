@@ -14,6 +14,7 @@
 //!   independently of the node's codec so a shared bug cannot hide itself.
 //! - [`raw`]: [`RawClient`], a byte-level client for cases a well-behaved
 //!   library cannot express (malformed input, withheld acks, duplicates).
+//! - [`redis`]: [`RedisProcess`], a private `redis-server` for cluster tests.
 //! - [`client`]: [`TestClient`], a wrapper around the independent `rumqttc`
 //!   client that turns its event loop into awaitable, bounded steps.
 
@@ -21,6 +22,7 @@ pub mod binary;
 pub mod client;
 pub mod node;
 pub mod raw;
+pub mod redis;
 pub mod wire;
 
 use std::future::Future;
@@ -32,6 +34,7 @@ use anyhow::{anyhow, Result};
 pub use client::TestClient;
 pub use node::NodeProcess;
 pub use raw::RawClient;
+pub use redis::RedisProcess;
 
 /// Upper bound for any single expected event (a packet, an ack, a close).
 ///

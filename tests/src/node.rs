@@ -52,10 +52,16 @@ impl NodeProcess {
 
     /// Starts a node with extra `--flag value` pairs (e.g. `("--max-inflight", "4")`).
     pub fn start_with(flags: &[(&str, &str)]) -> Result<Self> {
+        Self::start_named(&unique_id("node"), flags)
+    }
+
+    /// Starts a node with a chosen `--node-id` (cluster tests restart a node
+    /// under the same id) and extra flags.
+    pub fn start_named(node_id: &str, flags: &[(&str, &str)]) -> Result<Self> {
         let binary = node_binary()?;
         let mut command = Command::new(&binary);
         command
-            .args(["--listen", "127.0.0.1:0", "--node-id", &unique_id("node")])
+            .args(["--listen", "127.0.0.1:0", "--node-id", node_id])
             // Plain log lines: they end up in failure reports, not a terminal.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -135,6 +141,13 @@ impl NodeProcess {
         if rc != 0 {
             return Err(std::io::Error::last_os_error()).context("sending SIGTERM");
         }
+        Ok(())
+    }
+
+    /// Kills the node at once (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill().context("sending SIGKILL")?;
+        self.child.wait().context("reaping the node")?;
         Ok(())
     }
 

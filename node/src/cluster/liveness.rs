@@ -7,9 +7,10 @@
 //! sooner: Redis stays the arbiter, so a node cut off from gossip but still
 //! writing its heartbeat is not declared dead.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
@@ -38,8 +39,8 @@ pub async fn heartbeat(con: &mut ConnectionManager, cluster: &Cluster) -> redis:
         .await
 }
 
-/// Registered nodes, other than this one, whose heartbeat has expired.
-async fn dead_nodes(con: &mut ConnectionManager, me: &str) -> redis::RedisResult<Vec<String>> {
+/// Registered nodes, other than this one, whose heartbeat is missing now.
+async fn silent_nodes(con: &mut ConnectionManager, me: &str) -> redis::RedisResult<Vec<String>> {
     let nodes: Vec<String> = redis::cmd("SMEMBERS")
         .arg(keys::nodes())
         .query_async(con)
@@ -66,6 +67,7 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
     let mut con = cluster.connection();
     let mut ticker = tokio::time::interval(cluster.options.heartbeat_interval);
     let mut last_reconcile = tokio::time::Instant::now();
+    let mut suspects = Suspects::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -75,14 +77,16 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
             if cluster.stats.redis_up.swap(false, Relaxed) {
                 tracing::error!(%error, "Redis unreachable: QoS 1/2 publishes are refused until it is back");
             }
+            // What we saw before the outage proves nothing about after it.
+            suspects.clear();
             continue;
         }
         if !cluster.stats.redis_up.swap(true, Relaxed) {
             tracing::info!("Redis reachable again");
         }
-        match dead_nodes(&mut con, &cluster.node_id).await {
-            Ok(dead) => {
-                for node in dead {
+        match silent_nodes(&mut con, &cluster.node_id).await {
+            Ok(silent) => {
+                for node in suspects.dead(silent, cluster.options.heartbeat_interval * 2) {
                     if let Err(error) = recovery::recover(&cluster, &broker, &node).await {
                         tracing::warn!(%error, %node, "dead node recovery failed; retrying next round");
                     }
@@ -94,6 +98,38 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
             last_reconcile = tokio::time::Instant::now();
             reconcile(&cluster, &broker, &mut con).await;
         }
+    }
+}
+
+/// Nodes whose heartbeat has been missing, and since when.
+///
+/// A missing key alone is not proof of death: after Redis restarts, or
+/// when this node's own connection was down, keys may be missing or expired
+/// although their nodes are fine and about to write again. A node is
+/// declared dead only after its key has stayed missing for two heartbeat
+/// periods as seen by this node with a working connection: time enough for
+/// every live node to write its key again.
+#[derive(Default)]
+struct Suspects {
+    since: HashMap<String, Instant>,
+}
+
+impl Suspects {
+    /// Updates the record with the currently `silent` nodes and returns
+    /// those silent for at least `grace`.
+    fn dead(&mut self, silent: Vec<String>, grace: Duration) -> Vec<String> {
+        let now = Instant::now();
+        self.since.retain(|node, _| silent.contains(node));
+        silent
+            .into_iter()
+            .filter(|node| {
+                now.duration_since(*self.since.entry(node.clone()).or_insert(now)) >= grace
+            })
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.since.clear();
     }
 }
 
@@ -117,5 +153,22 @@ async fn reconcile(cluster: &Cluster, broker: &Broker, con: &mut ConnectionManag
     .await;
     if let Err(error) = result {
         tracing::warn!(%error, "route reconcile failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_dead_only_after_a_grace_period_of_silence() {
+        let mut suspects = Suspects::default();
+        let ttl = Duration::from_millis(50);
+        assert!(suspects.dead(vec!["a".into()], ttl).is_empty());
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(suspects.dead(vec!["a".into()], ttl), vec!["a".to_string()]);
+        // Heard from again: the clock restarts.
+        assert!(suspects.dead(vec![], ttl).is_empty());
+        assert!(suspects.dead(vec!["a".into()], ttl).is_empty());
     }
 }

@@ -135,7 +135,11 @@ async fn recover_locked(
         pipe.cmd("SREM").arg(keys::nodes()).arg(dead).ignore();
     }
     pipe.query_async::<()>(con).await?;
-    tracing::info!(node = %dead, "dead node recovered");
+    if is_self {
+        tracing::info!("state of this node's previous run taken over");
+    } else {
+        tracing::info!(node = %dead, "dead node recovered");
+    }
     Ok(())
 }
 

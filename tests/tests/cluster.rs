@@ -1,0 +1,406 @@
+//! The cluster: several `astramq-node` processes sharing one real
+//! `redis-server`, driven by independent clients. Publishes cross nodes,
+//! sessions resume anywhere, a client id is owned by one node at a time,
+//! a killed node's clients get their wills and keep their messages, and a
+//! Redis restart is survived.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use astramq_tests::wire::{self, Connect, Will};
+use astramq_tests::{
+    unique_id, within, within_for, NodeProcess, RawClient, RedisProcess, TestClient, QUIET,
+};
+use rumqttc::{Publish, QoS};
+
+/// How long a test waits for the cluster to notice a dead node and act.
+const FAILOVER: Duration = Duration::from_secs(15);
+
+/// Redis plus nodes configured for fast failure detection.
+struct TestCluster {
+    redis: RedisProcess,
+    nodes: Vec<NodeProcess>,
+}
+
+impl TestCluster {
+    fn start(nodes: usize) -> Result<Self> {
+        Self::start_with_mode(nodes, "routed")
+    }
+
+    fn start_with_mode(count: usize, mode: &str) -> Result<Self> {
+        let redis = RedisProcess::start()?;
+        let mut nodes = Vec::with_capacity(count);
+        for i in 0..count {
+            nodes.push(start_node(&redis, &unique_id(&format!("n{i}")), mode)?);
+        }
+        Ok(Self { redis, nodes })
+    }
+
+    fn node(&self, i: usize) -> &NodeProcess {
+        &self.nodes[i]
+    }
+}
+
+fn start_node(redis: &RedisProcess, node_id: &str, mode: &str) -> Result<NodeProcess> {
+    NodeProcess::start_named(
+        node_id,
+        &[
+            ("--redis", &redis.url()),
+            ("--cluster-mode", mode),
+            ("--heartbeat-interval-ms", "200"),
+            ("--heartbeat-ttl-ms", "1000"),
+            ("--redis-timeout-ms", "500"),
+            ("--sys-interval", "0"),
+        ],
+    )
+}
+
+/// Publishes QoS 0 probes on `probe` until `subscriber` receives one: the
+/// subscription has reached the publisher's node through the route log.
+async fn await_route(
+    publisher: &mut TestClient,
+    subscriber: &mut TestClient,
+    probe: &str,
+) -> Result<()> {
+    within("the subscription to reach the publisher's node", async {
+        loop {
+            publisher
+                .publish(probe, QoS::AtMostOnce, false, "probe")
+                .await?;
+            let seen = subscriber
+                .next_publish_within(Duration::from_millis(100))
+                .await?;
+            if seen.is_some_and(|p| p.topic == probe) {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+    })
+    .await?
+}
+
+/// Messages before `sentinel`, without route probes.
+async fn received_until(client: &mut TestClient, sentinel: &str) -> Result<Vec<Publish>> {
+    let all = within(
+        "messages up to the sentinel",
+        client.publishes_until(sentinel),
+    )
+    .await??;
+    Ok(all
+        .into_iter()
+        .filter(|p| !p.topic.ends_with("/probe"))
+        .collect())
+}
+
+fn payload(p: &Publish) -> String {
+    String::from_utf8_lossy(&p.payload).into_owned()
+}
+
+/// A publish on node A reaches subscribers on B and C once each, at QoS 0,
+/// 1 and 2.
+#[tokio::test]
+async fn publish_reaches_subscribers_on_other_nodes_once_per_qos() -> Result<()> {
+    let cluster = TestCluster::start(3)?;
+    let mut publisher = TestClient::connect(cluster.node(0).addr(), &unique_id("pub")).await?;
+    let mut subscribers = Vec::new();
+    for i in 1..3 {
+        let mut sub = TestClient::connect(cluster.node(i).addr(), &unique_id("sub")).await?;
+        sub.subscribe("x/#", QoS::ExactlyOnce).await?;
+        await_route(&mut publisher, &mut sub, "x/probe").await?;
+        subscribers.push(sub);
+    }
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publisher
+            .publish(&format!("x/q{i}"), qos, false, format!("m{i}"))
+            .await?;
+    }
+    publisher
+        .publish("x/sentinel", QoS::AtLeastOnce, false, "end")
+        .await?;
+    for sub in &mut subscribers {
+        let got = received_until(sub, "x/sentinel").await?;
+        let seen: Vec<(String, QoS)> = got.iter().map(|p| (p.topic.clone(), p.qos)).collect();
+        ensure!(
+            seen == vec![
+                ("x/q0".into(), QoS::AtMostOnce),
+                ("x/q1".into(), QoS::AtLeastOnce),
+                ("x/q2".into(), QoS::ExactlyOnce)
+            ],
+            "subscriber saw {seen:?}"
+        );
+        sub.expect_no_publish(QUIET).await?;
+    }
+    Ok(())
+}
+
+/// Broadcast mode (one stream every node reads) delivers across nodes too.
+#[tokio::test]
+async fn broadcast_mode_delivers_across_nodes() -> Result<()> {
+    let cluster = TestCluster::start_with_mode(2, "broadcast")?;
+    let mut publisher = TestClient::connect(cluster.node(0).addr(), &unique_id("pub")).await?;
+    let mut sub = TestClient::connect(cluster.node(1).addr(), &unique_id("sub")).await?;
+    sub.subscribe("b/#", QoS::AtLeastOnce).await?;
+    await_route(&mut publisher, &mut sub, "b/probe").await?;
+    publisher
+        .publish("b/1", QoS::AtLeastOnce, false, "one")
+        .await?;
+    publisher
+        .publish("b/sentinel", QoS::AtLeastOnce, false, "end")
+        .await?;
+    let got = received_until(&mut sub, "b/sentinel").await?;
+    ensure!(got.len() == 1 && payload(&got[0]) == "one", "got {got:?}");
+    Ok(())
+}
+
+/// Retained messages set through node A are cluster-wide: a wildcard
+/// subscriber on node C receives every matching one, with the retain flag.
+#[tokio::test]
+async fn retained_messages_set_on_one_node_reach_a_wildcard_subscriber_on_another() -> Result<()> {
+    let cluster = TestCluster::start(3)?;
+    let mut publisher = TestClient::connect(cluster.node(0).addr(), &unique_id("pub")).await?;
+    publisher
+        .publish("r/a/1", QoS::AtLeastOnce, true, "v1")
+        .await?;
+    publisher
+        .publish("r/b/2", QoS::AtLeastOnce, true, "v2")
+        .await?;
+    let mut sub = TestClient::connect(cluster.node(2).addr(), &unique_id("sub")).await?;
+    sub.subscribe("r/#", QoS::AtLeastOnce).await?;
+    let mut got = within("retained messages", sub.publishes(2)).await??;
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    ensure!(got.iter().all(|p| p.retain), "retain flag missing: {got:?}");
+    ensure!(
+        got.iter().map(payload).collect::<Vec<_>>() == ["v1", "v2"],
+        "got {got:?}"
+    );
+    Ok(())
+}
+
+/// Reads publishes on a raw connection, skipping route probes.
+async fn next_non_probe(client: &mut RawClient) -> Result<wire::Publish> {
+    loop {
+        let publish = client.recv_publish().await?;
+        if !publish.topic_str().ends_with("/probe") {
+            return Ok(publish);
+        }
+    }
+}
+
+/// A persistent session made on node A resumes on node B with the message
+/// it had not acknowledged (re-sent with DUP) and those queued meanwhile.
+#[tokio::test]
+async fn persistent_session_resumes_on_another_node_with_inflight_and_queued() -> Result<()> {
+    let cluster = TestCluster::start(2)?;
+    let id = unique_id("roamer");
+    let connect = Connect::new(&id).with_clean_session(false);
+    let (mut raw, _) = RawClient::connected(cluster.node(0).addr(), &connect).await?;
+    raw.subscribe(1, &[("q/#", 1)]).await?;
+    let mut publisher = TestClient::connect(cluster.node(1).addr(), &unique_id("pub")).await?;
+    within("the subscription to reach node B", async {
+        loop {
+            publisher
+                .publish("q/probe", QoS::AtMostOnce, false, "probe")
+                .await?;
+            if raw.recv_for(Duration::from_millis(100)).await?.is_some() {
+                return Ok::<_, anyhow::Error>(());
+            }
+        }
+    })
+    .await??;
+    publisher
+        .publish("q/1", QoS::AtLeastOnce, false, "one")
+        .await?;
+    let first = within("q/1 on node A", next_non_probe(&mut raw)).await??;
+    ensure!(first.topic_str() == "q/1" && !first.dup, "got {first:?}");
+    drop(raw); // gone without PUBACK
+    publisher
+        .publish("q/2", QoS::AtLeastOnce, false, "two")
+        .await?;
+    publisher
+        .publish("q/3", QoS::AtLeastOnce, false, "three")
+        .await?;
+
+    let (mut resumed, present) = RawClient::connected(cluster.node(1).addr(), &connect).await?;
+    ensure!(present, "session not present on node B");
+    let again = within("the re-sent q/1", next_non_probe(&mut resumed)).await??;
+    ensure!(
+        again.topic_str() == "q/1" && again.dup,
+        "expected q/1 with DUP, got {again:?}"
+    );
+    resumed.send(&wire::puback(again.packet_id)).await?;
+    for expected in ["q/2", "q/3"] {
+        let next = within("queued messages", next_non_probe(&mut resumed)).await??;
+        ensure!(
+            next.topic_str() == expected,
+            "expected {expected}, got {next:?}"
+        );
+        resumed.send(&wire::puback(next.packet_id)).await?;
+    }
+    Ok(())
+}
+
+/// A second connection with the same client id on node B closes the one on
+/// node A; the new one works.
+#[tokio::test]
+async fn connecting_on_another_node_takes_the_session_over() -> Result<()> {
+    let cluster = TestCluster::start(2)?;
+    let id = unique_id("twin");
+    let mut first = TestClient::connect(cluster.node(0).addr(), &id).await?;
+    let mut second = TestClient::connect(cluster.node(1).addr(), &id).await?;
+    within("node A to close the first connection", first.wait_closed()).await??;
+    second.subscribe("t/#", QoS::AtLeastOnce).await?;
+    second
+        .publish("t/1", QoS::AtLeastOnce, false, "still here")
+        .await?;
+    let got = within("own message", second.next_publish()).await??;
+    ensure!(payload(&got) == "still here");
+    Ok(())
+}
+
+/// `kill -9` of a node: a survivor publishes the will of its connected
+/// client, and a persistent session it owned keeps every acknowledged
+/// message published before and after the death; the client resumes it on
+/// another node.
+#[tokio::test]
+async fn killed_node_clients_get_wills_and_keep_their_messages() -> Result<()> {
+    let mut cluster = TestCluster::start(3)?;
+    let (a, b, c) = (
+        cluster.node(0).addr(),
+        cluster.node(1).addr(),
+        cluster.node(2).addr(),
+    );
+
+    let keeper = unique_id("keeper");
+    let mut options = TestClient::options(a, &keeper);
+    options.set_clean_session(false);
+    let mut persistent = TestClient::connect_with(options.clone()).await?;
+    persistent.subscribe("k/#", QoS::AtLeastOnce).await?;
+    persistent.disconnect().await?;
+
+    let mut will = Will::new("will/w", b"gone");
+    will.qos = 1;
+    let with_will = Connect::new(&unique_id("mortal")).with_will(will);
+    let (_mortal, _) = RawClient::connected(a, &with_will).await?;
+
+    let mut observer = TestClient::connect(b, &unique_id("observer")).await?;
+    observer.subscribe("will/#", QoS::AtLeastOnce).await?;
+    let mut publisher = TestClient::connect(c, &unique_id("pub")).await?;
+    await_route(&mut publisher, &mut observer, "will/probe").await?;
+
+    cluster.nodes[0].kill()?;
+    publisher
+        .publish("k/1", QoS::AtLeastOnce, false, "before recovery 1")
+        .await?;
+    publisher
+        .publish("k/2", QoS::AtLeastOnce, false, "before recovery 2")
+        .await?;
+
+    let will = within_for(FAILOVER, "the dead node's will", async {
+        loop {
+            let p = observer.next_publish().await?;
+            if p.topic == "will/w" {
+                return Ok::<_, anyhow::Error>(p);
+            }
+        }
+    })
+    .await??;
+    ensure!(payload(&will) == "gone");
+    publisher
+        .publish("k/3", QoS::AtLeastOnce, false, "after recovery")
+        .await?;
+
+    let mut options = TestClient::options(b, &keeper);
+    options.set_clean_session(false);
+    let mut resumed = TestClient::connect_with(options).await?;
+    ensure!(resumed.session_present(), "session lost with its node");
+    let mut got: Vec<String> = within("the kept messages", resumed.publishes(3))
+        .await??
+        .iter()
+        .map(payload)
+        .collect();
+    got.sort();
+    ensure!(
+        got == ["after recovery", "before recovery 1", "before recovery 2"],
+        "got {got:?}"
+    );
+    Ok(())
+}
+
+/// Redis going away: QoS 0 delivery on one node keeps working, a QoS 1
+/// publish is not acknowledged (the client is disconnected instead), and
+/// after Redis restarts the cluster delivers across nodes again.
+#[tokio::test]
+async fn redis_restart_is_survived() -> Result<()> {
+    let mut cluster = TestCluster::start(2)?;
+    let (a, b) = (cluster.node(0).addr(), cluster.node(1).addr());
+    let mut local_sub = TestClient::connect(a, &unique_id("local")).await?;
+    local_sub.subscribe("l/#", QoS::AtMostOnce).await?;
+    let mut remote_sub = TestClient::connect(b, &unique_id("remote")).await?;
+    remote_sub.subscribe("x/#", QoS::AtLeastOnce).await?;
+    let mut publisher = TestClient::connect(a, &unique_id("pub")).await?;
+    await_route(&mut publisher, &mut remote_sub, "x/probe").await?;
+
+    let mut doomed = TestClient::connect(a, &unique_id("doomed")).await?;
+
+    cluster.redis.stop()?;
+    publisher
+        .publish("l/1", QoS::AtMostOnce, false, "local while down")
+        .await?;
+    let got = within(
+        "local QoS 0 delivery without Redis",
+        local_sub.next_publish(),
+    )
+    .await??;
+    ensure!(payload(&got) == "local while down");
+
+    let refused = within_for(
+        Duration::from_secs(10),
+        "the unacknowledged QoS 1 publish",
+        async {
+            doomed
+                .publish("x/lost", QoS::AtLeastOnce, false, "not stored")
+                .await
+        },
+    )
+    .await?;
+    ensure!(
+        refused.is_err(),
+        "QoS 1 publish was acknowledged while Redis was down"
+    );
+
+    cluster.redis.restart()?;
+    within_for(
+        Duration::from_secs(15),
+        "cross-node delivery after the restart",
+        async {
+            loop {
+                let mut p = match TestClient::connect(a, &unique_id("pub")).await {
+                    Ok(p) => p,
+                    Err(_) => continue,
+                };
+                if p.publish("x/after", QoS::AtLeastOnce, false, "back")
+                    .await
+                    .is_err()
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                while let Some(got) = remote_sub
+                    .next_publish_within(Duration::from_millis(500))
+                    .await?
+                {
+                    if got.topic == "x/after" {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                }
+            }
+        },
+    )
+    .await??;
+    for node in &mut cluster.nodes {
+        node.assert_running()?;
+    }
+    Ok(())
+}
