@@ -17,7 +17,7 @@ use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::router::SubscriptionTree;
 use crate::session::mailbox::Refused;
 use crate::session::registry::Registry;
-use crate::stats::Stats;
+use crate::stats::{DropReason, Stats};
 use crate::store::{QueueOutcome, Store};
 
 /// A publish that could not be made durable; a QoS 1/2 publisher must not
@@ -58,6 +58,7 @@ impl Broker {
         limits: Limits,
         store: Arc<dyn Store>,
         cluster: Option<Arc<Cluster>>,
+        stats: Stats,
     ) -> Broker {
         Broker {
             node_id: node_id.into(),
@@ -67,7 +68,7 @@ impl Broker {
             offline_sessions: Mutex::new(HashMap::new()),
             store,
             cluster,
-            stats: Stats::default(),
+            stats,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
         }
@@ -121,6 +122,28 @@ impl Broker {
                 cluster.route_changed(filter, false).await;
             }
         }
+    }
+
+    /// Sets the gauges that are read rather than tracked, just before a
+    /// scrape.
+    pub fn refresh_gauges(&self) {
+        let sessions = self.registry.read();
+        let queued: usize = sessions.values().map(|s| s.mailbox.len()).sum();
+        let online = sessions.len();
+        drop(sessions);
+        let offline = self.offline_sessions().len();
+        self.stats
+            .sessions
+            .with_label_values(&["online"])
+            .set(online as i64);
+        self.stats
+            .sessions
+            .with_label_values(&["offline"])
+            .set(offline as i64);
+        self.stats.queued_messages.set(queued as i64);
+        self.stats
+            .subscriptions
+            .set(self.subscription_count() as i64);
     }
 
     /// Number of subscriptions on this node.
@@ -213,7 +236,7 @@ impl Broker {
     fn deliver_to_connected(&self, message: &Arc<Message>) -> Vec<(ClientId, Delivery)> {
         let matches = self.router().matches(&message.topic);
         if matches.is_empty() {
-            Stats::add(&self.stats.unrouted, 1);
+            self.stats.dropped(DropReason::NoSubscribers, 1);
             return Vec::new();
         }
         let mut offline = Vec::new();
@@ -229,7 +252,7 @@ impl Broker {
                 .post(delivery, self.limits.max_queued_messages)
             {
                 Ok(()) => {}
-                Err(Refused::Full) => Stats::add(&self.stats.dropped_queue_full, 1),
+                Err(Refused::Full) => self.stats.dropped(DropReason::QueueFull, 1),
                 Err(Refused::Closed(delivery)) => offline.push((client_id, delivery)),
             }
         }
@@ -248,13 +271,15 @@ impl Broker {
                 dropped_qos0,
                 ..
             }) => {
-                Stats::add(&self.stats.dropped_queue_full, dropped_queue_full as u64);
-                Stats::add(&self.stats.dropped_qos0_offline, dropped_qos0 as u64);
+                self.stats
+                    .dropped(DropReason::QueueFull, dropped_queue_full as u64);
+                self.stats
+                    .dropped(DropReason::Qos0Offline, dropped_qos0 as u64);
                 Ok(())
             }
             Err(error) => {
                 tracing::warn!(%error, count, "offline deliveries dropped: store unavailable");
-                Stats::add(&self.stats.dropped_queue_full, count);
+                self.stats.dropped(DropReason::QueueFull, count);
                 Err(PublishError("offline queue unavailable"))
             }
         }

@@ -18,7 +18,8 @@
 //! - [`cluster`]: nodes sharing state through Redis: routes, inter-node
 //!   streams, heartbeats, and taking over from a dead node.
 //! - [`message`]: the shared message model (MQTT 5-ready).
-//! - [`sys`], [`stats`]: `$SYS` topics and the counters behind them.
+//! - [`sys`], [`stats`], [`ops`]: `$SYS` topics, Prometheus metrics, and
+//!   the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`config`]: flags, environment and TOML.
 
 pub mod broker;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod connection;
 pub mod listener;
 pub mod message;
+pub mod ops;
 pub mod protocol;
 pub mod router;
 pub mod session;
@@ -43,6 +45,7 @@ use tokio::net::TcpListener;
 use crate::broker::Broker;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
+use crate::stats::Stats;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
 use crate::store::Store;
@@ -50,15 +53,25 @@ use crate::store::Store;
 /// Runs the node until `shutdown` resolves, then closes every client and
 /// saves their sessions.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let (store, cluster) = open_store(&config).await?;
+    let stats = Stats::default();
+    let (store, cluster) = open_store(&config, &stats.registry).await?;
     let broker = Arc::new(Broker::new(
         &config.node_id,
         config.limits.clone(),
         store,
         cluster.clone(),
+        stats,
     ));
     if let Some(cluster) = &cluster {
         cluster.start(broker.clone()).await?;
+    }
+    // Before the MQTT readiness line, so whoever waits for that line
+    // already knows the metrics address too.
+    if let Some(addr) = config.metrics_listen {
+        let source = Arc::new(ops::NodeOps::new(broker.clone()));
+        let bound = astramq_shared::ops_http::serve(addr, source).await?;
+        tracing::info!(metrics = %bound, "metrics endpoint started");
+        println!("astramq-node metrics on http://{bound}/metrics");
     }
     let listener = TcpListener::bind(config.listen)
         .await
@@ -69,10 +82,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     tracing::info!(node_id = %config.node_id, mqtt = %local, "node started");
     // A stable line on stdout: scripts and tests wait for it.
     println!("astramq-node listening on mqtt://{local}");
+    let gauges_task = tokio::spawn(ops::refresh_slow_gauges(broker.clone()));
     let sys_task = config
         .sys_interval
         .map(|every| tokio::spawn(sys::publish_periodically(broker.clone(), every)));
     listener::serve(broker, listener, shutdown, config.shutdown_timeout).await;
+    gauges_task.abort();
     if let Some(task) = sys_task {
         task.abort();
     }
@@ -84,14 +99,18 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
 }
 
 /// The embedded store, or Redis and the cluster when a URL is configured.
-async fn open_store(config: &NodeConfig) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<Cluster>>)> {
+async fn open_store(
+    config: &NodeConfig,
+    registry: &prometheus::Registry,
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<Cluster>>)> {
     let Some(options) = &config.cluster else {
         let store = MemoryStore::new(config.limits.max_queued_messages);
         return Ok((Arc::new(store), None));
     };
-    let cluster = Cluster::connect(&config.node_id, options.clone()).await?;
+    let cluster = Cluster::connect(&config.node_id, options.clone(), registry).await?;
     let store = RedisStore::new(
         cluster.connection(),
+        cluster.metrics.clone(),
         cluster.node_id.clone(),
         config.limits.max_queued_messages,
         options.takeover_timeout,

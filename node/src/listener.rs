@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::broker::Broker;
 use crate::session;
-use crate::stats::Stats;
+use crate::stats::Refusal;
 
 /// Accepts connections until `shutdown` resolves, then ends every session
 /// and waits (at most `drain_timeout`) for them to save their state.
@@ -43,9 +43,10 @@ pub async fn serve(
                 };
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, "connection refused: max-connections reached");
+                    broker.stats.refused(Refusal::MaxConnections);
                     continue;
                 };
-                Stats::add(&broker.stats.connections_total, 1);
+                broker.stats.connections_total.inc();
                 let _ = stream.set_nodelay(true);
                 let task = session::serve(broker.clone(), stream, stop_rx.clone(), done_tx.clone());
                 tokio::spawn(async move {

@@ -1,54 +1,292 @@
-//! Counters of what the broker did, read by `$SYS` (and metrics later).
+//! What the broker counts, as Prometheus metrics.
+//!
+//! Counters and gauges are `prometheus` types updated lock-free on the hot
+//! path (labelled series are resolved once, here, never per message).
+//! Values that are cheaper to read than to track — sessions, subscriptions,
+//! queued messages — are set just before each scrape by
+//! [`crate::broker::Broker::refresh_gauges`]. `$SYS` topics read the same
+//! values. Names follow Prometheus conventions: `astramq_` prefix, `_total`
+//! for counters, base units, and no client id or topic as a label.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-/// Monotonic counters and gauges, updated lock-free on the hot path.
-#[derive(Debug, Default)]
+use crate::message::Qos;
+
+/// Why a connection was refused or closed by the node.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    /// `max-connections` reached.
+    MaxConnections,
+    /// The first packet was not a valid CONNECT, or no CONNECT in time.
+    BadConnect,
+    /// CONNACK 0x01.
+    UnsupportedProtocol,
+    /// CONNACK 0x02.
+    IdentifierRejected,
+    /// CONNACK 0x03 (store unavailable, takeover stuck).
+    ServerUnavailable,
+}
+
+impl Refusal {
+    const ALL: [(Refusal, &'static str); 5] = [
+        (Refusal::MaxConnections, "max_connections"),
+        (Refusal::BadConnect, "bad_connect"),
+        (Refusal::UnsupportedProtocol, "unsupported_protocol"),
+        (Refusal::IdentifierRejected, "identifier_rejected"),
+        (Refusal::ServerUnavailable, "server_unavailable"),
+    ];
+}
+
+/// Why a delivery was dropped.
+#[derive(Debug, Clone, Copy)]
+pub enum DropReason {
+    /// A session's queue was full.
+    QueueFull,
+    /// QoS 0 messages are not queued for offline sessions.
+    Qos0Offline,
+    /// The message expired before it could be sent.
+    Expired,
+    /// No subscription matched the published message.
+    NoSubscribers,
+    /// An ACL refused it (no ACLs yet; kept so dashboards are stable).
+    Acl,
+}
+
+impl DropReason {
+    const ALL: [(DropReason, &'static str); 5] = [
+        (DropReason::QueueFull, "queue_full"),
+        (DropReason::Qos0Offline, "qos0_offline"),
+        (DropReason::Expired, "expired"),
+        (DropReason::NoSubscribers, "no_subscribers"),
+        (DropReason::Acl, "acl"),
+    ];
+}
+
+/// The node's metrics.
 pub struct Stats {
+    /// Where every metric of the node is registered (cluster metrics too).
+    pub registry: Registry,
     /// Connections accepted by the listener.
-    pub connections_total: AtomicU64,
+    pub connections_total: IntCounter,
     /// Sessions currently connected.
-    pub clients_connected: AtomicU64,
-    /// PUBLISH packets received from clients.
-    pub messages_received: AtomicU64,
-    /// PUBLISH packets sent to clients (re-sends included).
-    pub messages_sent: AtomicU64,
+    pub clients_connected: IntGauge,
+    refused: [IntCounter; 5],
+    received: [IntCounter; 3],
+    sent: [IntCounter; 3],
     /// Payload bytes received in PUBLISH packets.
-    pub payload_bytes_received: AtomicU64,
+    pub payload_bytes_received: IntCounter,
     /// Payload bytes sent in PUBLISH packets.
-    pub payload_bytes_sent: AtomicU64,
-    /// Deliveries dropped because a session's queue was full.
-    pub dropped_queue_full: AtomicU64,
-    /// QoS 0 deliveries not kept for offline sessions.
-    pub dropped_qos0_offline: AtomicU64,
-    /// Deliveries dropped because their message expired.
-    pub dropped_expired: AtomicU64,
-    /// Published messages no subscription matched.
-    pub unrouted: AtomicU64,
+    pub payload_bytes_sent: IntCounter,
+    dropped: [IntCounter; 5],
     /// Connections closed for breaking the protocol.
-    pub protocol_errors: AtomicU64,
+    pub protocol_errors: IntCounter,
+    /// Unacknowledged outgoing QoS 1/2 messages, all sessions.
+    pub inflight_messages: IntGauge,
+    /// Sessions by state: `online`, `offline` (persistent, client away).
+    pub sessions: IntGaugeVec,
+    /// Subscriptions on this node.
+    pub subscriptions: IntGauge,
+    /// Retained messages (cluster-wide in a cluster).
+    pub retained_messages: IntGauge,
+    /// Deliveries waiting in connected sessions' mailboxes.
+    pub queued_messages: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let metric = IntGauge::new(name, help).expect("valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric name");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+fn by_qos(vec: &IntCounterVec) -> [IntCounter; 3] {
+    ["0", "1", "2"].map(|q| vec.with_label_values(&[q]))
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats::new(Registry::new())
+    }
 }
 
 impl Stats {
-    /// Adds `n` to `counter`.
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+    /// Registers the node's metrics in `registry`.
+    pub fn new(registry: Registry) -> Stats {
+        let r = &registry;
+        let refused = counter_vec(
+            r,
+            "astramq_connections_refused_total",
+            "Connections refused or closed before a session started, by reason.",
+            "reason",
+        );
+        let received = counter_vec(
+            r,
+            "astramq_messages_received_total",
+            "PUBLISH packets received from clients, by QoS.",
+            "qos",
+        );
+        let sent = counter_vec(
+            r,
+            "astramq_messages_sent_total",
+            "PUBLISH packets sent to clients (re-sends included), by QoS.",
+            "qos",
+        );
+        let dropped = counter_vec(
+            r,
+            "astramq_messages_dropped_total",
+            "Deliveries dropped, by reason.",
+            "reason",
+        );
+        let sessions = IntGaugeVec::new(
+            Opts::new("astramq_sessions", "Sessions on this node, by state."),
+            &["state"],
+        )
+        .expect("valid metric name");
+        r.register(Box::new(sessions.clone()))
+            .expect("metric registered once");
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "astramq_build_info",
+                "Build information; the value is always 1.",
+            ),
+            &["version", "component"],
+        )
+        .expect("valid metric name");
+        r.register(Box::new(build.clone()))
+            .expect("metric registered once");
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "node"])
+            .set(1);
+        Stats {
+            connections_total: counter(r, "astramq_connections_total", "TCP connections accepted."),
+            clients_connected: gauge(
+                r,
+                "astramq_connections",
+                "Client sessions currently connected.",
+            ),
+            refused: Refusal::ALL.map(|(_, label)| refused.with_label_values(&[label])),
+            received: by_qos(&received),
+            sent: by_qos(&sent),
+            payload_bytes_received: counter(
+                r,
+                "astramq_received_bytes_total",
+                "Payload bytes received in PUBLISH packets.",
+            ),
+            payload_bytes_sent: counter(
+                r,
+                "astramq_sent_bytes_total",
+                "Payload bytes sent in PUBLISH packets.",
+            ),
+            dropped: DropReason::ALL.map(|(_, label)| dropped.with_label_values(&[label])),
+            protocol_errors: counter(
+                r,
+                "astramq_protocol_errors_total",
+                "Connections closed for breaking the MQTT protocol.",
+            ),
+            inflight_messages: gauge(
+                r,
+                "astramq_inflight_messages",
+                "Outgoing QoS 1/2 messages not yet acknowledged by clients.",
+            ),
+            sessions,
+            subscriptions: gauge(
+                r,
+                "astramq_subscriptions",
+                "Subscriptions of sessions on this node.",
+            ),
+            retained_messages: gauge(r, "astramq_retained_messages", "Retained messages stored."),
+            queued_messages: gauge(
+                r,
+                "astramq_queued_messages",
+                "Deliveries waiting for connected clients.",
+            ),
+            registry,
+        }
     }
 
-    /// Subtracts `n` from gauge `counter`.
-    pub fn sub(counter: &AtomicU64, n: u64) {
-        counter.fetch_sub(n, Relaxed);
+    /// Counts a refused connection.
+    pub fn refused(&self, why: Refusal) {
+        self.refused[why as usize].inc();
     }
 
-    /// Reads `counter`.
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Relaxed)
+    /// Counts a received PUBLISH.
+    pub fn received(&self, qos: Qos, payload_len: usize) {
+        self.received[qos as usize].inc();
+        self.payload_bytes_received.inc_by(payload_len as u64);
     }
 
-    /// All drops, whatever the reason.
+    /// Counts a sent PUBLISH.
+    pub fn sent(&self, qos: Qos, payload_len: usize) {
+        self.sent[qos as usize].inc();
+        self.payload_bytes_sent.inc_by(payload_len as u64);
+    }
+
+    /// Counts `n` dropped deliveries.
+    pub fn dropped(&self, why: DropReason, n: u64) {
+        self.dropped[why as usize].inc_by(n);
+    }
+
+    /// PUBLISH packets received, all QoS.
+    pub fn received_total(&self) -> u64 {
+        self.received.iter().map(IntCounter::get).sum()
+    }
+
+    /// PUBLISH packets sent, all QoS.
+    pub fn sent_total(&self) -> u64 {
+        self.sent.iter().map(IntCounter::get).sum()
+    }
+
+    /// Dropped deliveries, all reasons except "no subscribers" (a publish
+    /// nobody wanted is not a lost delivery).
     pub fn dropped_total(&self) -> u64 {
-        Self::get(&self.dropped_queue_full)
-            + Self::get(&self.dropped_qos0_offline)
-            + Self::get(&self.dropped_expired)
+        [
+            DropReason::QueueFull,
+            DropReason::Qos0Offline,
+            DropReason::Expired,
+            DropReason::Acl,
+        ]
+        .iter()
+        .map(|d| self.dropped[*d as usize].get())
+        .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labelled_series_are_exported() {
+        let stats = Stats::default();
+        stats.received(Qos::AtLeastOnce, 10);
+        stats.dropped(DropReason::QueueFull, 2);
+        stats.refused(Refusal::IdentifierRejected);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&stats.registry.gather())
+            .unwrap();
+        assert!(text.contains("astramq_messages_received_total{qos=\"1\"} 1"));
+        assert!(text.contains("astramq_messages_dropped_total{reason=\"queue_full\"} 2"));
+        assert!(
+            text.contains("astramq_connections_refused_total{reason=\"identifier_rejected\"} 1")
+        );
+        assert!(text.contains("astramq_build_info{component=\"node\""));
+        assert_eq!(stats.dropped_total(), 2);
     }
 }

@@ -8,7 +8,6 @@ use bytes::Bytes;
 
 use crate::broker::Broker;
 use crate::message::{Message, Qos};
-use crate::stats::Stats;
 
 /// Publishes the statistics every `interval` until the task is dropped.
 pub async fn publish_periodically(broker: Arc<Broker>, interval: Duration) {
@@ -27,13 +26,13 @@ async fn snapshot(broker: &Broker) -> Vec<(String, String)> {
     let s = &broker.stats;
     let retained = broker.store.retained_count().await.unwrap_or(0);
     let counters = [
-        ("clients/connected", Stats::get(&s.clients_connected)),
-        ("clients/total", Stats::get(&s.connections_total)),
-        ("messages/received", Stats::get(&s.messages_received)),
-        ("messages/sent", Stats::get(&s.messages_sent)),
+        ("clients/connected", s.clients_connected.get() as u64),
+        ("clients/total", s.connections_total.get()),
+        ("messages/received", s.received_total()),
+        ("messages/sent", s.sent_total()),
         ("messages/dropped", s.dropped_total()),
-        ("bytes/received", Stats::get(&s.payload_bytes_received)),
-        ("bytes/sent", Stats::get(&s.payload_bytes_sent)),
+        ("bytes/received", s.payload_bytes_received.get()),
+        ("bytes/sent", s.payload_bytes_sent.get()),
         ("subscriptions/count", broker.subscription_count() as u64),
         ("retained messages/count", retained as u64),
         ("uptime", broker.started.elapsed().as_secs()),

@@ -23,6 +23,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use super::metrics::RedisOp;
 use super::redis_value::{self as rv, StreamEntry};
 use super::{keys, wire, Cluster, Mode};
 use crate::broker::Broker;
@@ -123,9 +124,11 @@ impl Forwarder {
                     .ignore();
             }
         }
-        match pipe.query_async::<()>(&mut self.connection).await {
+        let metrics = &self.cluster.metrics;
+        let written = pipe.query_async::<()>(&mut self.connection);
+        match metrics.timed(RedisOp::Forward, written).await {
             Ok(()) => {
-                self.cluster.stats.record_appends(batch.len());
+                metrics.appended.inc_by(batch.len() as u64);
                 true
             }
             Err(error) => {
@@ -314,7 +317,7 @@ impl InboxReader {
         };
         match wire::decode_batch(raw.clone()) {
             Ok(messages) => {
-                self.cluster.stats.record_reads(messages.len());
+                self.cluster.metrics.read.inc_by(messages.len() as u64);
                 for message in messages {
                     self.broker.deliver_from_cluster(message).await;
                 }

@@ -8,12 +8,12 @@
 //! writing its heartbeat is not declared dead.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
+use super::metrics::RedisOp;
 use super::{keys, recovery, Cluster};
 use crate::broker::Broker;
 
@@ -35,6 +35,14 @@ pub async fn heartbeat(con: &mut ConnectionManager, cluster: &Cluster) -> redis:
         .arg(keys::nodes())
         .arg(&*cluster.node_id)
         .ignore()
+        .query_async(con)
+        .await
+}
+
+/// Entries waiting in this node's inbox.
+async fn inbox_length(con: &mut ConnectionManager, me: &str) -> redis::RedisResult<i64> {
+    redis::cmd("XLEN")
+        .arg(keys::inbox(me))
         .query_async(con)
         .await
 }
@@ -73,16 +81,24 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
             _ = ticker.tick() => {}
             _ = cluster.check_now.notified() => {}
         }
-        if let Err(error) = heartbeat(&mut con, &cluster).await {
-            if cluster.stats.redis_up.swap(false, Relaxed) {
+        let beat = cluster
+            .metrics
+            .timed(RedisOp::Liveness, heartbeat(&mut con, &cluster));
+        if let Err(error) = beat.await {
+            if cluster.metrics.redis_up.get() == 1 {
+                cluster.metrics.redis_up.set(0);
                 tracing::error!(%error, "Redis unreachable: QoS 1/2 publishes are refused until it is back");
             }
             // What we saw before the outage proves nothing about after it.
             suspects.clear();
             continue;
         }
-        if !cluster.stats.redis_up.swap(true, Relaxed) {
+        if cluster.metrics.redis_up.get() == 0 {
+            cluster.metrics.redis_up.set(1);
             tracing::info!("Redis reachable again");
+        }
+        if let Ok(lag) = inbox_length(&mut con, &cluster.node_id).await {
+            cluster.metrics.stream_lag.set(lag);
         }
         match silent_nodes(&mut con, &cluster.node_id).await {
             Ok(silent) => {

@@ -37,12 +37,12 @@
 pub mod bus;
 pub mod keys;
 pub mod liveness;
+pub mod metrics;
 pub mod recovery;
 pub mod redis_value;
 pub mod routes;
 pub mod wire;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 use crate::broker::Broker;
 use crate::message::{Message, Qos};
+use metrics::ClusterMetrics;
 use routes::RouteCache;
 
 /// How publishes travel between nodes.
@@ -83,27 +84,6 @@ pub struct ClusterOptions {
     pub takeover_timeout: Duration,
 }
 
-/// Counters of inter-node traffic.
-#[derive(Debug, Default)]
-pub struct ClusterStats {
-    /// Publishes written to streams.
-    pub appended: AtomicU64,
-    /// Messages read from streams.
-    pub read: AtomicU64,
-    /// False while Redis cannot be reached.
-    pub redis_up: AtomicBool,
-}
-
-impl ClusterStats {
-    fn record_appends(&self, n: usize) {
-        self.appended.fetch_add(n as u64, Relaxed);
-    }
-
-    fn record_reads(&self, n: usize) {
-        self.read.fetch_add(n as u64, Relaxed);
-    }
-}
-
 /// This node's membership in the cluster.
 pub struct Cluster {
     /// This node's id; names its inbox and route set.
@@ -114,8 +94,8 @@ pub struct Cluster {
     pub options: ClusterOptions,
     /// Cached copy of every node's routes.
     pub routes: RouteCache,
-    /// Inter-node traffic counters.
-    pub stats: ClusterStats,
+    /// Redis health and latency, stream traffic.
+    pub metrics: Arc<ClusterMetrics>,
     client: redis::Client,
     connection: ConnectionManager,
     forward_tx: mpsc::Sender<bus::Forward>,
@@ -131,7 +111,11 @@ const FORWARD_QUEUE: usize = 65_536;
 
 impl Cluster {
     /// Connects to Redis, retrying with backoff until it answers.
-    pub async fn connect(node_id: &str, options: ClusterOptions) -> anyhow::Result<Arc<Cluster>> {
+    pub async fn connect(
+        node_id: &str,
+        options: ClusterOptions,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<Arc<Cluster>> {
         let client = redis::Client::open(options.redis_url.as_str())
             .with_context(|| format!("invalid Redis URL {}", options.redis_url))?;
         let config = ConnectionManagerConfig::new()
@@ -151,14 +135,13 @@ impl Cluster {
             }
         };
         let (forward_tx, forward_rx) = mpsc::channel(FORWARD_QUEUE);
-        let stats = ClusterStats::default();
-        stats.redis_up.store(true, Relaxed);
+
         Ok(Arc::new(Cluster {
             node_id: node_id.into(),
             mode: options.mode,
             options,
             routes: RouteCache::default(),
-            stats,
+            metrics: Arc::new(ClusterMetrics::new(registry)),
             client,
             connection,
             forward_tx,

@@ -22,7 +22,7 @@ use crate::protocol::codec::{
 };
 use crate::protocol::{decode, FrameHeader, Inbound};
 use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
-use crate::stats::Stats;
+use crate::stats::{DropReason, Stats};
 use crate::store::{SessionClaim, SessionOwner};
 
 /// When a resumed session looks once more for messages queued by the
@@ -48,6 +48,13 @@ pub struct SessionSetup {
     pub finished: watch::Sender<bool>,
     /// Ownership and previous state from the store.
     pub claim: SessionClaim,
+}
+
+/// Keeps the in-flight gauge right when an outgoing message completes.
+fn count_completion(stats: &Stats, outcome: AckOutcome) {
+    if outcome == AckOutcome::Completed {
+        stats.inflight_messages.dec();
+    }
 }
 
 /// Why a session ended; decides whether the will is published.
@@ -128,7 +135,7 @@ impl ActiveSession {
             resumed.is_some(),
             ConnackCode::Accepted,
         );
-        Stats::add(&broker.stats.clients_connected, 1);
+        broker.stats.clients_connected.inc();
         let mut session = ActiveSession {
             window: OutgoingWindow::new(broker.limits.max_inflight),
             broker,
@@ -161,6 +168,10 @@ impl ActiveSession {
         self.subscriptions = state.subscriptions;
         self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
         self.pending = state.pending;
+        self.broker
+            .stats
+            .inflight_messages
+            .add(state.outgoing.len() as i64);
         self.window.restore(state.outgoing);
         let out = self.connection.output();
         for entry in self.window.entries() {
@@ -266,7 +277,7 @@ impl ActiveSession {
     }
 
     fn protocol_error(&self, reason: String) -> End {
-        Stats::add(&self.broker.stats.protocol_errors, 1);
+        self.broker.stats.protocol_errors.inc();
         End::ProtocolError(reason)
     }
 
@@ -280,7 +291,7 @@ impl ActiveSession {
             Inbound::Connect(_) => return Some(self.protocol_error("second CONNECT".into())),
             Inbound::Publish(publish) => return self.on_publish(publish).await,
             Inbound::Puback(id) => {
-                self.window.puback(id);
+                count_completion(&self.broker.stats, self.window.puback(id));
                 Ok(())
             }
             Inbound::Pubrec(id) => match self.window.pubrec(id) {
@@ -292,7 +303,7 @@ impl ActiveSession {
                 encode_ack(out, Ack::Pubcomp, id)
             }
             Inbound::Pubcomp(id) => {
-                self.window.pubcomp(id);
+                count_completion(&self.broker.stats, self.window.pubcomp(id));
                 Ok(())
             }
             Inbound::Subscribe { packet_id, filters } => {
@@ -317,8 +328,7 @@ impl ActiveSession {
             return Some(self.protocol_error(format!("invalid topic name {:?}", publish.topic)));
         }
         let stats = &self.broker.stats;
-        Stats::add(&stats.messages_received, 1);
-        Stats::add(&stats.payload_bytes_received, publish.payload.len() as u64);
+        stats.received(publish.qos, publish.payload.len());
         let message = Arc::new(Message::new(
             publish.topic,
             publish.payload,
@@ -453,7 +463,7 @@ impl ActiveSession {
                 return;
             };
             if delivery.message.is_expired(now_ms) {
-                Stats::add(&self.broker.stats.dropped_expired, 1);
+                self.broker.stats.dropped(DropReason::Expired, 1);
                 continue;
             }
             self.send(delivery);
@@ -463,7 +473,10 @@ impl ActiveSession {
     fn send(&mut self, delivery: Delivery) {
         let packet_id = match delivery.qos {
             Qos::AtMostOnce => None,
-            _ => Some(self.window.start(delivery.clone())),
+            _ => {
+                self.broker.stats.inflight_messages.inc();
+                Some(self.window.start(delivery.clone()))
+            }
         };
         let message = &delivery.message;
         let out = self.connection.output();
@@ -477,11 +490,7 @@ impl ActiveSession {
             delivery.retain,
         ) {
             Ok(()) => {
-                Stats::add(&self.broker.stats.messages_sent, 1);
-                Stats::add(
-                    &self.broker.stats.payload_bytes_sent,
-                    message.payload.len() as u64,
-                );
+                self.broker.stats.sent(delivery.qos, message.payload.len());
             }
             Err(error) => tracing::warn!(%error, "delivery not encoded"),
         }
@@ -503,6 +512,8 @@ impl ActiveSession {
         self.connection.close(timeout).await;
         // Deliveries posted from now on are refused and go to the store.
         let leftovers = self.handle.mailbox.close();
+        let inflight = self.window.len() as i64;
+        self.broker.stats.inflight_messages.sub(inflight);
         let result = if self.clean_session {
             let filters = self.subscriptions.keys().map(String::as_str);
             self.broker.unsubscribe(&self.client_id, filters).await;
@@ -527,6 +538,6 @@ impl ActiveSession {
         self.broker
             .registry
             .remove(&self.client_id, self.handle.connection_id);
-        Stats::sub(&self.broker.stats.clients_connected, 1);
+        self.broker.stats.clients_connected.dec();
     }
 }

@@ -17,7 +17,7 @@ use crate::message::{ClientId, Message};
 use crate::protocol::codec::{encode_connack, ConnackCode, ConnectPacket};
 use crate::protocol::{decode, Inbound, ProtocolError};
 use crate::router::topic::is_valid_topic_name;
-use crate::stats::Stats;
+use crate::stats::Refusal;
 use crate::store::ClaimRequest;
 
 /// Longest client id MQTT 3.1 (protocol level 3) allows.
@@ -44,6 +44,10 @@ pub async fn serve(
         Ok(id) => id,
         Err(answer) => {
             tracing::debug!(client_id = %connect.client_id, ?answer, "connection refused");
+            broker.stats.refused(match answer {
+                Some(_) => Refusal::IdentifierRejected,
+                None => Refusal::BadConnect,
+            });
             if let Some(code) = answer {
                 encode_connack(connection.output(), false, code);
             }
@@ -61,36 +65,38 @@ pub async fn serve(
 /// well-formed CONNECT.
 async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<ConnectPacket> {
     let frame = tokio::time::timeout(broker.limits.connect_timeout, connection.read_frame()).await;
-    let refusal = match frame {
-        Err(_) => {
-            tracing::debug!("no CONNECT within the connect timeout");
-            return None;
-        }
-        Ok(Ok(None)) => return None,
+    let error = match frame {
         Ok(Ok(Some((header, frame)))) => match decode(&header, &frame) {
             Ok(Inbound::Connect(connect)) => return Some(connect),
-            Ok(other) => {
-                tracing::debug!(packet = ?std::mem::discriminant(&other), "first packet is not CONNECT");
-                None
-            }
-            Err(error) => Some(error),
+            Ok(_) => ProtocolError::Malformed {
+                packet: "first",
+                reason: "the first packet must be CONNECT",
+            },
+            Err(error) => error,
         },
-        Ok(Err(ConnectionError::Protocol(error))) => Some(error),
-        Ok(Err(error)) => {
-            tracing::debug!(%error, "connection failed before CONNECT");
+        Ok(Err(ConnectionError::Protocol(error))) => error,
+        Err(_) => {
+            tracing::debug!("no CONNECT within the connect timeout");
+            broker.stats.refused(Refusal::BadConnect);
+            return None;
+        }
+        Ok(Ok(None)) | Ok(Err(_)) => {
+            broker.stats.refused(Refusal::BadConnect);
             return None;
         }
     };
-    Stats::add(&broker.stats.protocol_errors, 1);
-    if let Some(ProtocolError::UnsupportedProtocol { name, level }) = &refusal {
+    broker.stats.protocol_errors.inc();
+    if let ProtocolError::UnsupportedProtocol { name, level } = &error {
         tracing::debug!(%name, level, "unsupported protocol");
+        broker.stats.refused(Refusal::UnsupportedProtocol);
         encode_connack(
             connection.output(),
             false,
             ConnackCode::UnacceptableProtocol,
         );
-    } else if let Some(error) = refusal {
-        tracing::debug!(%error, "malformed first packet");
+    } else {
+        tracing::debug!(%error, "refused first packet");
+        broker.stats.refused(Refusal::BadConnect);
     }
     None
 }
@@ -101,7 +107,7 @@ async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<Co
 fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<ConnackCode>> {
     if let Some(will) = &connect.will {
         if !is_valid_topic_name(&will.topic) {
-            Stats::add(&broker.stats.protocol_errors, 1);
+            broker.stats.protocol_errors.inc();
             return Err(None);
         }
     }
@@ -134,6 +140,7 @@ async fn run_session(
         finished: finished_rx,
     };
     if !take_over(&broker, &client_id, &handle).await {
+        broker.stats.refused(Refusal::ServerUnavailable);
         encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
         connection.close(broker.limits.write_timeout).await;
         return;
@@ -151,6 +158,7 @@ async fn run_session(
         Err(error) => {
             tracing::warn!(%error, %client_id, "session not claimed: store unavailable");
             broker.registry.remove(&client_id, handle.connection_id);
+            broker.stats.refused(Refusal::ServerUnavailable);
             encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
             connection.close(broker.limits.write_timeout).await;
             return;

@@ -58,6 +58,16 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Deliveries waiting, for the queued-messages gauge.
+    pub fn len(&self) -> usize {
+        self.queue().deliveries.len()
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.queue().deliveries.is_empty()
+    }
+
     /// Takes everything posted so far, oldest first.
     pub fn take_all(&self) -> VecDeque<Delivery> {
         std::mem::take(&mut self.queue().deliveries)

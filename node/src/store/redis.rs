@@ -24,6 +24,7 @@ use redis::{Script, Value};
 
 use super::redis_scripts as lua;
 use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
+use crate::cluster::metrics::{ClusterMetrics, RedisOp};
 use crate::cluster::{keys, redis_value as rv, wire};
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::router::topic::filter_matches;
@@ -54,6 +55,7 @@ struct Scripts {
 /// Sessions and retained messages in Redis.
 pub struct RedisStore {
     connection: ConnectionManager,
+    metrics: Arc<ClusterMetrics>,
     node_id: Arc<str>,
     max_queued: usize,
     /// How long a claim waits for another node to park a connected session.
@@ -65,12 +67,14 @@ impl RedisStore {
     /// A store over `connection` for node `node_id`.
     pub fn new(
         connection: ConnectionManager,
+        metrics: Arc<ClusterMetrics>,
         node_id: Arc<str>,
         max_queued: usize,
         takeover_timeout: Duration,
     ) -> RedisStore {
         RedisStore {
             connection,
+            metrics,
             node_id,
             max_queued,
             takeover_timeout,
@@ -185,7 +189,10 @@ impl Store for RedisStore {
             .arg(if request.clean_session { "1" } else { "0" })
             .arg(will.as_ref())
             .arg(&**client_id);
-        let reply: Value = invocation.invoke_async(&mut self.con()).await?;
+        let reply: Value = self
+            .metrics
+            .timed(RedisOp::Claim, invocation.invoke_async(&mut self.con()))
+            .await?;
         let parts = rv::array(reply)?;
         let epoch = parts.first().and_then(rv::int).unwrap_or(0) as u64;
         let had_state = parts.get(2).and_then(rv::int) == Some(1);
@@ -221,19 +228,22 @@ impl Store for RedisStore {
         for filter in removed {
             invocation.arg(filter);
         }
-        let _: Value = invocation.invoke_async(&mut self.con()).await?;
+        let _: Value = self
+            .metrics
+            .timed(RedisOp::Session, invocation.invoke_async(&mut self.con()))
+            .await?;
         Ok(())
     }
 
     async fn drain_offline(&self, owner: &SessionOwner) -> Result<Vec<Delivery>, StoreError> {
-        let reply: Value = self
-            .scripts
-            .drain
+        let mut invocation = self.scripts.drain.prepare_invoke();
+        invocation
             .key(keys::session(&owner.client_id))
             .key(keys::queue(&owner.client_id))
-            .arg(owner.epoch)
-            .invoke_async(&mut self.con())
-            .await?;
+            .arg(owner.epoch);
+        let mut con = self.con();
+        let drained = invocation.invoke_async(&mut con);
+        let reply: Value = self.metrics.timed(RedisOp::Session, drained).await?;
         rv::bulk_list(Some(&reply))?
             .into_iter()
             .map(|r| wire::decode_delivery(r).map_err(StoreError::from))
@@ -267,7 +277,10 @@ impl Store for RedisStore {
         for delivery in &state.pending {
             invocation.arg(wire::encode_delivery(delivery).as_ref());
         }
-        let parked: i64 = invocation.invoke_async(&mut self.con()).await?;
+        let parked: i64 = self
+            .metrics
+            .timed(RedisOp::Park, invocation.invoke_async(&mut self.con()))
+            .await?;
         if parked == 0 {
             tracing::debug!(client_id = %owner.client_id, "park skipped: session owned elsewhere now");
         }
@@ -279,12 +292,13 @@ impl Store for RedisStore {
         for key in session_keys(&owner.client_id) {
             invocation.key(key);
         }
-        let _: Value = invocation
+        invocation
             .key(keys::node_clients(&self.node_id))
             .arg(owner.epoch)
-            .arg(&*owner.client_id)
-            .invoke_async(&mut self.con())
-            .await?;
+            .arg(&*owner.client_id);
+        let mut con = self.con();
+        let discarded = invocation.invoke_async::<Value>(&mut con);
+        self.metrics.timed(RedisOp::Session, discarded).await?;
         Ok(())
     }
 
@@ -301,7 +315,10 @@ impl Store for RedisStore {
                 .arg(delivery.qos.as_u8())
                 .arg(wire::encode_delivery(delivery).as_ref());
         }
-        let counts: Vec<i64> = invocation.invoke_async(&mut self.con()).await?;
+        let counts: Vec<i64> = self
+            .metrics
+            .timed(RedisOp::Enqueue, invocation.invoke_async(&mut self.con()))
+            .await?;
         let count = |i: usize| counts.get(i).copied().unwrap_or(0) as usize;
         Ok(QueueOutcome {
             queued: count(0),
@@ -323,14 +340,19 @@ impl Store for RedisStore {
                 .arg(wire::encode_message(&message).as_ref());
             c
         };
-        let _: Value = cmd.query_async(&mut self.con()).await?;
+        let _: Value = self
+            .metrics
+            .timed(RedisOp::Retained, cmd.query_async(&mut self.con()))
+            .await?;
         Ok(())
     }
 
     async fn retained_matching(&self, filters: &[&str]) -> Result<Vec<Arc<Message>>, StoreError> {
-        let all: Value = redis::cmd("HGETALL")
-            .arg(keys::retained())
-            .query_async(&mut self.con())
+        let mut cmd = redis::cmd("HGETALL");
+        cmd.arg(keys::retained());
+        let all: Value = self
+            .metrics
+            .timed(RedisOp::Retained, cmd.query_async(&mut self.con()))
             .await?;
         let flat = rv::bulk_list(Some(&all))?;
         let mut out = Vec::new();

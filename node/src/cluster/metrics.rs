@@ -1,0 +1,132 @@
+//! Metrics of the cluster layer: Redis health and latency, stream traffic.
+
+use std::future::Future;
+use std::time::Instant;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// The Redis operations timed, a fixed set so the label stays bounded.
+#[derive(Debug, Clone, Copy)]
+pub enum RedisOp {
+    /// Forwarding a batch of publishes to streams.
+    Forward,
+    /// Claiming a session.
+    Claim,
+    /// Parking a session.
+    Park,
+    /// Any other session write (discard, subscriptions, drain).
+    Session,
+    /// Queuing offline deliveries.
+    Enqueue,
+    /// Retained message reads and writes.
+    Retained,
+    /// Heartbeats and dead-node checks.
+    Liveness,
+}
+
+impl RedisOp {
+    const ALL: [(RedisOp, &'static str); 7] = [
+        (RedisOp::Forward, "forward"),
+        (RedisOp::Claim, "claim"),
+        (RedisOp::Park, "park"),
+        (RedisOp::Session, "session"),
+        (RedisOp::Enqueue, "enqueue"),
+        (RedisOp::Retained, "retained"),
+        (RedisOp::Liveness, "liveness"),
+    ];
+}
+
+/// Cluster-layer metrics, registered in the node's registry.
+pub struct ClusterMetrics {
+    latency: [Histogram; 7],
+    errors: [IntCounter; 7],
+    /// Publishes appended to inter-node streams.
+    pub appended: IntCounter,
+    /// Messages read from inter-node streams.
+    pub read: IntCounter,
+    /// 1 while Redis answers, 0 while it does not.
+    pub redis_up: IntGauge,
+    /// Entries waiting in this node's inbox (routed mode).
+    pub stream_lag: IntGauge,
+}
+
+impl ClusterMetrics {
+    /// Registers the cluster metrics in `registry`.
+    pub fn new(registry: &Registry) -> ClusterMetrics {
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "astramq_redis_command_duration_seconds",
+                "Time for Redis round trips (one pipeline or script), by operation.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0,
+            ]),
+            &["op"],
+        )
+        .expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "astramq_redis_errors_total",
+                "Failed Redis round trips, by operation.",
+            ),
+            &["op"],
+        )
+        .expect("valid metric");
+        let appended = IntCounter::new(
+            "astramq_stream_appends_total",
+            "Publishes appended to inter-node streams.",
+        )
+        .expect("valid metric");
+        let read = IntCounter::new(
+            "astramq_stream_reads_total",
+            "Messages read from inter-node streams.",
+        )
+        .expect("valid metric");
+        let redis_up = IntGauge::new(
+            "astramq_redis_up",
+            "1 while Redis answers this node, else 0.",
+        )
+        .expect("valid metric");
+        let stream_lag = IntGauge::new(
+            "astramq_stream_lag",
+            "Entries waiting in this node's inbox stream.",
+        )
+        .expect("valid metric");
+        for metric in [
+            Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(errors.clone()),
+            Box::new(appended.clone()),
+            Box::new(read.clone()),
+            Box::new(redis_up.clone()),
+            Box::new(stream_lag.clone()),
+        ] {
+            registry.register(metric).expect("metric registered once");
+        }
+        redis_up.set(1);
+        ClusterMetrics {
+            latency: RedisOp::ALL.map(|(_, l)| latency.with_label_values(&[l])),
+            errors: RedisOp::ALL.map(|(_, l)| errors.with_label_values(&[l])),
+            appended,
+            read,
+            redis_up,
+            stream_lag,
+        }
+    }
+
+    /// Runs one Redis round trip, recording its duration and any error.
+    pub async fn timed<T, E>(
+        &self,
+        op: RedisOp,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = Instant::now();
+        let result = call.await;
+        self.latency[op as usize].observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.errors[op as usize].inc();
+        }
+        result
+    }
+}
