@@ -4,5 +4,7 @@
 //!
 //! - [`membership`] — gossip membership (serf): who is alive, with each
 //!   member's role and addresses, as a snapshot and a stream of events.
+//! - [`ops_http`] — the `/metrics`, `/healthz` and `/readyz` endpoint.
 
 pub mod membership;
+pub mod ops_http;
