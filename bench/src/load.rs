@@ -84,7 +84,14 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport> {
         fanout[j % plan.topics] += 1;
     }
 
-    let shared = Arc::new(subscriber::Shared::new(plan.max_outstanding.is_some())?);
+    if let Some(cap) = plan.max_outstanding {
+        let widest = fanout.iter().copied().max().unwrap_or(0);
+        ensure!(
+            cap >= 2 * widest,
+            "--max-outstanding must be at least twice the largest fan-out ({widest})"
+        );
+    }
+    let shared = Arc::new(subscriber::Shared::new(plan.max_outstanding)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let run_tag = format!("{:x}", probe::now_ns() ^ u64::from(std::process::id()));

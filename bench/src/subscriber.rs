@@ -30,10 +30,12 @@ pub struct Shared {
     pub delivered: AtomicU64,
     /// End-to-end latency in ns of deliveries received in the window.
     pub latency: Mutex<Histogram<u64>>,
-    /// True when publishers are capped by outstanding deliveries
-    /// (`--max-outstanding`): subscribers then signal `progress`.
-    pub closed_loop: bool,
-    /// Wakes publishers waiting for deliveries to catch up.
+    /// The cap on outstanding deliveries when publishers run closed loop
+    /// (`--max-outstanding`).
+    pub max_outstanding: Option<u64>,
+    /// Wakes publishers blocked by the cap once outstanding deliveries fell
+    /// to half of it: waking them in bulk, not per read, keeps a hundred
+    /// publishers from stampeding after every small batch.
     pub progress: Notify,
 }
 
@@ -58,7 +60,7 @@ impl Counts {
 }
 
 impl Shared {
-    pub fn new(closed_loop: bool) -> Result<Shared> {
+    pub fn new(max_outstanding: Option<u64>) -> Result<Shared> {
         Ok(Shared {
             measuring: AtomicBool::new(false),
             sent: AtomicU64::new(0),
@@ -67,7 +69,7 @@ impl Shared {
             delivered: AtomicU64::new(0),
             // 1 ns .. 60 s at 3 significant digits.
             latency: Mutex::new(Histogram::new_with_bounds(1, 60_000_000_000, 3)?),
-            closed_loop,
+            max_outstanding,
             progress: Notify::new(),
         })
     }
@@ -144,9 +146,11 @@ fn consume(rbuf: &mut BytesMut, wbuf: &mut BytesMut, shared: &Shared) -> Result<
         }
     }
     rbuf.advance(used);
-    shared.delivered.fetch_add(delivered, Relaxed);
-    if shared.closed_loop && delivered > 0 {
-        shared.progress.notify_waiters();
+    let total = shared.delivered.fetch_add(delivered, Relaxed) + delivered;
+    if let (Some(cap), true) = (shared.max_outstanding, delivered > 0) {
+        if shared.expected.load(Relaxed).saturating_sub(total) <= cap / 2 {
+            shared.progress.notify_waiters();
+        }
     }
     Ok(())
 }

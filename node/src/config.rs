@@ -66,6 +66,19 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_HEARTBEAT_TTL_MS")]
     pub heartbeat_ttl_ms: Option<u64>,
 
+    /// Gossip (membership) bind address, UDP and TCP on one port [default: off, no gossip].
+    #[arg(long, env = "ASTRAMQ_GOSSIP_LISTEN")]
+    pub gossip_listen: Option<SocketAddr>,
+
+    /// Gossip seed addresses to join, comma separated [default: none].
+    #[arg(long, env = "ASTRAMQ_JOIN", value_delimiter = ',')]
+    #[serde(default)]
+    pub join: Option<Vec<SocketAddr>>,
+
+    /// Shared gossip encryption key, 16/24/32 bytes as base64 or hex [default: off, plaintext].
+    #[arg(long, env = "ASTRAMQ_GOSSIP_KEY", hide_env_values = true)]
+    pub gossip_key: Option<String>,
+
     /// Largest MQTT packet accepted, in bytes; larger ones close the connection [default: 1048576].
     #[arg(long, env = "ASTRAMQ_MAX_PACKET_SIZE")]
     pub max_packet_size: Option<usize>,
@@ -112,6 +125,9 @@ impl Settings {
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             node_id: self.node_id.or(lower.node_id),
             redis: self.redis.or(lower.redis),
+            gossip_listen: self.gossip_listen.or(lower.gossip_listen),
+            join: self.join.or(lower.join),
+            gossip_key: self.gossip_key.or(lower.gossip_key),
             cluster_mode: self.cluster_mode.or(lower.cluster_mode),
             redis_timeout_ms: self.redis_timeout_ms.or(lower.redis_timeout_ms),
             stream_maxlen: self.stream_maxlen.or(lower.stream_maxlen),
@@ -141,6 +157,8 @@ pub struct NodeConfig {
     pub node_id: String,
     /// Cluster settings, when a Redis URL is given.
     pub cluster: Option<ClusterOptions>,
+    /// Gossip settings, when a gossip address is given.
+    pub gossip: Option<GossipOptions>,
     /// Limits that protect the node from clients.
     pub limits: Limits,
     /// Seconds between `$SYS` publishes; `None` when disabled.
@@ -149,6 +167,17 @@ pub struct NodeConfig {
     pub shutdown_timeout: Duration,
     /// Runtime worker threads; `None` for one per CPU.
     pub threads: Option<usize>,
+}
+
+/// Gossip membership settings.
+#[derive(Debug, Clone)]
+pub struct GossipOptions {
+    /// Where to bind (UDP and TCP).
+    pub listen: SocketAddr,
+    /// Seeds to join.
+    pub join: Vec<SocketAddr>,
+    /// Shared encryption key, if any.
+    pub key: Option<String>,
 }
 
 /// Per-connection and per-session bounds.
@@ -236,6 +265,11 @@ impl NodeConfig {
                 heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms.unwrap_or(500)),
                 heartbeat_ttl: Duration::from_millis(s.heartbeat_ttl_ms.unwrap_or(2000)),
                 takeover_timeout: Duration::from_secs(5),
+            }),
+            gossip: s.gossip_listen.map(|listen| GossipOptions {
+                listen,
+                join: s.join.clone().unwrap_or_default(),
+                key: s.gossip_key.clone(),
             }),
             limits,
             sys_interval: match s.sys_interval.unwrap_or(10) {

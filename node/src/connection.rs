@@ -89,7 +89,12 @@ impl Connection {
                 Ok(0) if self.read_buf.is_empty() => return Ok(None),
                 Ok(0) => return Err(ConnectionError::Truncated),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Readiness was stale: don't hold a buffer while waiting.
+                    if self.read_buf.is_empty() {
+                        self.read_buf = BytesMut::new();
+                    }
+                }
                 Err(e) => return Err(e.into()),
             }
         }

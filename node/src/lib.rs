@@ -20,12 +20,15 @@
 //! - [`message`]: the shared message model (MQTT 5-ready).
 //! - [`sys`], [`stats`], [`ops`]: `$SYS` topics, Prometheus metrics, and
 //!   the `/metrics`, `/healthz`, `/readyz` endpoint.
+//! - [`gossip`]: announcing the node to proxies and peers, and hearing of
+//!   failures early.
 //! - [`config`]: flags, environment and TOML.
 
 pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod gossip;
 pub mod listener;
 pub mod message;
 pub mod ops;
@@ -67,12 +70,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
     // Before the MQTT readiness line, so whoever waits for that line
     // already knows the metrics address too.
-    if let Some(addr) = config.metrics_listen {
-        let source = Arc::new(ops::NodeOps::new(broker.clone()));
-        let bound = astramq_shared::ops_http::serve(addr, source).await?;
-        tracing::info!(metrics = %bound, "metrics endpoint started");
-        println!("astramq-node metrics on http://{bound}/metrics");
-    }
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let source = Arc::new(ops::NodeOps::new(broker.clone()));
+            let bound = astramq_shared::ops_http::serve(addr, source).await?;
+            tracing::info!(metrics = %bound, "metrics endpoint started");
+            println!("astramq-node metrics on http://{bound}/metrics");
+            Some(bound)
+        }
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding MQTT listener on {}", config.listen))?;
@@ -80,8 +87,26 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         .local_addr()
         .context("reading the bound MQTT address")?;
     tracing::info!(node_id = %config.node_id, mqtt = %local, "node started");
+    let membership = match &config.gossip {
+        Some(options) => {
+            let membership = gossip::join(&config.node_id, options, local, metrics_addr).await?;
+            let gauge = Arc::new(gossip::GossipGauge::new(&broker.stats));
+            tokio::spawn(gossip::follow(membership.clone(), cluster.clone(), gauge));
+            Some(membership)
+        }
+        None => None,
+    };
     // A stable line on stdout: scripts and tests wait for it.
     println!("astramq-node listening on mqtt://{local}");
+    // Leave gossip as soon as shutdown starts, so proxies stop sending new
+    // clients here while the connected ones are closed.
+    let leaving = membership.clone();
+    let shutdown = async move {
+        shutdown.await;
+        if let Some(membership) = leaving {
+            tokio::spawn(async move { membership.leave().await });
+        }
+    };
     let gauges_task = tokio::spawn(ops::refresh_slow_gauges(broker.clone()));
     let sys_task = config
         .sys_interval
@@ -90,6 +115,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     gauges_task.abort();
     if let Some(task) = sys_task {
         task.abort();
+    }
+    if let Some(membership) = &membership {
+        membership.leave().await;
     }
     if let Some(cluster) = &cluster {
         cluster.leave().await;

@@ -105,58 +105,69 @@ pub struct ActiveSession {
 impl ActiveSession {
     /// Answers CONNACK, resumes what the previous connection left, and runs
     /// the session to its end.
+    ///
+    /// Everything but the packet loop is boxed: a connected session spends
+    /// its life awaiting in [`Self::run`], and the task's size (memory per
+    /// idle connection) is that of its largest await point.
     pub async fn start(
         broker: Arc<Broker>,
-        mut connection: Connection,
+        connection: Connection,
         setup: SessionSetup,
         shutdown: ShutdownSignal,
     ) {
-        let SessionSetup {
-            client_id,
-            clean_session,
-            keep_alive,
-            will,
-            handle,
-            finished,
-            claim,
-        } = setup;
-        broker.session_resumed(&client_id);
-        let resumed = if clean_session {
-            if let Some(previous) = &claim.previous {
-                let filters = previous.subscriptions.keys().map(String::as_str);
-                broker.unsubscribe(&client_id, filters).await;
-            }
-            None
-        } else {
-            claim.previous
-        };
-        encode_connack(
-            connection.output(),
-            resumed.is_some(),
-            ConnackCode::Accepted,
-        );
+        let keep_alive = setup.keep_alive;
+        let (mut session, previous, finished) = ActiveSession::open(broker, connection, setup);
+        let late_drain = Box::pin(session.begin(previous)).await;
+        let end = session.run(keep_alive, shutdown, late_drain).await;
+        tracing::debug!(client_id = %session.client_id, ?end, "session ended");
+        Box::pin(session.finish(end)).await;
+        finished.send_replace(true);
+    }
+
+    /// The session as the handshake hands it over, not yet resumed.
+    fn open(
+        broker: Arc<Broker>,
+        connection: Connection,
+        setup: SessionSetup,
+    ) -> (ActiveSession, Option<SessionState>, watch::Sender<bool>) {
+        broker.session_resumed(&setup.client_id);
         broker.stats.clients_connected.inc();
-        let mut session = ActiveSession {
+        let session = ActiveSession {
             window: OutgoingWindow::new(broker.limits.max_inflight),
             broker,
             connection,
-            client_id,
-            owner: claim.owner,
-            clean_session,
-            will,
-            handle,
+            client_id: setup.client_id,
+            owner: setup.claim.owner,
+            clean_session: setup.clean_session,
+            will: setup.will,
+            handle: setup.handle,
             subscriptions: HashMap::new(),
             incoming_qos2: HashSet::new(),
             pending: VecDeque::new(),
         };
-        let late_drain = resumed.is_some().then(|| Instant::now() + LATE_DRAIN_AFTER);
-        if let Some(state) = resumed {
-            session.resume(state).await;
-        }
-        let end = session.run(keep_alive, shutdown, late_drain).await;
-        tracing::debug!(client_id = %session.client_id, ?end, "session ended");
-        session.finish(end).await;
-        finished.send_replace(true);
+        (session, setup.claim.previous, setup.finished)
+    }
+
+    /// Answers CONNACK and, for a persistent session, resumes what the
+    /// previous connection left; a clean session undoes its subscriptions
+    /// instead. Returns when to look for straggling queued messages.
+    async fn begin(&mut self, previous: Option<SessionState>) -> Option<Instant> {
+        let resumed = match (self.clean_session, previous) {
+            (true, Some(previous)) => {
+                let filters = previous.subscriptions.keys().map(String::as_str);
+                self.broker.unsubscribe(&self.client_id, filters).await;
+                None
+            }
+            (_, previous) => previous,
+        };
+        encode_connack(
+            self.connection.output(),
+            resumed.is_some(),
+            ConnackCode::Accepted,
+        );
+        let state = resumed?;
+        self.resume(state).await;
+        Some(Instant::now() + LATE_DRAIN_AFTER)
     }
 
     /// Restores a parked session and re-sends its unacknowledged messages
@@ -222,7 +233,10 @@ impl ActiveSession {
                 _ = shutdown.changed() => return End::Shutdown,
                 frame = self.connection.read_frame() => {
                     deadline = Instant::now() + keep_alive.unwrap_or(far_future);
-                    if let Some(end) = self.on_read(frame).await {
+                    // Boxed: packet handling (publish, subscribe, Redis
+                    // round trips) is a large future that an idle session
+                    // should not carry inline.
+                    if let Some(end) = Box::pin(self.on_read(frame)).await {
                         return end;
                     }
                 }
@@ -230,7 +244,7 @@ impl ActiveSession {
                 _ = tokio::time::sleep_until(deadline) => return End::KeepAliveTimeout,
                 _ = tokio::time::sleep_until(late_drain.unwrap_or(deadline)), if late_drain.is_some() => {
                     late_drain = None;
-                    self.drain_stragglers().await;
+                    Box::pin(self.drain_stragglers()).await;
                 }
             }
         }

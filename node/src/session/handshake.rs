@@ -35,12 +35,25 @@ pub async fn serve(
     shutdown: ShutdownSignal,
     _done: mpsc::Sender<()>,
 ) {
-    let mut connection = Connection::new(stream, broker.limits.max_packet_size);
-    let Some(connect) = read_connect(&broker, &mut connection).await else {
-        connection.close(broker.limits.write_timeout).await;
+    // Boxed and finished before the session runs: its state is not kept in
+    // the task of a connected (mostly idle) session.
+    let Some((connection, setup)) = Box::pin(handshake(&broker, stream)).await else {
         return;
     };
-    let client_id = match admit(&broker, &connect) {
+    let span = tracing::debug_span!("session", client_id = %setup.client_id);
+    ActiveSession::start(broker, connection, setup, shutdown)
+        .instrument(span)
+        .await;
+}
+
+/// CONNECT in, checks, takeover and claim; on refusal answers and closes.
+async fn handshake(broker: &Arc<Broker>, stream: TcpStream) -> Option<(Connection, SessionSetup)> {
+    let mut connection = Connection::new(stream, broker.limits.max_packet_size);
+    let Some(connect) = read_connect(broker, &mut connection).await else {
+        connection.close(broker.limits.write_timeout).await;
+        return None;
+    };
+    let client_id = match admit(broker, &connect) {
         Ok(id) => id,
         Err(answer) => {
             tracing::debug!(client_id = %connect.client_id, ?answer, "connection refused");
@@ -52,13 +65,10 @@ pub async fn serve(
                 encode_connack(connection.output(), false, code);
             }
             connection.close(broker.limits.write_timeout).await;
-            return;
+            return None;
         }
     };
-    let span = tracing::debug_span!("session", client_id = %client_id);
-    run_session(broker, connection, connect, client_id, shutdown)
-        .instrument(span)
-        .await;
+    establish(broker, connection, connect, client_id).await
 }
 
 /// Reads the first packet; answers and returns `None` unless it is a
@@ -123,15 +133,14 @@ fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<Co
     Ok(connect.client_id.as_str().into())
 }
 
-/// Registers the session (taking the id over from an older connection),
-/// claims it in the store, and runs it.
-async fn run_session(
-    broker: Arc<Broker>,
+/// Registers the session (taking the id over from an older connection)
+/// and claims it in the store.
+async fn establish(
+    broker: &Broker,
     mut connection: Connection,
     connect: ConnectPacket,
     client_id: ClientId,
-    shutdown: ShutdownSignal,
-) {
+) -> Option<(Connection, SessionSetup)> {
     let (finished_tx, finished_rx) = watch::channel(false);
     let handle = SessionHandle {
         connection_id: broker.unique_id(),
@@ -139,11 +148,11 @@ async fn run_session(
         kick: Arc::new(Notify::new()),
         finished: finished_rx,
     };
-    if !take_over(&broker, &client_id, &handle).await {
+    if !take_over(broker, &client_id, &handle).await {
         broker.stats.refused(Refusal::ServerUnavailable);
         encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
         connection.close(broker.limits.write_timeout).await;
-        return;
+        return None;
     }
     let will = connect
         .will
@@ -161,7 +170,7 @@ async fn run_session(
             broker.stats.refused(Refusal::ServerUnavailable);
             encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
             connection.close(broker.limits.write_timeout).await;
-            return;
+            return None;
         }
     };
     let keep_alive = match connect.keep_alive {
@@ -177,7 +186,7 @@ async fn run_session(
         finished: finished_tx,
         claim,
     };
-    ActiveSession::start(broker, connection, setup, shutdown).await;
+    Some((connection, setup))
 }
 
 /// Registers `handle` for `client_id`, first ending any session that holds
