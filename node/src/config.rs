@@ -79,6 +79,10 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_GOSSIP_KEY", hide_env_values = true)]
     pub gossip_key: Option<String>,
 
+    /// Load balancers (IP addresses, comma separated) whose connections start with a PROXY protocol v2 header carrying the client's address [default: none].
+    #[arg(long, env = "ASTRAMQ_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<std::net::IpAddr>>,
+
     /// Largest MQTT packet accepted, in bytes; larger ones close the connection [default: 1048576].
     #[arg(long, env = "ASTRAMQ_MAX_PACKET_SIZE")]
     pub max_packet_size: Option<usize>,
@@ -128,6 +132,7 @@ impl Settings {
             gossip_listen: self.gossip_listen.or(lower.gossip_listen),
             join: self.join.or(lower.join),
             gossip_key: self.gossip_key.or(lower.gossip_key),
+            trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
             cluster_mode: self.cluster_mode.or(lower.cluster_mode),
             redis_timeout_ms: self.redis_timeout_ms.or(lower.redis_timeout_ms),
             stream_maxlen: self.stream_maxlen.or(lower.stream_maxlen),
@@ -180,7 +185,8 @@ pub struct GossipOptions {
     pub key: Option<String>,
 }
 
-/// Per-connection and per-session bounds.
+/// Per-connection and per-session bounds, and who may vouch for a
+/// client's address.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest packet accepted.
@@ -195,6 +201,8 @@ pub struct Limits {
     pub connect_timeout: Duration,
     /// Time a single write may block.
     pub write_timeout: Duration,
+    /// Peers whose connections start with a PROXY protocol v2 header.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Limits {
@@ -206,6 +214,7 @@ impl Default for Limits {
             max_connections: 1_000_000,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -238,6 +247,7 @@ impl NodeConfig {
             write_timeout: s
                 .write_timeout
                 .map_or(defaults.write_timeout, Duration::from_secs),
+            trusted_proxies: s.trusted_proxies.clone().unwrap_or_default(),
         };
         anyhow::ensure!(
             limits.max_packet_size >= 16,

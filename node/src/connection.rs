@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::protocol::frame::parse_header;
+use crate::protocol::proxy_header;
 use crate::protocol::{FrameHeader, ProtocolError};
 
 /// How much to read at a time.
@@ -31,6 +32,9 @@ pub enum ConnectionError {
     /// The client closed the connection in the middle of a packet.
     #[error("connection closed mid-packet")]
     Truncated,
+    /// A trusted proxy's connection did not start with a valid header.
+    #[error(transparent)]
+    ProxyHeader(proxy_header::ProxyHeaderError),
     /// A write did not complete in time: the client does not read.
     #[error("write timed out")]
     WriteTimeout,
@@ -95,6 +99,29 @@ impl Connection {
                         self.read_buf = BytesMut::new();
                     }
                 }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads the PROXY protocol v2 header a trusted load balancer sends
+    /// first; returns the client address it carries.
+    pub async fn read_proxy_header(
+        &mut self,
+    ) -> Result<Option<std::net::SocketAddr>, ConnectionError> {
+        loop {
+            if let Some(header) =
+                proxy_header::parse(&self.read_buf).map_err(ConnectionError::ProxyHeader)?
+            {
+                let _ = self.read_buf.split_to(header.len);
+                return Ok(header.source);
+            }
+            self.stream.readable().await?;
+            self.read_buf.reserve(READ_CHUNK / 4);
+            match self.stream.try_read_buf(&mut self.read_buf) {
+                Ok(0) => return Err(ConnectionError::Truncated),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e.into()),
             }
         }

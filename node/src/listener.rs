@@ -48,7 +48,7 @@ pub async fn serve(
                 };
                 broker.stats.connections_total.inc();
                 let _ = stream.set_nodelay(true);
-                let task = session::serve(broker.clone(), stream, stop_rx.clone(), done_tx.clone());
+                let task = session::serve(broker.clone(), stream, peer, stop_rx.clone(), done_tx.clone());
                 tokio::spawn(async move {
                     task.await;
                     drop(permit);

@@ -16,6 +16,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod proxy_header;
 pub mod wire_check;
 
 pub use codec::{decode, Inbound, PublishPacket};

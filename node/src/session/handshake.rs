@@ -1,5 +1,6 @@
 //! The start of a connection: CONNECT in, CONNACK out, session claimed.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,23 +33,30 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(
     broker: Arc<Broker>,
     stream: TcpStream,
+    peer: SocketAddr,
     shutdown: ShutdownSignal,
     _done: mpsc::Sender<()>,
 ) {
     // Boxed and finished before the session runs: its state is not kept in
     // the task of a connected (mostly idle) session.
-    let Some((connection, setup)) = Box::pin(handshake(&broker, stream)).await else {
+    let Some((connection, setup, client_addr)) = Box::pin(handshake(&broker, stream, peer)).await
+    else {
         return;
     };
-    let span = tracing::debug_span!("session", client_id = %setup.client_id);
+    let span = tracing::debug_span!("session", client_id = %setup.client_id, %client_addr);
     ActiveSession::start(broker, connection, setup, shutdown)
         .instrument(span)
         .await;
 }
 
 /// CONNECT in, checks, takeover and claim; on refusal answers and closes.
-async fn handshake(broker: &Arc<Broker>, stream: TcpStream) -> Option<(Connection, SessionSetup)> {
+async fn handshake(
+    broker: &Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<(Connection, SessionSetup, SocketAddr)> {
     let mut connection = Connection::new(stream, broker.limits.max_packet_size);
+    let client_addr = client_address(broker, &mut connection, peer).await?;
     let Some(connect) = read_connect(broker, &mut connection).await else {
         connection.close(broker.limits.write_timeout).await;
         return None;
@@ -68,7 +76,37 @@ async fn handshake(broker: &Arc<Broker>, stream: TcpStream) -> Option<(Connectio
             return None;
         }
     };
-    establish(broker, connection, connect, client_id).await
+    let (connection, setup) = establish(broker, connection, connect, client_id).await?;
+    Some((connection, setup, client_addr))
+}
+
+/// The client's address: the peer's, or, behind a trusted load balancer,
+/// the one in its PROXY protocol header (within the connect timeout).
+async fn client_address(
+    broker: &Broker,
+    connection: &mut Connection,
+    peer: SocketAddr,
+) -> Option<SocketAddr> {
+    if !broker.limits.trusted_proxies.contains(&peer.ip()) {
+        return Some(peer);
+    }
+    let header = tokio::time::timeout(
+        broker.limits.connect_timeout,
+        connection.read_proxy_header(),
+    )
+    .await;
+    match header {
+        Ok(Ok(source)) => Some(source.unwrap_or(peer)),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "trusted proxy sent no valid PROXY header");
+            broker.stats.refused(Refusal::BadConnect);
+            None
+        }
+        Err(_) => {
+            broker.stats.refused(Refusal::BadConnect);
+            None
+        }
+    }
 }
 
 /// Reads the first packet; answers and returns `None` unless it is a
