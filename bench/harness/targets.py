@@ -102,10 +102,64 @@ def start_astramq(ctx):
     return Running([addr], [addr], [proc.pid], [proc])
 
 
-# Later: def start_astramq_cluster3(ctx): start redis-server on a free port,
-# three nodes with --redis, the proxy in front; return pub_addrs=[node 1],
-# sub_addrs=[node 2] for the cross-node path (or both = [proxy]), pids = all
-# of them, and register it below.
+def start_redis(ctx):
+    """A private redis-server with AOF (appendfsync everysec), as production
+    runs it; returns (proc, url)."""
+    port = procs.free_port()
+    data = ctx.workdir / f"redis-{port}"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [
+        shutil.which("redis-server") or "redis-server",
+        "--port", str(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+        "--dir", str(data),
+    ]
+    proc = procs.spawn(argv, ctx.log("redis"))
+    try:
+        procs.wait_for_port(proc, port)
+    except Exception:
+        procs.stop(proc)
+        raise
+    return proc, f"redis://127.0.0.1:{port}"
+
+
+def prepare_redis(ctx):
+    prepare_astramq(ctx)
+    if not shutil.which("redis-server"):
+        raise RuntimeError("redis-server is not installed (scripts/test installs it)")
+
+
+def start_astramq_cluster(ctx, nodes, mode):
+    """Redis plus `nodes` AstraMQ nodes. With several nodes, publishers use
+    node 1 and subscribers node 2: every delivery crosses nodes. The cost
+    is every process's CPU, Redis included."""
+    redis, url = start_redis(ctx)
+    started = [redis]
+    addrs = []
+    try:
+        for i in range(nodes):
+            args = ["--redis", url, "--cluster-mode", mode, "--node-id", f"bench-{mode}-{i}"]
+            proc, addr = start_astramq_node(ctx, args, name=f"astramq-{mode}-{i}")
+            started.append(proc)
+            addrs.append(addr)
+    except Exception:
+        for proc in reversed(started):
+            procs.stop(proc)
+        raise
+    sub = addrs[1] if nodes > 1 else addrs[0]
+    return Running([addrs[0]], [sub], [p.pid for p in started], started)
+
+
+def start_astramq_redis(ctx):
+    return start_astramq_cluster(ctx, 1, "routed")
+
+
+def start_astramq_routed(ctx):
+    return start_astramq_cluster(ctx, 3, "routed")
+
+
+def start_astramq_broadcast(ctx):
+    return start_astramq_cluster(ctx, 3, "broadcast")
 
 
 # --- Mosquitto ---------------------------------------------------------------
@@ -208,6 +262,9 @@ TARGETS = {
     t.key: t
     for t in [
         Target("astramq", "AstraMQ", prepare_astramq, start_astramq, peer=False),
+        Target("astramq-redis", "AstraMQ 1 node on Redis", prepare_redis, start_astramq_redis, peer=False),
+        Target("astramq-routed", "AstraMQ 3 nodes routed, cross-node", prepare_redis, start_astramq_routed, peer=False),
+        Target("astramq-broadcast", "AstraMQ 3 nodes broadcast, cross-node", prepare_redis, start_astramq_broadcast, peer=False),
         Target("mosquitto", "Mosquitto", prepare_mosquitto, start_mosquitto, peer=True),
         Target("rumqttd", "rumqttd", prepare_rumqttd, start_rumqttd, peer=True),
     ]

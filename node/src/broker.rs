@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Durability};
 use crate::config::Limits;
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::router::SubscriptionTree;
@@ -196,24 +196,28 @@ impl Broker {
 
     /// Stores (if retained) and delivers a message published by a client of
     /// this node, locally and to the other nodes. Returns an error if a
-    /// write it needs failed: a QoS 1/2 publisher must then not be
-    /// acknowledged.
-    pub async fn publish(&self, message: Arc<Message>) -> Result<(), PublishError> {
+    /// write it needs failed, and otherwise when the message will be safe
+    /// in Redis: a QoS 1/2 publisher is acknowledged only then.
+    pub async fn publish(&self, message: Arc<Message>) -> Result<Durability, PublishError> {
         if message.retain {
             if let Err(error) = self.store.set_retained(message.clone()).await {
                 tracing::warn!(%error, topic = %message.topic, "retained message not stored");
                 return Err(PublishError("retained store unavailable"));
             }
         }
-        let local = self.deliver_locally(message.clone()).await;
-        let forwarded = match &self.cluster {
+        self.deliver_locally(message.clone()).await?;
+        Ok(match &self.cluster {
             Some(cluster) => cluster.forward(&message).await,
-            None => true,
-        };
-        match (local, forwarded) {
-            (Ok(()), true) => Ok(()),
-            (Err(e), _) => Err(e),
-            (_, false) => Err(PublishError("inter-node stream unavailable")),
+            None => Durability::Done,
+        })
+    }
+
+    /// [`Self::publish`], waiting until the message is safe (wills,
+    /// statistics, recovery: nobody waits for an acknowledgement).
+    pub async fn publish_and_wait(&self, message: Arc<Message>) -> Result<(), PublishError> {
+        match self.publish(message).await?.wait().await {
+            true => Ok(()),
+            false => Err(PublishError("inter-node stream unavailable")),
         }
     }
 

@@ -17,7 +17,7 @@ pub async fn publish_periodically(broker: Arc<Broker>, interval: Duration) {
         for (topic, value) in snapshot(&broker).await {
             let message = Message::new(topic, Bytes::from(value), Qos::AtMostOnce, true);
             // Statistics are best effort: a failed store write is not retried.
-            let _ = broker.publish(Arc::new(message)).await;
+            let _ = broker.publish_and_wait(Arc::new(message)).await;
         }
     }
 }

@@ -33,6 +33,10 @@ use crate::message::{ClientId, Message};
 const MAX_BATCH: usize = 1024;
 /// Most entries read from the streams at a time.
 const READ_COUNT: usize = 256;
+/// Trim the inbox after this many entries read...
+const TRIM_EVERY_ENTRIES: usize = 1024;
+/// ...or this long after the last trim, whichever comes first.
+const TRIM_EVERY: Duration = Duration::from_millis(100);
 /// How long a blocking read waits before looping (and noticing shutdown).
 pub const READ_BLOCK: Duration = Duration::from_millis(1000);
 
@@ -171,6 +175,10 @@ pub struct InboxReader {
     /// For trimming and cursor writes, off the blocking connection.
     writer: ConnectionManager,
     cursors: Cursors,
+    /// Entries read since the inbox was last trimmed.
+    untrimmed: usize,
+    /// When the inbox was last trimmed.
+    last_trim: std::time::Instant,
 }
 
 impl InboxReader {
@@ -193,6 +201,8 @@ impl InboxReader {
                 routes: route_position,
                 bus: bus_position,
             },
+            untrimmed: 0,
+            last_trim: std::time::Instant::now(),
         }
     }
 
@@ -270,7 +280,10 @@ impl InboxReader {
             } else {
                 self.on_inbox(&entries).await;
                 self.cursors.inbox = last;
-                self.trim_inbox().await;
+                self.untrimmed += entries.len();
+                if self.untrimmed >= TRIM_EVERY_ENTRIES || self.last_trim.elapsed() >= TRIM_EVERY {
+                    self.trim_inbox().await;
+                }
             }
         }
         Ok(())
@@ -326,9 +339,13 @@ impl InboxReader {
         }
     }
 
-    /// Drops what has been read: an inbox holds only unread entries, which
-    /// is exactly what a survivor must take over if this node dies.
+    /// Drops what has been read, so the inbox holds (nearly) only unread
+    /// entries: what a survivor takes over if this node dies. Entries read
+    /// but not yet trimmed would be queued again for adopted sessions — at
+    /// most [`TRIM_EVERY`] worth, delivered twice rather than lost.
     async fn trim_inbox(&mut self) {
+        self.untrimmed = 0;
+        self.last_trim = std::time::Instant::now();
         let Some(min_id) = rv::next_stream_id(&self.cursors.inbox) else {
             return;
         };

@@ -105,6 +105,28 @@ pub struct Cluster {
     check_now: Notify,
 }
 
+/// When a publish is safe in Redis.
+#[derive(Debug)]
+pub enum Durability {
+    /// Nothing (more) to wait for.
+    Done,
+    /// Resolves to true once the forwarder's pipeline succeeded.
+    Pending(oneshot::Receiver<bool>),
+    /// It could not be written.
+    Failed,
+}
+
+impl Durability {
+    /// Waits for the outcome: true when the message is safe.
+    pub async fn wait(self) -> bool {
+        match self {
+            Durability::Done => true,
+            Durability::Pending(rx) => rx.await.unwrap_or(false),
+            Durability::Failed => false,
+        }
+    }
+}
+
 /// Capacity of the queue in front of the forwarder; a full queue slows
 /// publishers down instead of growing without bound.
 const FORWARD_QUEUE: usize = 65_536;
@@ -197,24 +219,25 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sends `message` to the other nodes that want it. For QoS 1/2 waits
-    /// until it is in Redis; returns false if it could not be written.
-    pub async fn forward(&self, message: &Arc<Message>) -> bool {
+    /// Sends `message` to the other nodes that want it. For QoS 1/2 the
+    /// result tells when it is in Redis; the caller does not wait for that
+    /// before handling its client's next packet.
+    pub async fn forward(&self, message: &Arc<Message>) -> Durability {
         let destinations = match self.mode {
             Mode::Routed => {
                 let nodes = self.routes.remote_nodes(&message.topic, &self.node_id);
                 if nodes.is_empty() {
-                    return true;
+                    return Durability::Done;
                 }
                 nodes
             }
             Mode::Broadcast => Vec::new(),
         };
-        let (written, confirmation) = match message.qos {
-            Qos::AtMostOnce => (None, None),
+        let (written, durability) = match message.qos {
+            Qos::AtMostOnce => (None, Durability::Done),
             _ => {
                 let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
+                (Some(tx), Durability::Pending(rx))
             }
         };
         let forward = bus::Forward {
@@ -222,15 +245,9 @@ impl Cluster {
             destinations,
             written,
         };
-        if self.forward_tx.send(forward).await.is_err() {
-            return false;
-        }
-        match confirmation {
-            None => true,
-            Some(rx) => matches!(
-                tokio::time::timeout(self.options.redis_timeout * 2, rx).await,
-                Ok(Ok(true))
-            ),
+        match self.forward_tx.send(forward).await {
+            Ok(()) => durability,
+            Err(_) => Durability::Failed,
         }
     }
 

@@ -119,7 +119,7 @@ async fn recover_locked(
         drop_routes(con, dead).await?;
     }
     for will in wills {
-        let _ = broker.publish(Arc::new(will)).await;
+        let _ = broker.publish_and_wait(Arc::new(will)).await;
     }
     if !adopted.is_empty() {
         tokio::time::sleep(ROUTE_GRACE).await;

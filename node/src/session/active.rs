@@ -9,11 +9,13 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::acks::{OwedAcks, Settled};
 use super::registry::SessionHandle;
 use super::state::{OutgoingStage, SessionState};
 use super::window::{AckOutcome, OutgoingWindow};
 use super::ShutdownSignal;
 use crate::broker::Broker;
+use crate::cluster::Durability;
 use crate::connection::{Connection, ConnectionError};
 use crate::message::{unix_millis, ClientId, Delivery, Message, Qos};
 use crate::protocol::codec::{
@@ -100,6 +102,8 @@ pub struct ActiveSession {
     /// Deliveries taken from the mailbox (or resumed) but not yet sent
     /// because the in-flight window is full.
     pending: VecDeque<Delivery>,
+    /// PUBACK/PUBREC owed to this client, waiting for Redis.
+    owed: OwedAcks,
 }
 
 impl ActiveSession {
@@ -144,6 +148,7 @@ impl ActiveSession {
             subscriptions: HashMap::new(),
             incoming_qos2: HashSet::new(),
             pending: VecDeque::new(),
+            owed: OwedAcks::default(),
         };
         (session, setup.claim.previous, setup.finished)
     }
@@ -218,6 +223,9 @@ impl ActiveSession {
         let far_future = Duration::from_secs(86_400 * 365);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
         loop {
+            if let Some(end) = self.release_acks() {
+                return end;
+            }
             self.send_pending();
             if let Err(error) = self
                 .connection
@@ -241,6 +249,7 @@ impl ActiveSession {
                     }
                 }
                 _ = mailbox.posted() => {}
+                _ = self.owed.front_settled(), if self.owed.is_waiting() => {}
                 _ = tokio::time::sleep_until(deadline) => return End::KeepAliveTimeout,
                 _ = tokio::time::sleep_until(late_drain.unwrap_or(deadline)), if late_drain.is_some() => {
                     late_drain = None;
@@ -349,34 +358,56 @@ impl ActiveSession {
             publish.qos,
             publish.retain,
         ));
-        let answer = match (publish.qos, publish.packet_id) {
+        let (ack, id) = match (publish.qos, publish.packet_id) {
             (Qos::AtMostOnce, _) => {
                 // At most once: a failed store or forward is not retried.
                 let _ = self.broker.publish(message).await;
                 return None;
             }
-            (Qos::AtLeastOnce, Some(id)) => {
-                if let Err(error) = self.broker.publish(message).await {
-                    return Some(End::StoreUnavailable(error.to_string()));
-                }
-                (Ack::Puback, id)
-            }
-            (Qos::ExactlyOnce, Some(id)) => {
-                // A re-sent PUBLISH of a message already received is only
-                // acknowledged again: exactly once (MQTT-4.3.3-2, method B).
-                if !self.incoming_qos2.contains(&id) {
-                    if let Err(error) = self.broker.publish(message).await {
-                        return Some(End::StoreUnavailable(error.to_string()));
-                    }
-                    self.incoming_qos2.insert(id);
-                }
-                (Ack::Pubrec, id)
-            }
+            (Qos::AtLeastOnce, Some(id)) => (Ack::Puback, id),
+            (Qos::ExactlyOnce, Some(id)) => (Ack::Pubrec, id),
             (_, None) => return Some(self.protocol_error("QoS 1/2 PUBLISH without id".into())),
         };
-        encode_ack(self.connection.output(), answer.0, answer.1)
-            .err()
-            .map(|e| self.protocol_error(e.to_string()))
+        // A re-sent QoS 2 PUBLISH of a message already received is only
+        // acknowledged again: exactly once (MQTT-4.3.3-2, method B).
+        if ack == Ack::Pubrec && self.incoming_qos2.contains(&id) {
+            self.owed.push(ack, id, Durability::Done);
+            return None;
+        }
+        match self.broker.publish(message).await {
+            Ok(durability) => {
+                if ack == Ack::Pubrec {
+                    self.incoming_qos2.insert(id);
+                }
+                self.owed.push(ack, id, durability);
+                None
+            }
+            Err(error) => Some(End::StoreUnavailable(error.to_string())),
+        }
+    }
+
+    /// Sends the acknowledgements whose messages are safe, in order; a
+    /// failed write ends the session unacknowledged (the client re-sends).
+    fn release_acks(&mut self) -> Option<End> {
+        while let Some(settled) = self.owed.pop_settled() {
+            if !settled.written {
+                return Some(self.unwritten(settled));
+            }
+            if let Err(error) = encode_ack(self.connection.output(), settled.ack, settled.packet_id)
+            {
+                return Some(self.protocol_error(error.to_string()));
+            }
+        }
+        None
+    }
+
+    /// Forgets an incoming QoS 2 id whose message was not written, so the
+    /// client's re-send is published rather than dropped as a duplicate.
+    fn unwritten(&mut self, settled: Settled) -> End {
+        if settled.ack == Ack::Pubrec {
+            self.incoming_qos2.remove(&settled.packet_id);
+        }
+        End::StoreUnavailable("message not written to Redis".into())
     }
 
     async fn on_subscribe(&mut self, packet_id: u16, filters: Vec<(String, Qos)>) {
@@ -517,9 +548,12 @@ impl ActiveSession {
             tracing::info!(client_id = %self.client_id, %reason, "closing connection: protocol error");
         }
         if let (true, Some(will)) = (end.publishes_will(), self.will.take()) {
-            if let Err(error) = self.broker.publish(will).await {
+            if let Err(error) = self.broker.publish_and_wait(will).await {
                 tracing::warn!(%error, client_id = %self.client_id, "will not published");
             }
+        }
+        for failed in self.owed.settle_all().await {
+            self.unwritten(failed);
         }
         // Best effort: a client that does not read must not hold up takeover.
         let timeout = self.broker.limits.write_timeout.min(CLOSE_TIMEOUT);

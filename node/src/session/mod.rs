@@ -5,10 +5,13 @@
 //!   CONNACK;
 //! - [`active`] runs the connected session: packets in, deliveries out,
 //!   keep-alive, and what happens at the end (will, parking);
+//! - [`acks`] holds the acknowledgements owed to a publisher until its
+//!   messages are safe in Redis;
 //! - [`window`] is the outgoing QoS 1/2 state machine, [`state`] what a
 //!   persistent session keeps while offline, [`mailbox`] and [`registry`]
 //!   how the rest of the node reaches a connected session.
 
+pub mod acks;
 pub mod active;
 pub mod handshake;
 pub mod mailbox;
