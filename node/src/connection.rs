@@ -137,9 +137,19 @@ impl Connection {
         if self.write_buf.is_empty() {
             return Ok(());
         }
-        match tokio::time::timeout(timeout, self.stream.write_all(&self.write_buf)).await {
-            Ok(result) => result?,
-            Err(_) => return Err(ConnectionError::WriteTimeout),
+        // Most writes fit the socket buffer at once: try without arming a
+        // timer, and time only the rest (a client that is not reading).
+        let written = match self.stream.try_write(&self.write_buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if written < self.write_buf.len() {
+            let rest = &self.write_buf[written..];
+            match tokio::time::timeout(timeout, self.stream.write_all(rest)).await {
+                Ok(result) => result?,
+                Err(_) => return Err(ConnectionError::WriteTimeout),
+            }
         }
         // Release the allocation; an idle connection keeps no buffer.
         self.write_buf = BytesMut::new();

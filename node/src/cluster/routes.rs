@@ -88,6 +88,24 @@ impl RouteCache {
     }
 }
 
+/// An XADD of one route log entry; `filter` is absent for "drop".
+fn log_entry(op: &str, node: &str, filter: Option<&str>) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(keys::route_log())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(ROUTE_LOG_MAXLEN)
+        .arg("*")
+        .arg("op")
+        .arg(op)
+        .arg("node")
+        .arg(node);
+    if let Some(filter) = filter {
+        cmd.arg("filter").arg(filter);
+    }
+    cmd
+}
+
 /// Records that `node` has (`add`) or no longer has (`del`) subscribers for
 /// `filter`, in its route set and in the log, in one round trip.
 pub async fn publish_change(
@@ -96,40 +114,23 @@ pub async fn publish_change(
     filter: &str,
     added: bool,
 ) -> redis::RedisResult<()> {
+    let (set_op, op) = if added {
+        ("SADD", "add")
+    } else {
+        ("SREM", "del")
+    };
     let mut pipe = redis::pipe();
-    let set_op = if added { "SADD" } else { "SREM" };
     pipe.cmd(set_op)
         .arg(keys::node_routes(node))
         .arg(filter)
         .ignore();
-    pipe.cmd("XADD")
-        .arg(keys::route_log())
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(ROUTE_LOG_MAXLEN)
-        .arg("*")
-        .arg("op")
-        .arg(if added { "add" } else { "del" })
-        .arg("node")
-        .arg(node)
-        .arg("filter")
-        .arg(filter)
-        .ignore();
+    pipe.add_command(log_entry(op, node, Some(filter))).ignore();
     pipe.query_async::<()>(con).await
 }
 
 /// Announces that a dead node's routes are gone (every node reloads).
 pub async fn publish_drop(con: &mut ConnectionManager, node: &str) -> redis::RedisResult<()> {
-    redis::cmd("XADD")
-        .arg(keys::route_log())
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(ROUTE_LOG_MAXLEN)
-        .arg("*")
-        .arg("op")
-        .arg("drop")
-        .arg("node")
-        .arg(node)
+    log_entry("drop", node, None)
         .query_async::<Value>(con)
         .await
         .map(|_| ())

@@ -52,6 +52,21 @@ pub struct SessionSetup {
     pub claim: SessionClaim,
 }
 
+/// When the session's timer must next fire: the keep-alive deadline or
+/// the late drain, whichever is sooner (far away when neither applies).
+fn next_due(
+    last_read: Instant,
+    keep_alive: Option<Duration>,
+    late_drain: Option<Instant>,
+) -> Instant {
+    let keep_alive_due = keep_alive.map(|limit| last_read + limit);
+    match (keep_alive_due, late_drain) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(due), None) | (None, Some(due)) => due,
+        (None, None) => last_read + Duration::from_secs(86_400 * 365),
+    }
+}
+
 /// Keeps the in-flight gauge right when an outgoing message completes.
 fn count_completion(stats: &Stats, outcome: AckOutcome) {
     if outcome == AckOutcome::Completed {
@@ -220,8 +235,18 @@ impl ActiveSession {
     ) -> End {
         let kick = self.handle.kick.clone();
         let mailbox = self.handle.mailbox.clone();
-        let far_future = Duration::from_secs(86_400 * 365);
-        let mut deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+        let mut last_read = Instant::now();
+        // One timer for keep-alive and the late drain, re-armed only when it
+        // fires: resetting it on every packet would cost a timer-wheel update
+        // per packet.
+        let timer = tokio::time::sleep_until(next_due(last_read, keep_alive, late_drain));
+        // Created once, not per turn of the loop: kicked and shut down end
+        // the session, and a new wait for the mailbox starts only after the
+        // previous one fired.
+        let kicked = kick.notified();
+        let shut_down = shutdown.changed();
+        let posted = mailbox.posted();
+        tokio::pin!(timer, kicked, shut_down, posted);
         loop {
             if let Some(end) = self.release_acks() {
                 return end;
@@ -237,10 +262,10 @@ impl ActiveSession {
             }
             tokio::select! {
                 biased;
-                _ = kick.notified() => return End::TakenOver,
-                _ = shutdown.changed() => return End::Shutdown,
+                _ = &mut kicked => return End::TakenOver,
+                _ = &mut shut_down => return End::Shutdown,
                 frame = self.connection.read_frame() => {
-                    deadline = Instant::now() + keep_alive.unwrap_or(far_future);
+                    last_read = Instant::now();
                     // Boxed: packet handling (publish, subscribe, Redis
                     // round trips) is a large future that an idle session
                     // should not carry inline.
@@ -248,12 +273,18 @@ impl ActiveSession {
                         return end;
                     }
                 }
-                _ = mailbox.posted() => {}
+                _ = &mut posted => posted.set(mailbox.posted()),
                 _ = self.owed.front_settled(), if self.owed.is_waiting() => {}
-                _ = tokio::time::sleep_until(deadline) => return End::KeepAliveTimeout,
-                _ = tokio::time::sleep_until(late_drain.unwrap_or(deadline)), if late_drain.is_some() => {
-                    late_drain = None;
-                    Box::pin(self.drain_stragglers()).await;
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if keep_alive.is_some_and(|limit| now >= last_read + limit) {
+                        return End::KeepAliveTimeout;
+                    }
+                    if late_drain.is_some_and(|at| now >= at) {
+                        late_drain = None;
+                        Box::pin(self.drain_stragglers()).await;
+                    }
+                    timer.as_mut().reset(next_due(last_read, keep_alive, late_drain));
                 }
             }
         }
