@@ -8,8 +8,10 @@ declare -A ASTRAMQ_PACKAGES=(
   [cmake]=cmake
   [cc]=build-essential
   [redis-server]=redis-server
+  [redis-cli]=redis-tools
   [mosquitto_pub]=mosquitto-clients
   [mosquitto_sub]=mosquitto-clients
+  [prometheus]=prometheus
 )
 
 ensure_packages() {

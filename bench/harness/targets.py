@@ -162,6 +162,51 @@ def start_astramq_broadcast(ctx):
     return start_astramq_cluster(ctx, 3, "broadcast")
 
 
+# --- AstraMQ behind the proxy -------------------------------------------------
+
+PROXY_LISTENING = "astramq-proxy listening on mqtt://"
+
+
+def proxy_binary(ctx):
+    return ctx.target_dir / "release" / "astramq-proxy"
+
+
+def prepare_astramq_proxy(ctx):
+    prepare_astramq(ctx)
+    # The entry point builds the node and the bench; the proxy is built here
+    # (release; a no-op when up to date) so the comparison needs no extra step.
+    print("building astramq-proxy (release)...", flush=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "-p", "astramq-proxy"],
+                   cwd=ctx.root, check=True, timeout=1800)
+    if not proxy_binary(ctx).exists():
+        raise RuntimeError(f"{proxy_binary(ctx)} is missing (build failed?)")
+
+
+def start_astramq_proxy(ctx):
+    """One node (as the `astramq` target) with astramq-proxy in front, given
+    the node by --backends (no gossip); publishers and subscribers both
+    connect through the proxy. The cost is both processes' CPU, so the
+    difference from `astramq` on the same scenario is the proxy's cost."""
+    node, node_addr = start_astramq_node(ctx, name="astramq-behind-proxy")
+    argv = [
+        str(proxy_binary(ctx)),
+        "--listen", "127.0.0.1:0",
+        "--backends", node_addr,
+    ]
+    if os.environ.get("ASTRAMQ_BENCH_PROXY_THREADS"):
+        argv += ["--threads", os.environ["ASTRAMQ_BENCH_PROXY_THREADS"]]
+    env = dict(os.environ, RUST_LOG=os.environ.get("ASTRAMQ_BENCH_LOG", "warn"))
+    log = ctx.log("astramq-proxy")
+    proxy = procs.spawn(argv, log, env=env, stdout=subprocess.PIPE)
+    try:
+        addr = procs.wait_for_line(proxy, PROXY_LISTENING, log)
+    except Exception:
+        procs.stop(proxy)
+        procs.stop(node)
+        raise
+    return Running([addr], [addr], [node.pid, proxy.pid], [node, proxy])
+
+
 # --- Mosquitto ---------------------------------------------------------------
 
 def mosquitto_binary():
@@ -265,6 +310,7 @@ TARGETS = {
         Target("astramq-redis", "AstraMQ 1 node on Redis", prepare_redis, start_astramq_redis, peer=False),
         Target("astramq-routed", "AstraMQ 3 nodes routed, cross-node", prepare_redis, start_astramq_routed, peer=False),
         Target("astramq-broadcast", "AstraMQ 3 nodes broadcast, cross-node", prepare_redis, start_astramq_broadcast, peer=False),
+        Target("astramq-proxy", "AstraMQ behind astramq-proxy", prepare_astramq_proxy, start_astramq_proxy, peer=False),
         Target("mosquitto", "Mosquitto", prepare_mosquitto, start_mosquitto, peer=True),
         Target("rumqttd", "rumqttd", prepare_rumqttd, start_rumqttd, peer=True),
     ]

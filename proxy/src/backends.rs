@@ -1,9 +1,14 @@
 //! The proxy's backend set: the brokers it may send MQTT clients to.
 //!
 //! This is the membership adapter. It knows nothing about how a backend is
-//! picked for a client (that is the selection module of the real proxy); it
-//! only keeps an up-to-date, lock-free snapshot of the live brokers' MQTT
-//! addresses, fed by gossip membership events.
+//! picked for a client (that is [`crate::balance`]); it only keeps an
+//! up-to-date, lock-free snapshot of the live brokers' MQTT addresses, fed
+//! by gossip membership events, with the static `--backends` list as the
+//! fallback whenever gossip is off or knows no live broker.
+//!
+//! Draining falls out of this: a broker that leaves (gracefully or not) is
+//! dropped from the snapshot, so no new client is sent to it, while the
+//! connections already proxied to it are left alone to finish.
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -27,6 +32,9 @@ pub struct Backend {
 pub struct BackendSet {
     /// Sorted by node id; an `Arc` per version, swapped atomically.
     current: ArcSwap<Vec<Backend>>,
+    /// The static `--backends` list, served while `current` is empty
+    /// (no gossip, or gossip that has not found a broker yet).
+    fallback: Arc<Vec<Backend>>,
 }
 
 /// What changed between two versions of the set, for the log.
@@ -39,9 +47,35 @@ pub struct BackendChange {
 }
 
 impl BackendSet {
-    /// The current backends (cheap: one atomic load and an `Arc` clone).
+    /// A set that serves `addrs` (named by their address, since a static
+    /// backend has no node id) until membership reports live brokers.
+    pub fn with_fallback(addrs: &[SocketAddr]) -> Self {
+        let mut fallback: Vec<Backend> = addrs
+            .iter()
+            .map(|addr| Backend {
+                node_id: addr.to_string(),
+                mqtt_addr: *addr,
+            })
+            .collect();
+        fallback.sort();
+        fallback.dedup();
+        BackendSet {
+            current: ArcSwap::default(),
+            fallback: Arc::new(fallback),
+        }
+    }
+
+    /// The backends to use now (cheap: one atomic load and an `Arc` clone):
+    /// the live brokers, or the static fallback when there are none. The
+    /// same `Arc` is returned until the set changes, so callers may cache
+    /// work per snapshot (the hash ring does).
     pub fn snapshot(&self) -> Arc<Vec<Backend>> {
-        self.current.load_full()
+        let live = self.current.load_full();
+        if live.is_empty() {
+            self.fallback.clone()
+        } else {
+            live
+        }
     }
 
     /// Replaces the set with the brokers that advertise an MQTT address
@@ -152,6 +186,16 @@ mod tests {
         );
 
         assert_eq!(set.replace(&set_members(&set)), BackendChange::default());
+    }
+
+    #[test]
+    fn the_static_list_serves_only_while_no_broker_is_live() {
+        let set = BackendSet::with_fallback(&["127.0.0.1:9".parse().unwrap()]);
+        assert_eq!(set.snapshot()[0].node_id, "127.0.0.1:9");
+        set.replace(&[broker("a", Some("127.0.0.1:1"))]);
+        assert_eq!(set.snapshot()[0].node_id, "a");
+        set.replace(&[]);
+        assert_eq!(set.snapshot()[0].node_id, "127.0.0.1:9");
     }
 
     #[test]

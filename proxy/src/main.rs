@@ -1,46 +1,82 @@
-//! `astramq-proxy`: the MQTT front door of an AstraMQ cluster.
+//! `astramq-proxy`: the MQTT-aware TCP load balancer in front of an AstraMQ
+//! cluster, built on pingora as an L4 service.
 //!
-//! For now it only joins gossip membership as role `proxy` and keeps the set
-//! of live brokers (its future backends) up to date; the pingora-based L4
-//! proxy that routes clients to them comes in a later issue.
+//! A client connects to the proxy; the proxy reads its CONNECT, picks a
+//! live broker, dials it (trying the next on failure), forwards the CONNECT
+//! unchanged (optionally behind a PROXY v2 header) and then copies bytes
+//! both ways. The broker set comes from gossip membership, or a static list.
 //!
 //! # Layout
 //!
-//! - `main` — command line, logging, start-up and graceful shutdown.
-//! - [`backends`] — the live backend set, fed by membership events.
+//! - `main` — configuration, logging, the pingora server and its signals.
+//! - [`config`] — flags, `ASTRAMQ_*` environment, TOML file.
+//! - [`listener`] — the MQTT socket, bound here and handed to pingora.
+//! - [`app`] — the pingora `ServerApp`: one client connection end to end.
+//! - [`connect`] — the bounds-checked CONNECT reader.
+//! - [`balance`] — backend order: round-robin, client-id (Ketama), least-connections.
+//! - [`backends`] — the live backend set, fed by membership.
+//! - [`control`] — metrics endpoint and membership as a pingora service.
+//! - [`relay`] — the bidirectional copy with backpressure and half-close.
+//! - [`proxy_protocol`] — the PROXY protocol v2 header.
+//! - [`metrics`] — Prometheus metrics, `/metrics` and `/readyz`.
+//!
+//! # Threads and shutdown
+//!
+//! pingora gives each service its own runtime: client traffic runs on
+//! `--threads` workers (default: one per CPU), the control plane on one.
+//! Measured on 2 cores: MQTT publishers fire in bursts (many clients on the
+//! same tick), and one thread serialises a burst, so 2 threads cut the
+//! added p50 latency from ~140 µs to ~60 µs and raised throughput ~5%.
+//! SIGTERM (and SIGINT, SIGQUIT) stops the listener and closes every client
+//! connection at once (MQTT clients reconnect, through another proxy), the
+//! proxy leaves the cluster, and the process exits within
+//! [`GRACE_PERIOD_SECS`] + [`RUNTIME_STOP_SECS`] (pingora's default grace
+//! period would be 300 s).
 
+mod app;
 mod backends;
+mod balance;
+mod config;
+mod connect;
+mod control;
+mod listener;
+mod metrics;
+mod proxy_protocol;
+mod relay;
 
-use std::{io::IsTerminal, net::SocketAddr, sync::Arc};
+use std::io::IsTerminal;
+use std::sync::Arc;
 
 use anyhow::Context;
-use astramq_shared::membership::{Membership, MembershipConfig, Role};
-use clap::Parser;
+use astramq_shared::membership::{MembershipConfig, Role};
+use async_trait::async_trait;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::listening::Service as ListeningService;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
+use crate::app::MqttProxy;
 use crate::backends::BackendSet;
+use crate::balance::Balancer;
+use crate::config::ProxyConfig;
+use crate::control::{ControlPlane, Fatal};
+use crate::listener::PreboundListener;
+use crate::metrics::{ProxyMetrics, ProxyOps};
 
-/// Command line; every flag can also come from an `ASTRAMQ_*` variable.
-#[derive(Debug, Parser)]
-#[command(version, about = "AstraMQ proxy (membership only for now)")]
-struct Args {
-    /// Unique name of this proxy in the cluster [default: proxy-<hostname>-<pid>].
-    #[arg(long, env = "ASTRAMQ_NODE_ID")]
-    node_id: Option<String>,
-    /// UDP+TCP address for gossip membership.
-    #[arg(long, env = "ASTRAMQ_GOSSIP_LISTEN", default_value = "0.0.0.0:7946")]
-    gossip_listen: SocketAddr,
-    /// Gossip addresses of members to join (comma-separated); any one is enough.
-    #[arg(long, env = "ASTRAMQ_JOIN", value_delimiter = ',')]
-    join: Vec<SocketAddr>,
-    /// Shared gossip encryption key: 16/24/32 bytes as base64 or hex. Off when unset.
-    #[arg(long, env = "ASTRAMQ_GOSSIP_KEY", hide_env_values = true)]
-    gossip_key: Option<String>,
-}
+/// Seconds pingora waits after SIGTERM before stopping its runtimes; covers
+/// the graceful gossip leave (about 0.5–1 s).
+const GRACE_PERIOD_SECS: u64 = 1;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Seconds the runtimes get to finish their tasks after the grace period.
+const RUNTIME_STOP_SECS: u64 = 2;
+
+fn main() -> anyhow::Result<()> {
+    let config = ProxyConfig::load()?;
+    // Also installs the `log` → `tracing` bridge (tracing-subscriber's
+    // `tracing-log` feature), so pingora's own log lines join ours.
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -48,49 +84,127 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
 
-    let node_id = args.node_id.unwrap_or_else(default_node_id);
-    let membership = Membership::start(MembershipConfig {
-        node_id: node_id.clone(),
-        role: Role::Proxy,
-        gossip_listen: args.gossip_listen,
-        join: args.join,
-        mqtt_addr: None,
-        metrics_addr: None,
-        encryption_key: args.gossip_key,
-    })
-    .await
-    .context("starting gossip membership")?;
-    tracing::info!(%node_id, gossip_listen = %args.gossip_listen, "astramq-proxy started");
+    // Bound here, before anything starts, so a taken port fails at once and
+    // port 0 works; see `listener.rs`.
+    let socket = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("cannot listen for MQTT on {}", config.listen))?;
 
-    let backends = Arc::new(BackendSet::default());
-    let mut follower = tokio::spawn(backends::follow(membership.clone(), backends.clone()));
+    let metrics = Arc::new(ProxyMetrics::new());
+    let backends = Arc::new(BackendSet::with_fallback(&config.backends));
+    let fatal = Arc::new(Fatal::default());
+    let (signals_ready_tx, signals_ready) = watch::channel(false);
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, leaving the cluster"),
-        _ = sigterm.recv() => tracing::info!("SIGTERM received, leaving the cluster"),
-        _ = &mut follower => {
-            // Membership stopped without our leave (e.g. a node id conflict):
-            // a proxy with a frozen backend set must not keep serving.
-            anyhow::bail!("gossip membership stopped unexpectedly; exiting");
-        }
+    let mut server = Server::new_with_opt_and_conf(
+        None,
+        ServerConf {
+            threads: config.threads,
+            grace_period_seconds: Some(GRACE_PERIOD_SECS),
+            graceful_shutdown_timeout_seconds: Some(RUNTIME_STOP_SECS),
+            upgrade_sock: format!("/tmp/astramq-proxy-{}.sock", std::process::id()),
+            ..ServerConf::default()
+        },
+    );
+    server.bootstrap();
+
+    let control = server.add_service(ControlPlane {
+        metrics_listen: config.metrics_listen,
+        membership: config.gossip.as_ref().map(|g| MembershipConfig {
+            node_id: config.node_id.clone(),
+            role: Role::Proxy,
+            gossip_listen: g.listen,
+            join: g.join.clone(),
+            mqtt_addr: None,
+            metrics_addr: None, // the bound address, filled in by the control plane
+            encryption_key: g.key.clone(),
+        }),
+        ops: Arc::new(ProxyOps {
+            metrics: metrics.clone(),
+            backends: backends.clone(),
+        }),
+        backends: backends.clone(),
+        metrics: metrics.clone(),
+        fatal: fatal.clone(),
+    });
+
+    let app = MqttProxy {
+        backends,
+        balancer: Balancer::new(config.balance),
+        metrics,
+        options: config.connection.clone(),
+    };
+    let bound = socket
+        .local_addr()
+        .context("reading the bound MQTT address")?;
+    let mut mqtt = ListeningService::new("mqtt".to_owned(), app);
+    // Unbuffered: the relay does its own buffering and flushing.
+    mqtt.add_listener(
+        ListenerConfig::tcp(listener::endpoint_key(bound))
+            .l4_buffer(L4BufferSettings::unbuffered()),
+    );
+    let mqtt = PreboundListener::new(mqtt, socket, fatal.clone(), signals_ready)
+        .context("preparing the MQTT socket")?;
+    let mqtt = server.add_service(mqtt);
+    mqtt.add_dependency(&control);
+
+    tracing::info!(
+        listen = %bound,
+        balance = ?config.balance,
+        gossip = config.gossip.is_some(),
+        static_backends = config.backends.len(),
+        proxy_protocol = config.connection.proxy_protocol,
+        threads = config.threads,
+        "astramq-proxy starting"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            fatal: fatal.clone(),
+            ready: signals_ready_tx,
+        }),
+    });
+    if fatal.is_tripped() {
+        anyhow::bail!("astramq-proxy stopped after a fatal error (see the log above)");
     }
-    membership.leave().await;
-    let _ = follower.await;
     tracing::info!("astramq-proxy stopped");
     Ok(())
 }
 
-/// A name unique per host and process, so two proxies on one machine (or
-/// in two containers) never collide: `proxy-<hostname>-<pid>`.
-fn default_node_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".to_owned());
-    format!("proxy-{host}-{}", std::process::id())
+/// What ends the server: SIGTERM, SIGINT or SIGQUIT (all graceful: listener
+/// closed, connections closed, cluster left), or a [`Fatal`] error (at once).
+/// Hot upgrade by SIGQUIT is not used by AstraMQ.
+struct Signals {
+    /// Tripped when the proxy cannot go on.
+    fatal: Arc<Fatal>,
+    /// Set once the handlers are installed; the readiness line waits for it
+    /// so a SIGTERM sent right after it is a graceful stop, not a kill.
+    ready: watch::Sender<bool>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let installed = (|| {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::quit())?,
+            ))
+        })();
+        let (mut term, mut int, mut quit) = match installed {
+            Ok(signals) => signals,
+            Err(error) => {
+                tracing::error!(%error, "cannot install signal handlers");
+                self.fatal.trip();
+                return ShutdownSignal::FastShutdown;
+            }
+        };
+        let _ = self.ready.send(true);
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received: closing connections and leaving"),
+            _ = int.recv() => tracing::info!("SIGINT received: closing connections and leaving"),
+            _ = quit.recv() => tracing::info!("SIGQUIT received: closing connections and leaving"),
+            () = self.fatal.tripped() => return ShutdownSignal::FastShutdown,
+        }
+        ShutdownSignal::GracefulTerminate
+    }
 }

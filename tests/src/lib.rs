@@ -21,6 +21,7 @@
 pub mod binary;
 pub mod client;
 pub mod node;
+pub mod observability;
 pub mod raw;
 pub mod redis;
 pub mod wire;

@@ -255,9 +255,9 @@ fn spawn(
     join: &[SocketAddr],
     extra: &[(&str, &str)],
 ) -> Proc {
-    let (path, mqtt) = match bin {
-        Bin::Node => (binaries().join("astramq-node"), true),
-        Bin::Proxy => (binaries().join("astramq-proxy"), false),
+    let path = match bin {
+        Bin::Node => binaries().join("astramq-node"),
+        Bin::Proxy => binaries().join("astramq-proxy"),
     };
     let mut cmd = Command::new(&path);
     cmd.args(["--node-id", id, "--gossip-listen", &gossip.to_string()]);
@@ -265,9 +265,8 @@ fn spawn(
         let join: Vec<String> = join.iter().map(|a| a.to_string()).collect();
         cmd.args(["--join", &join.join(",")]);
     }
-    if mqtt {
-        cmd.args(["--listen", "127.0.0.1:0"]);
-    }
+    // Both serve MQTT: a free loopback port, never the default 1883.
+    cmd.args(["--listen", "127.0.0.1:0"]);
     for (flag, value) in extra {
         cmd.args([flag, value]);
     }

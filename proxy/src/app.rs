@@ -1,0 +1,250 @@
+//! The L4 application pingora runs for every accepted client connection.
+//!
+//! One connection, start to end ([`MqttProxy::process_new`]):
+//!
+//! 1. **Accept**: read the first packet within `--connect-timeout` and
+//!    `--max-connect-size`; it must be a well-formed CONNECT
+//!    ([`crate::connect`]), otherwise close (CONNACK 0x01 first for a known
+//!    protocol at an unknown level) and count the reject. No node is dialled.
+//! 2. **Route**: order the live backends ([`crate::balance`]) and dial them
+//!    in turn, each within `--dial-timeout-ms`; a refused or timed-out dial
+//!    is counted and the next backend tried. If none answers, the client
+//!    gets CONNACK 0x03 (server unavailable) and is closed.
+//! 3. **Pass through**: optionally a PROXY v2 header, then the CONNECT bytes
+//!    exactly as received (and whatever the client sent after them), then
+//!    [`crate::relay`] copies both ways until both sides close.
+//! 4. **End**: a reset by the client resets the node connection (SO_LINGER
+//!    0), so the node sees the abrupt end as abrupt; a failure on the node
+//!    side closes the client at once. When the proxy shuts down, every
+//!    connection is closed promptly (clients reconnect elsewhere).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::backends::{Backend, BackendSet};
+use crate::balance::Balancer;
+use crate::connect::{self, ConnectInfo, Reject};
+use crate::metrics::ProxyMetrics;
+use crate::proxy_protocol;
+use crate::relay::{Ended, Relay, Side};
+
+/// CONNACK, return code 0x03: server unavailable.
+const CONNACK_SERVER_UNAVAILABLE: [u8; 4] = [0x20, 0x02, 0x00, 0x03];
+/// CONNACK, return code 0x01: unacceptable protocol version.
+const CONNACK_BAD_PROTOCOL: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
+
+/// Per-connection limits and options, from the configuration.
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    /// Time allowed for the whole first packet.
+    pub connect_timeout: Duration,
+    /// Largest first packet accepted, in bytes.
+    pub max_connect_size: usize,
+    /// Time allowed for one TCP connect to a node.
+    pub dial_timeout: Duration,
+    /// Prepend a PROXY protocol v2 header on node connections.
+    pub proxy_protocol: bool,
+}
+
+/// The proxy application: shared by every connection of the service.
+pub struct MqttProxy {
+    /// Where clients may be sent (live brokers or the static list).
+    pub backends: Arc<BackendSet>,
+    /// In which order to try them.
+    pub balancer: Balancer,
+    /// Counters and gauges; also the least-connections load.
+    pub metrics: Arc<ProxyMetrics>,
+    /// Timeouts, limits and the PROXY protocol switch.
+    pub options: ConnectionOptions,
+}
+
+/// A node connection ready to relay to.
+struct Dialled {
+    backend: Backend,
+    stream: TcpStream,
+}
+
+#[async_trait]
+impl ServerApp for MqttProxy {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut client: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let digest = client.get_socket_digest();
+        let peer = digest
+            .as_ref()
+            .and_then(|d| d.peer_addr())
+            .and_then(|a| a.as_inet().copied());
+        let local = digest
+            .as_ref()
+            .and_then(|d| d.local_addr())
+            .and_then(|a| a.as_inet().copied());
+        let span = tracing::info_span!("client", peer = peer.map(tracing::field::display));
+        let mut shutdown = shutdown.clone();
+        let serve = self.serve(client.as_mut(), peer, local).instrument(span);
+        tokio::select! {
+            biased; // the connection's own work first; shutdown is rare
+            () = serve => {}
+            _ = shutdown.wait_for(|stopping| *stopping) => {
+                tracing::debug!(?peer, "proxy shutting down: closing client connection");
+            }
+        }
+        None
+    }
+}
+
+impl MqttProxy {
+    /// Everything after accept, for one client; returns when the connection
+    /// should be closed (dropping the streams closes them).
+    async fn serve(
+        &self,
+        client: &mut dyn pingora_core::protocols::IO,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) {
+        let mut first = Vec::new();
+        let connect = connect::read_connect(
+            client,
+            &mut first,
+            self.options.max_connect_size,
+            self.options.connect_timeout,
+        )
+        .await;
+        let info = match connect {
+            Ok((info, _len)) => info,
+            Err(reject) => {
+                tracing::debug!(reason = reject.reason(), error = %reject, "client rejected");
+                self.metrics.reject(&reject);
+                if let Reject::UnsupportedLevel(_) = reject {
+                    let _ = write_and_flush(client, &CONNACK_BAD_PROTOCOL).await;
+                }
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "mqtt",
+            client_id = %info.client_id,
+            username = info.username.as_deref().unwrap_or(""),
+        );
+        self.route(client, info, first, peer, local)
+            .instrument(span)
+            .await;
+    }
+
+    /// Dials a node for the client and relays until the connection ends.
+    async fn route(
+        &self,
+        client: &mut dyn pingora_core::protocols::IO,
+        info: ConnectInfo,
+        first: Vec<u8>,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) {
+        let Some(Dialled {
+            backend,
+            stream: mut node,
+        }) = self.dial(&info.client_id).await
+        else {
+            tracing::warn!("no backend reachable: answering CONNACK 0x03");
+            self.metrics.no_backend();
+            let _ = write_and_flush(client, &CONNACK_SERVER_UNAVAILABLE).await;
+            return;
+        };
+        let (meters, _active) = self.metrics.routed(&backend.node_id);
+        tracing::info!(backend = %backend.node_id, node_addr = %backend.mqtt_addr, "client routed");
+        let started = Instant::now();
+
+        let mut preamble = Vec::with_capacity(first.len() + 52);
+        if self.options.proxy_protocol {
+            proxy_protocol::write_header(&mut preamble, peer, local);
+        }
+        preamble.extend_from_slice(&first);
+        if let Err(error) = node.write_all(&preamble).await {
+            tracing::warn!(backend = %backend.node_id, %error, "writing CONNECT to the node failed");
+            return;
+        }
+        meters.upstream.inc_by(first.len() as u64);
+
+        let ended = Relay::new(client, &mut node, meters.upstream, meters.downstream).await;
+        let elapsed = started.elapsed();
+        match ended {
+            Ended::Closed => {
+                tracing::info!(backend = %backend.node_id, ?elapsed, "client connection closed")
+            }
+            Ended::HalfCloseTimeout => tracing::info!(
+                backend = %backend.node_id,
+                ?elapsed,
+                "one side closed and the other did not: connection cut"
+            ),
+            Ended::Failed(Side::Client, error) => {
+                tracing::info!(backend = %backend.node_id, %error, ?elapsed, "client connection failed: resetting the node side");
+                // SO_LINGER 0: closing sends RST, as the client's side did.
+                // (Deprecated because a non-zero linger blocks on drop; a
+                // zero linger never does.)
+                #[allow(deprecated)]
+                let _ = node.set_linger(Some(Duration::ZERO));
+            }
+            Ended::Failed(Side::Node, error) => {
+                tracing::info!(backend = %backend.node_id, %error, ?elapsed, "node connection failed: closing the client");
+            }
+        }
+    }
+
+    /// Tries the backends in balancing order; the first that accepts wins.
+    async fn dial(&self, client_id: &str) -> Option<Dialled> {
+        let backends = self.backends.snapshot();
+        let order = self
+            .balancer
+            .order(&backends, client_id, |b| self.metrics.active(&b.node_id));
+        for i in order {
+            let backend = &backends[i];
+            let started = Instant::now();
+            let attempt = tokio::time::timeout(
+                self.options.dial_timeout,
+                TcpStream::connect(backend.mqtt_addr),
+            )
+            .await;
+            let error = match attempt {
+                Ok(Ok(stream)) => {
+                    self.metrics
+                        .dial_duration
+                        .observe(started.elapsed().as_secs_f64());
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "TCP_NODELAY on the node connection failed");
+                    }
+                    return Some(Dialled {
+                        backend: backend.clone(),
+                        stream,
+                    });
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("timed out after {:?}", self.options.dial_timeout),
+            };
+            tracing::warn!(backend = %backend.node_id, node_addr = %backend.mqtt_addr, %error, "dialling backend failed; trying the next");
+            self.metrics
+                .dial_failures
+                .with_label_values(&[&backend.node_id])
+                .inc();
+        }
+        None
+    }
+}
+
+/// Writes a short answer and pushes it out (the accepted stream buffers).
+async fn write_and_flush(
+    client: &mut dyn pingora_core::protocols::IO,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    client.write_all(bytes).await?;
+    client.flush().await
+}

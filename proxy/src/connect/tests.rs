@@ -1,0 +1,225 @@
+//! The CONNECT reader against valid, invalid and random input.
+
+use proptest::prelude::*;
+
+use super::*;
+
+/// Encodes a CONNECT from its parts (independently of the parser).
+fn connect(name: &[u8], level: u8, flags: u8, payload: &[&[u8]]) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend((name.len() as u16).to_be_bytes());
+    body.extend(name);
+    body.push(level);
+    body.push(flags);
+    body.extend(60u16.to_be_bytes());
+    for field in payload {
+        body.extend((field.len() as u16).to_be_bytes());
+        body.extend(*field);
+    }
+    frame(0x10, &body)
+}
+
+fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
+}
+
+fn parse_all(bytes: &[u8]) -> Result<ConnectInfo, Reject> {
+    match frame_len(bytes, 65536)? {
+        Some(len) => parse_connect(&bytes[..len]),
+        None => Err(Reject::Malformed("incomplete (test)")),
+    }
+}
+
+#[test]
+fn a_minimal_3_1_1_connect_gives_its_client_id() {
+    let bytes = connect(b"MQTT", 4, 0x02, &[b"sensor-1"]);
+    let info = parse_all(&bytes).unwrap();
+    assert_eq!(info.client_id, "sensor-1");
+    assert_eq!(info.username, None);
+    assert!(info.clean_session);
+    assert_eq!((info.level, info.keep_alive), (4, 60));
+}
+
+#[test]
+fn will_username_and_password_are_walked_over() {
+    // will flag, will QoS 1, retain, username, password.
+    let flags = 0x04 | 0x08 | 0x20 | 0x80 | 0x40;
+    let bytes = connect(
+        b"MQTT",
+        4,
+        flags,
+        &[b"c", b"will/t", b"bye", b"alice", b"secret"],
+    );
+    let info = parse_all(&bytes).unwrap();
+    assert_eq!(info.client_id, "c");
+    assert_eq!(info.username.as_deref(), Some("alice"));
+    assert!(!info.clean_session);
+}
+
+#[test]
+fn mqtt_3_1_and_5_are_accepted() {
+    assert!(parse_all(&connect(b"MQIsdp", 3, 0x02, &[b"old"])).is_ok());
+    // v5: properties length 0 before the client id.
+    let mut body = Vec::new();
+    body.extend([0, 4]);
+    body.extend(b"MQTT");
+    body.extend([5, 0x02, 0, 30, 3, 0x21, 0x00, 0x10]); // receive maximum 16
+    body.extend([0, 2]);
+    body.extend(b"v5");
+    let info = parse_all(&frame(0x10, &body)).unwrap();
+    assert_eq!((info.level, info.client_id.as_str()), (5, "v5"));
+}
+
+#[test]
+fn protocol_violations_are_malformed() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (connect(b"MQTT", 4, 0x03, &[b"c"]), "reserved flag"),
+        (connect(b"MQTT", 4, 0x18, &[b"c"]), "will QoS without will"),
+        (connect(b"MQTT", 4, 0x1C, &[b"c", b"t", b"p"]), "will QoS 3"),
+        (
+            connect(b"MQTT", 4, 0x42, &[b"c", b"pw"]),
+            "password without user",
+        ),
+        (
+            connect(b"MQTT", 4, 0x02, &[b"c", b"extra"]),
+            "trailing bytes",
+        ),
+        (connect(b"MQTT", 4, 0x02, &[&[0xC3, 0x28]]), "bad UTF-8 id"),
+        (connect(b"MQTT", 4, 0x02, &[b"a\0b"]), "NUL in id"),
+        (connect(b"HTTP", 4, 0x02, &[b"c"]), "unknown protocol"),
+        (vec![0x11, 0x00], "reserved fixed-header flags"),
+    ];
+    for (bytes, what) in cases {
+        assert!(
+            matches!(parse_all(&bytes), Err(Reject::Malformed(_))),
+            "{what}: {:?}",
+            parse_all(&bytes)
+        );
+    }
+}
+
+#[test]
+fn an_unknown_level_is_unsupported_not_garbage() {
+    let bytes = connect(b"MQTT", 6, 0x02, &[b"c"]);
+    assert_eq!(parse_all(&bytes), Err(Reject::UnsupportedLevel(6)));
+}
+
+/// The inputs that make mqttrs 0.4.1 panic (TECHNOTES) are refused.
+#[test]
+fn inputs_that_panic_mqttrs_are_refused() {
+    let truncated_after_name = [0x10, 0x06, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54];
+    let missing_flags = [0x10, 0x07, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04];
+    for bytes in [&truncated_after_name[..], &missing_flags[..]] {
+        assert!(matches!(parse_all(bytes), Err(Reject::Malformed(_))));
+    }
+    let publish = [
+        0x30, 0x02, 0x00, 0x05, 0x61, 0x62, 0x63, 0x64, 0x65, 0xC0, 0x00,
+    ];
+    assert_eq!(frame_len(&publish, 100), Err(Reject::NotConnect(0x30)));
+}
+
+#[test]
+fn framing_waits_for_more_and_refuses_early() {
+    let bytes = connect(b"MQTT", 4, 0x02, &[b"client"]);
+    for cut in 0..bytes.len() {
+        assert_eq!(frame_len(&bytes[..cut], 65536), Ok(None), "cut at {cut}");
+    }
+    assert_eq!(frame_len(&bytes, 65536), Ok(Some(bytes.len())));
+    // Over the limit: refused from the header alone.
+    assert_eq!(
+        frame_len(&[0x10, 0xFF, 0x7F], 1000),
+        Err(Reject::TooLarge(16386))
+    );
+    assert_eq!(
+        frame_len(&[0x10, 0xFF, 0xFF, 0xFF, 0xFF], usize::MAX),
+        Err(Reject::Malformed("remaining length longer than 4 bytes"))
+    );
+    assert_eq!(
+        frame_len(b"GET / HTTP/1.1\r\n", 100),
+        Err(Reject::NotConnect(b'G'))
+    );
+}
+
+#[tokio::test]
+async fn read_connect_keeps_what_follows_the_connect() {
+    let mut input = connect(b"MQTT", 4, 0x02, &[b"pipelined"]);
+    let connect_len = input.len();
+    input.extend([0xC0, 0x00]); // PINGREQ sent before CONNACK
+    let mut reader = &input[..];
+    let mut buf = Vec::new();
+    let (info, len) = read_connect(&mut reader, &mut buf, 65536, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(info.client_id, "pipelined");
+    assert_eq!(len, connect_len);
+    assert_eq!(&buf[len..], &[0xC0, 0x00]);
+}
+
+#[tokio::test]
+async fn read_connect_names_eof_and_silence() {
+    let mut buf = Vec::new();
+    let mut empty: &[u8] = &[];
+    let got = read_connect(&mut empty, &mut buf, 100, Duration::from_secs(1)).await;
+    assert_eq!(got, Err(Reject::Closed));
+
+    let mut buf = Vec::new();
+    let mut half: &[u8] = &[0x10, 0x10, 0x00];
+    let got = read_connect(&mut half, &mut buf, 100, Duration::from_secs(1)).await;
+    assert!(matches!(got, Err(Reject::Malformed(_))));
+
+    let (mut silent, _keep_open) = tokio::io::duplex(64);
+    let mut buf = Vec::new();
+    let got = read_connect(&mut silent, &mut buf, 100, Duration::from_millis(50)).await;
+    assert_eq!(got, Err(Reject::Timeout));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// Random bytes never panic the reader, whatever the limit.
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), max in 0usize..400) {
+        if let Ok(Some(len)) = frame_len(&bytes, max) {
+            prop_assert!(len <= bytes.len() && len <= max);
+            let _ = parse_connect(&bytes[..len]);
+        }
+        let _ = parse_connect(&bytes);
+    }
+
+    /// Random bodies behind a valid CONNECT header never panic either
+    /// (this reaches the field parsers far more often than pure noise).
+    #[test]
+    fn random_connect_bodies_never_panic(level in 3u8..6, flags in any::<u8>(), tail in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', level, flags, 0, 10];
+        body.extend(tail);
+        let _ = parse_all(&frame(0x10, &body));
+    }
+
+    /// Every valid 3.1.1 CONNECT parses back to its client id and user.
+    #[test]
+    fn valid_connects_round_trip(id in "[a-zA-Z0-9/_-]{0,64}", user in proptest::option::of("[a-z]{1,16}")) {
+        let mut fields: Vec<&[u8]> = vec![id.as_bytes()];
+        let mut flags = 0x02;
+        if let Some(user) = &user {
+            flags |= 0x80;
+            fields.push(user.as_bytes());
+        }
+        let info = parse_all(&connect(b"MQTT", 4, flags, &fields)).unwrap();
+        prop_assert_eq!(info.client_id, id);
+        prop_assert_eq!(info.username, user);
+    }
+}

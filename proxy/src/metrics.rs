@@ -1,0 +1,325 @@
+//! The proxy's Prometheus metrics and its `/metrics` + `/readyz` source.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `astramq_proxy_connections` | gauge: clients proxied right now | `backend` |
+//! | `astramq_proxy_connections_total` | counter: clients proxied | `backend` |
+//! | `astramq_proxy_bytes_total` | counter: bytes relayed | `backend`, `direction` (`upstream` = client→node, `downstream` = node→client) |
+//! | `astramq_proxy_rejects_total` | counter: connections closed without a node | `reason` |
+//! | `astramq_proxy_dial_failures_total` | counter: node connects refused or timed out | `backend` |
+//! | `astramq_proxy_dial_duration_seconds` | histogram: successful node connects | |
+//! | `astramq_proxy_backends` | gauge: backends usable now | |
+//! | `astramq_membership_members` | gauge: cluster members by gossip state | `state` |
+//! | `astramq_build_info` | gauge, always 1 | `version`, `component="proxy"` |
+//!
+//! `backend` is the broker's node id (for a static `--backends` entry, its
+//! address), so label cardinality is bounded by the cluster size.
+
+use std::sync::Arc;
+
+use astramq_shared::ops_http::OpsSource;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use crate::backends::BackendSet;
+use crate::connect::Reject;
+
+/// Every reject reason, so each series exists (at 0) from the start.
+pub const REJECT_REASONS: [&str; 6] = [
+    "timeout",
+    "not_connect",
+    "malformed",
+    "too_large",
+    "no_backend",
+    "closed",
+];
+
+/// Membership states reported by `astramq_membership_members`.
+pub const MEMBER_STATES: [&str; 4] = ["alive", "leaving", "left", "failed"];
+
+/// Dial latency buckets: loopback connects take tens of µs, a LAN a few
+/// hundred, and the dial timeout caps the top.
+const DIAL_BUCKETS: [f64; 14] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0,
+];
+
+/// All proxy metrics, registered in one registry.
+pub struct ProxyMetrics {
+    /// Where everything below is registered; gathered for `/metrics`.
+    registry: Registry,
+    /// Active proxied connections per backend; also the load that
+    /// `least-connections` reads.
+    pub connections: IntGaugeVec,
+    /// Proxied connections per backend since start.
+    pub connections_total: IntCounterVec,
+    /// Relayed bytes per backend and direction.
+    pub bytes: IntCounterVec,
+    /// Connections closed before a node was dialled (or with none reachable).
+    pub rejects: IntCounterVec,
+    /// Failed dials per backend.
+    pub dial_failures: IntCounterVec,
+    /// Time to connect to a node.
+    pub dial_duration: Histogram,
+    /// Size of the usable backend set, refreshed at each scrape.
+    pub backends: IntGauge,
+    /// Members per gossip state, kept by the control plane.
+    pub members: IntGaugeVec,
+}
+
+/// The per-connection handles for one backend, resolved once when the
+/// connection is routed so the relay only does atomic adds.
+pub struct BackendMeters {
+    /// Client→node bytes.
+    pub upstream: IntCounter,
+    /// Node→client bytes.
+    pub downstream: IntCounter,
+}
+
+/// Keeps a backend's active-connection gauge raised while it lives.
+pub struct ActiveGuard(IntGauge);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl ProxyMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let connections = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "astramq_proxy_connections",
+                    "Client connections proxied to each backend right now.",
+                ),
+                &["backend"],
+            ),
+        );
+        let connections_total = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "astramq_proxy_connections_total",
+                    "Client connections proxied to each backend.",
+                ),
+                &["backend"],
+            ),
+        );
+        let bytes = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "astramq_proxy_bytes_total",
+                    "Bytes relayed; upstream is client to node, downstream node to client.",
+                ),
+                &["backend", "direction"],
+            ),
+        );
+        let rejects = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "astramq_proxy_rejects_total",
+                    "Client connections closed without being proxied, by reason.",
+                ),
+                &["reason"],
+            ),
+        );
+        for reason in REJECT_REASONS {
+            rejects.with_label_values(&[reason]);
+        }
+        let dial_failures = register(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "astramq_proxy_dial_failures_total",
+                    "Connects to a backend that were refused, failed or timed out.",
+                ),
+                &["backend"],
+            ),
+        );
+        let dial_duration = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "astramq_proxy_dial_duration_seconds",
+                    "Time to open a TCP connection to a backend (successful dials).",
+                )
+                .buckets(DIAL_BUCKETS.to_vec()),
+            ),
+        );
+        let backends = register(
+            &registry,
+            IntGauge::new(
+                "astramq_proxy_backends",
+                "Backends new clients can be sent to.",
+            ),
+        );
+        let members = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "astramq_membership_members",
+                    "Cluster members (brokers and proxies) by gossip state, as this proxy sees them.",
+                ),
+                &["state"],
+            ),
+        );
+        for state in MEMBER_STATES {
+            members.with_label_values(&[state]);
+        }
+        let build = register(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "astramq_build_info",
+                    "Build information; the value is always 1.",
+                ),
+                &["version", "component"],
+            ),
+        );
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), "proxy"])
+            .set(1);
+        ProxyMetrics {
+            registry,
+            connections,
+            connections_total,
+            bytes,
+            rejects,
+            dial_failures,
+            dial_duration,
+            backends,
+            members,
+        }
+    }
+
+    /// Counts a connection closed without a node.
+    pub fn reject(&self, why: &Reject) {
+        self.rejects.with_label_values(&[why.reason()]).inc();
+    }
+
+    /// Counts a connection for which no node could be reached.
+    pub fn no_backend(&self) {
+        self.rejects.with_label_values(&["no_backend"]).inc();
+    }
+
+    /// Active connections to `backend` (the least-connections load).
+    pub fn active(&self, backend: &str) -> i64 {
+        self.connections.with_label_values(&[backend]).get()
+    }
+
+    /// Records a connection routed to `backend`: raises its gauges and
+    /// returns the handles the relay needs plus the guard that lowers the
+    /// active gauge when dropped.
+    pub fn routed(&self, backend: &str) -> (BackendMeters, ActiveGuard) {
+        self.connections_total.with_label_values(&[backend]).inc();
+        let active = self.connections.with_label_values(&[backend]);
+        active.inc();
+        let meters = BackendMeters {
+            upstream: self.bytes.with_label_values(&[backend, "upstream"]),
+            downstream: self.bytes.with_label_values(&[backend, "downstream"]),
+        };
+        (meters, ActiveGuard(active))
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|error| format!("# metrics encoding failed: {error}\n"))
+    }
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
+    metric
+}
+
+/// What `/metrics` and `/readyz` report for the proxy.
+pub struct ProxyOps {
+    /// The metrics to render.
+    pub metrics: Arc<ProxyMetrics>,
+    /// The backend set; ready means at least one backend.
+    pub backends: Arc<BackendSet>,
+}
+
+impl OpsSource for ProxyOps {
+    fn metrics_text(&self) -> String {
+        self.metrics
+            .backends
+            .set(self.backends.snapshot().len() as i64);
+        self.metrics.render()
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if self.backends.snapshot().is_empty() {
+            Err("no backend: no live broker known and no static --backends".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_series_is_exported() {
+        let metrics = Arc::new(ProxyMetrics::new());
+        let (meters, guard) = metrics.routed("n1");
+        meters.upstream.inc_by(10);
+        metrics.reject(&Reject::Timeout);
+        metrics.dial_duration.observe(0.001);
+        metrics.dial_failures.with_label_values(&["n2"]).inc();
+        let ops = ProxyOps {
+            metrics: metrics.clone(),
+            backends: Arc::new(BackendSet::with_fallback(&["127.0.0.1:1".parse().unwrap()])),
+        };
+        let text = ops.metrics_text();
+        for line in [
+            "astramq_proxy_connections{backend=\"n1\"} 1",
+            "astramq_proxy_connections_total{backend=\"n1\"} 1",
+            "astramq_proxy_bytes_total{backend=\"n1\",direction=\"upstream\"} 10",
+            "astramq_proxy_rejects_total{reason=\"timeout\"} 1",
+            "astramq_proxy_rejects_total{reason=\"no_backend\"} 0",
+            "astramq_proxy_dial_failures_total{backend=\"n2\"} 1",
+            "astramq_proxy_dial_duration_seconds_count 1",
+            "astramq_proxy_backends 1",
+            "astramq_membership_members{state=\"alive\"} 0",
+            "astramq_build_info{component=\"proxy\",version=",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        drop(guard);
+        assert_eq!(metrics.active("n1"), 0);
+        assert!(ops.readiness().is_ok());
+    }
+
+    #[test]
+    fn not_ready_without_backends() {
+        let ops = ProxyOps {
+            metrics: Arc::new(ProxyMetrics::new()),
+            backends: Arc::new(BackendSet::default()),
+        };
+        assert!(ops.readiness().is_err());
+    }
+}
