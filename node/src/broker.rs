@@ -194,6 +194,14 @@ impl Broker {
         }
     }
 
+    /// Messages were queued in the store for `client_id`, connected here:
+    /// tell its session to take them.
+    pub fn drain_session(&self, client_id: &ClientId) {
+        if let Some(session) = self.registry.read().get(client_id) {
+            session.mailbox.request_drain();
+        }
+    }
+
     /// Stores (if retained) and delivers a message published by a client of
     /// this node, locally and to the other nodes. Returns an error if a
     /// write it needs failed, and otherwise when the message will be safe

@@ -124,7 +124,12 @@ impl TestClient {
         }
         let observed = tokio::time::timeout(TIMEOUT, self.events.recv())
             .await
-            .map_err(|_| anyhow!("{}: timed out after {TIMEOUT:?} waiting for {what}", self.id))?;
+            .map_err(|_| {
+                anyhow!(
+                    "{}: timed out after {TIMEOUT:?} waiting for {what}",
+                    self.id
+                )
+            })?;
         match observed {
             Some(Observed::Event(event)) => Ok(event),
             Some(Observed::Closed(reason)) => {
@@ -133,7 +138,10 @@ impl TestClient {
                     "connection closed ({reason}) while waiting for {what}"
                 ))
             }
-            None => Err(anyhow!("{}: event pump stopped while waiting for {what}", self.id)),
+            None => Err(anyhow!(
+                "{}: event pump stopped while waiting for {what}",
+                self.id
+            )),
         }
     }
 

@@ -404,3 +404,49 @@ async fn redis_restart_is_survived() -> Result<()> {
     }
     Ok(())
 }
+
+/// A persistent client of a killed node that reconnects to a survivor
+/// before the cluster has recovered the dead node still gets the messages
+/// published to it in between (they sat in the dead node's inbox).
+#[tokio::test]
+async fn client_reconnecting_before_recovery_gets_what_was_published_meanwhile() -> Result<()> {
+    let mut cluster = TestCluster::start(3)?;
+    let (a, b, c) = (
+        cluster.node(0).addr(),
+        cluster.node(1).addr(),
+        cluster.node(2).addr(),
+    );
+    let id = unique_id("hasty");
+    let mut options = TestClient::options(a, &id);
+    options.set_clean_session(false);
+    let mut client = TestClient::connect_with(options).await?;
+    client.subscribe("h/#", QoS::AtLeastOnce).await?;
+    let mut publisher = TestClient::connect(c, &unique_id("pub")).await?;
+    await_route(&mut publisher, &mut client, "h/probe").await?;
+
+    cluster.nodes[0].kill()?;
+    drop(client);
+    publisher
+        .publish("h/1", QoS::AtLeastOnce, false, "meanwhile")
+        .await?;
+    let mut options = TestClient::options(b, &id);
+    options.set_clean_session(false);
+    let mut resumed = within_for(
+        FAILOVER,
+        "reconnecting on a survivor",
+        TestClient::connect_with(options),
+    )
+    .await??;
+    ensure!(resumed.session_present(), "session lost");
+    let got = within_for(FAILOVER, "the message published meanwhile", async {
+        loop {
+            let p = resumed.next_publish().await?;
+            if p.topic == "h/1" {
+                return Ok::<_, anyhow::Error>(p);
+            }
+        }
+    })
+    .await??;
+    ensure!(payload(&got) == "meanwhile");
+    Ok(())
+}

@@ -46,6 +46,8 @@ const FIELD_MESSAGES: &str = "m";
 const FIELD_ORIGIN: &str = "o";
 /// Field of an inbox entry asking the node to release a client's session.
 const FIELD_RELEASE: &str = "release";
+/// Field of an inbox entry asking the node to drain a client's queue.
+const FIELD_DRAIN: &str = "drain";
 
 /// One publish on its way to other nodes.
 pub struct Forward {
@@ -149,10 +151,28 @@ pub async fn send_release(
     owner: &str,
     client_id: &str,
 ) -> redis::RedisResult<()> {
+    send_control(con, owner, FIELD_RELEASE, client_id).await
+}
+
+/// Tells `owner` that messages were queued for its connected `client_id`.
+pub async fn send_drain(
+    con: &mut ConnectionManager,
+    owner: &str,
+    client_id: &str,
+) -> redis::RedisResult<()> {
+    send_control(con, owner, FIELD_DRAIN, client_id).await
+}
+
+async fn send_control(
+    con: &mut ConnectionManager,
+    owner: &str,
+    field: &str,
+    client_id: &str,
+) -> redis::RedisResult<()> {
     redis::cmd("XADD")
         .arg(keys::inbox(owner))
         .arg("*")
-        .arg(FIELD_RELEASE)
+        .arg(field)
         .arg(client_id)
         .query_async::<redis::Value>(con)
         .await
@@ -307,6 +327,10 @@ impl InboxReader {
             if let Some(client_id) = entry.get(FIELD_RELEASE.as_bytes()) {
                 let client_id: ClientId = String::from_utf8_lossy(client_id).into();
                 self.broker.release_session(&client_id).await;
+            }
+            if let Some(client_id) = entry.get(FIELD_DRAIN.as_bytes()) {
+                let client_id: ClientId = String::from_utf8_lossy(client_id).into();
+                self.broker.drain_session(&client_id);
             }
             self.deliver(entry).await;
         }

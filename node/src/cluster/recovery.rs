@@ -10,12 +10,15 @@
 //! 3. after a short grace, for other nodes to stop routing to the dead
 //!    node, queues the dead node's **unread** messages (its inbox — which
 //!    holds only unread entries — or, in broadcast mode, the shared stream
-//!    past its cursor) for the adopted sessions;
+//!    past its cursor) for the adopted sessions, and for sessions whose
+//!    clients already reconnected elsewhere (their new node is told to
+//!    take them);
 //! 4. deletes the dead node's keys and releases the lock.
 //!
 //! A node also runs this for its own previous run when it starts, which
 //! reloads its offline sessions after a restart and cleans up after a crash.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +55,9 @@ struct DeadSession {
     persistent: bool,
     /// Set when the client was connected: it did not disconnect cleanly.
     will: Option<Message>,
+    /// The node that claimed it after the death (the client reconnected
+    /// before this recovery): its messages in the dead inbox go to it.
+    moved_to: Option<String>,
 }
 
 /// Recovers `dead` if this node wins its lock (and it is still dead).
@@ -109,10 +115,15 @@ async fn recover_locked(
         if let Some(will) = session.will {
             wills.push(will);
         }
-        if session.persistent {
-            adopt(cluster, broker, con, &session.client_id, &mut adopted).await?;
-        } else {
-            delete_session(con, &session.client_id).await?;
+        match (session.persistent, session.moved_to) {
+            (true, Some(_)) => {
+                for (filter, qos) in read_subscriptions(con, &session.client_id).await? {
+                    adopted.subscribe(&filter, &session.client_id, qos);
+                }
+            }
+            (true, None) => adopt(cluster, broker, con, &session.client_id, &mut adopted).await?,
+            (false, None) => delete_session(con, &session.client_id).await?,
+            (false, Some(_)) => {}
         }
     }
     if !is_self {
@@ -123,7 +134,8 @@ async fn recover_locked(
     }
     if !adopted.is_empty() {
         tokio::time::sleep(ROUTE_GRACE).await;
-        queue_unread(cluster, broker, con, dead, &adopted).await?;
+        let queued_for = queue_unread(cluster, broker, con, dead, &adopted).await?;
+        notify_connected_owners(cluster, broker, con, queued_for).await?;
     }
     let mut pipe = redis::pipe();
     pipe.cmd("DEL")
@@ -172,8 +184,17 @@ async fn read_sessions(
             .query_async(con)
             .await?;
         let field = |i: usize| fields.get(i).cloned().flatten();
-        if field(0).as_deref() != Some(dead.as_bytes()) {
-            continue; // claimed by another node since
+        let persistent = field(1).as_deref() == Some(b"1");
+        let owner = field(0).map(|o| String::from_utf8_lossy(&o).into_owned());
+        if owner.as_deref() != Some(dead) {
+            // Claimed by another node since; only its unread messages matter.
+            out.push(DeadSession {
+                client_id: client_id.into(),
+                persistent,
+                will: None,
+                moved_to: owner,
+            });
+            continue;
         }
         let connected = field(2).as_deref() == Some(b"1");
         let will = field(3)
@@ -181,8 +202,9 @@ async fn read_sessions(
             .and_then(|w| wire::decode_message(w.into()).ok());
         out.push(DeadSession {
             client_id: client_id.into(),
-            persistent: field(1).as_deref() == Some(b"1"),
+            persistent,
             will,
+            moved_to: None,
         });
     }
     Ok(out)
@@ -196,19 +218,9 @@ async fn adopt(
     client_id: &ClientId,
     adopted: &mut SubscriptionTree,
 ) -> Result<(), RecoveryError> {
-    let subs: Value = redis::cmd("HGETALL")
-        .arg(keys::subscriptions(client_id))
-        .query_async(con)
-        .await?;
-    let flat = rv::bulk_list(Some(&subs))?;
-    let mut filters = Vec::new();
-    for pair in flat.chunks_exact(2) {
-        let filter = String::from_utf8_lossy(&pair[0]).into_owned();
-        let qos = rv::parse_u64(&pair[1])
-            .and_then(|q| Qos::from_bits(q as u8))
-            .unwrap_or(Qos::AtMostOnce);
-        adopted.subscribe(&filter, client_id, qos);
-        filters.push((filter, qos));
+    let filters = read_subscriptions(con, client_id).await?;
+    for (filter, qos) in &filters {
+        adopted.subscribe(filter, client_id, *qos);
     }
     redis::pipe()
         .cmd("HSET")
@@ -237,6 +249,53 @@ async fn adopt(
     Ok(())
 }
 
+/// Messages were just queued for these sessions; a client that meanwhile
+/// reconnected (to any node) takes them now rather than at its next
+/// reconnect.
+async fn notify_connected_owners(
+    cluster: &Cluster,
+    broker: &Broker,
+    con: &mut ConnectionManager,
+    queued_for: HashSet<ClientId>,
+) -> Result<(), RecoveryError> {
+    for client_id in queued_for {
+        let (owner, connected): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(keys::session(&client_id))
+            .arg("owner")
+            .arg("connected")
+            .query_async(con)
+            .await?;
+        match (owner, connected.as_deref()) {
+            (Some(owner), Some("1")) if owner == *cluster.node_id => {
+                broker.drain_session(&client_id)
+            }
+            (Some(owner), Some("1")) => super::bus::send_drain(con, &owner, &client_id).await?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A persistent session's subscriptions as stored in Redis.
+async fn read_subscriptions(
+    con: &mut ConnectionManager,
+    client_id: &str,
+) -> Result<Vec<(String, Qos)>, RecoveryError> {
+    let subs: Value = redis::cmd("HGETALL")
+        .arg(keys::subscriptions(client_id))
+        .query_async(con)
+        .await?;
+    let flat = rv::bulk_list(Some(&subs))?;
+    Ok(flat
+        .chunks_exact(2)
+        .map(|pair| {
+            let filter = String::from_utf8_lossy(&pair[0]).into_owned();
+            let qos = rv::parse_u64(&pair[1]).and_then(|q| Qos::from_bits(q as u8));
+            (filter, qos.unwrap_or(Qos::AtMostOnce))
+        })
+        .collect())
+}
+
 async fn delete_session(con: &mut ConnectionManager, client_id: &str) -> Result<(), RecoveryError> {
     redis::cmd("DEL")
         .arg(keys::session(client_id))
@@ -256,7 +315,8 @@ async fn queue_unread(
     con: &mut ConnectionManager,
     dead: &str,
     adopted: &SubscriptionTree,
-) -> Result<(), RecoveryError> {
+) -> Result<HashSet<ClientId>, RecoveryError> {
+    let mut queued_for = HashSet::new();
     let (stream, mut start) = match cluster.mode {
         Mode::Routed => (keys::inbox(dead), "-".to_string()),
         Mode::Broadcast => {
@@ -289,6 +349,7 @@ async fn queue_unread(
         };
         let batch = deliveries_for(&entries, adopted);
         queued += batch.len();
+        queued_for.extend(batch.iter().map(|(client_id, _)| client_id.clone()));
         if !batch.is_empty() && broker.queue_offline(batch).await.is_err() {
             tracing::error!(node = %dead, "unread messages of a dead node could not be queued");
         }
@@ -298,7 +359,7 @@ async fn queue_unread(
         }
     }
     tracing::info!(node = %dead, queued, "unread messages queued for adopted sessions");
-    Ok(())
+    Ok(queued_for)
 }
 
 fn deliveries_for(

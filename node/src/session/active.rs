@@ -273,7 +273,12 @@ impl ActiveSession {
                         return end;
                     }
                 }
-                _ = &mut posted => posted.set(mailbox.posted()),
+                _ = &mut posted => {
+                    posted.set(mailbox.posted());
+                    if mailbox.take_drain_request() {
+                        Box::pin(self.drain_stragglers()).await;
+                    }
+                }
                 _ = self.owed.front_settled(), if self.owed.is_waiting() => {}
                 () = &mut timer => {
                     let now = Instant::now();

@@ -26,6 +26,8 @@ pub enum Refused {
 struct Queue {
     deliveries: VecDeque<Delivery>,
     closed: bool,
+    /// Another node queued messages for this session in the store.
+    drain_requested: bool,
 }
 
 /// The inbox of one connected session.
@@ -66,6 +68,18 @@ impl Mailbox {
     /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.queue().deliveries.is_empty()
+    }
+
+    /// Asks the session to take what the store queued for it (recovery of a
+    /// dead node put messages there after this session was claimed).
+    pub fn request_drain(&self) {
+        self.queue().drain_requested = true;
+        self.wake.notify_one();
+    }
+
+    /// True once per [`Self::request_drain`].
+    pub fn take_drain_request(&self) -> bool {
+        std::mem::take(&mut self.queue().drain_requested)
     }
 
     /// Takes everything posted so far, oldest first.

@@ -94,41 +94,37 @@ impl RedisStore {
     }
 
     /// When another node owns the session: tell it to let go, and wait for
-    /// its connected client (if any) to be parked there.
+    /// its connected client (if any) to be parked there. The owner may
+    /// change while we wait (a survivor adopting a dead owner's session):
+    /// each new owner is told too.
     async fn release_from_other_owner(&self, client_id: &str) -> Result<(), StoreError> {
         let mut con = self.con();
         let session = keys::session(client_id);
-        let (owner, connected): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(&session)
-            .arg("owner")
-            .arg("connected")
-            .query_async(&mut con)
-            .await?;
-        let Some(owner) = owner.filter(|o| o.as_str() != &*self.node_id) else {
-            return Ok(());
-        };
-        crate::cluster::bus::send_release(&mut con, &owner, client_id).await?;
-        let owner_alive: bool = redis::cmd("EXISTS")
-            .arg(keys::node_alive(&owner))
-            .query_async(&mut con)
-            .await?;
-        if connected.as_deref() != Some("1") || !owner_alive {
-            return Ok(());
-        }
         let deadline = Instant::now() + self.takeover_timeout;
-        while Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let connected: Option<String> = redis::cmd("HGET")
+        let mut told: Option<String> = None;
+        loop {
+            let (owner, connected): (Option<String>, Option<String>) = redis::cmd("HMGET")
                 .arg(&session)
+                .arg("owner")
                 .arg("connected")
                 .query_async(&mut con)
                 .await?;
+            let Some(owner) = owner.filter(|o| o.as_str() != &*self.node_id) else {
+                return Ok(());
+            };
+            if told.as_deref() != Some(owner.as_str()) {
+                crate::cluster::bus::send_release(&mut con, &owner, client_id).await?;
+                told = Some(owner.clone());
+            }
             if connected.as_deref() != Some("1") {
                 return Ok(());
             }
+            if Instant::now() >= deadline {
+                tracing::warn!(%client_id, %owner, "owner did not release the session in time; taking it over");
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tracing::warn!(%client_id, %owner, "owner did not release the session in time; taking it over");
-        Ok(())
     }
 }
 
