@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use astramq_shared::config::Layered;
 use clap::Parser;
 use serde::Deserialize;
 
@@ -120,8 +120,11 @@ pub struct Settings {
     pub threads: Option<usize>,
 }
 
-impl Settings {
-    /// Fills every field not set here from `lower`.
+impl Layered for Settings {
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
     fn or(self, lower: Settings) -> Settings {
         Settings {
             config: self.config.or(lower.config),
@@ -223,12 +226,7 @@ impl NodeConfig {
     /// Reads flags and environment, then the file they name, and resolves
     /// defaults.
     pub fn load() -> anyhow::Result<NodeConfig> {
-        let given = Settings::parse();
-        let from_file = match &given.config {
-            Some(path) => read_file(path)?,
-            None => Settings::default(),
-        };
-        NodeConfig::resolve(given.or(from_file))
+        NodeConfig::resolve(astramq_shared::config::load::<Settings>()?)
     }
 
     /// Applies defaults and checks values.
@@ -290,12 +288,6 @@ impl NodeConfig {
             threads: s.threads,
         })
     }
-}
-
-fn read_file(path: &Path) -> anyhow::Result<Settings> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
 fn random_node_id() -> String {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
+use astramq_shared::config::Layered;
 use clap::Parser;
 use serde::Deserialize;
 
@@ -89,8 +89,11 @@ pub struct Settings {
     pub threads: Option<usize>,
 }
 
-impl Settings {
-    /// Fills every field not set here from `lower`.
+impl Layered for Settings {
+    fn config_file(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
     fn or(self, lower: Settings) -> Settings {
         Settings {
             config: self.config.or(lower.config),
@@ -146,12 +149,7 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// Reads flags and environment, then the file they name, and resolves.
     pub fn load() -> anyhow::Result<ProxyConfig> {
-        let given = Settings::parse();
-        let from_file = match &given.config {
-            Some(path) => read_file(path)?,
-            None => Settings::default(),
-        };
-        ProxyConfig::resolve(given.or(from_file))
+        ProxyConfig::resolve(astramq_shared::config::load::<Settings>()?)
     }
 
     /// Applies defaults and checks values.
@@ -204,12 +202,6 @@ impl ProxyConfig {
             threads,
         })
     }
-}
-
-fn read_file(path: &Path) -> anyhow::Result<Settings> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading config file {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
 /// A name unique per host and process, so two proxies on one machine (or

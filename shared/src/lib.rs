@@ -4,7 +4,10 @@
 //!
 //! - [`membership`] — gossip membership (serf): who is alive, with each
 //!   member's role and addresses, as a snapshot and a stream of events.
+//! - [`config`] — flags, environment and TOML file, layered the same way
+//!   for every binary.
 //! - [`ops_http`] — the `/metrics`, `/healthz` and `/readyz` endpoint.
 
+pub mod config;
 pub mod membership;
 pub mod ops_http;
