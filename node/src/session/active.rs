@@ -9,22 +9,19 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::acks::{OwedAcks, Settled};
+use super::acks::OwedAcks;
 use super::registry::SessionHandle;
 use super::state::{OutgoingStage, SessionState};
 use super::window::{AckOutcome, OutgoingWindow};
 use super::ShutdownSignal;
 use crate::broker::Broker;
-use crate::cluster::Durability;
 use crate::connection::{Connection, ConnectionError};
-use crate::message::{unix_millis, ClientId, Delivery, Message, Qos};
+use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::protocol::codec::{
-    encode_ack, encode_connack, encode_pingresp, encode_publish, encode_suback, Ack, ConnackCode,
-    PublishPacket,
+    encode_ack, encode_connack, encode_pingresp, encode_publish, Ack, ConnackCode,
 };
 use crate::protocol::{decode, FrameHeader, Inbound};
-use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
-use crate::stats::{DropReason, Stats};
+use crate::stats::Stats;
 use crate::store::{SessionClaim, SessionOwner};
 
 /// When a resumed session looks once more for messages queued by the
@@ -76,7 +73,7 @@ fn count_completion(stats: &Stats, outcome: AckOutcome) {
 
 /// Why a session ended; decides whether the will is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum End {
+pub(super) enum End {
     /// DISCONNECT received: the will is discarded.
     Disconnect,
     /// Nothing heard within 1.5 × keep-alive.
@@ -102,23 +99,23 @@ impl End {
 
 /// A session with a live connection.
 pub struct ActiveSession {
-    broker: Arc<Broker>,
-    connection: Connection,
-    client_id: ClientId,
-    owner: SessionOwner,
-    clean_session: bool,
-    will: Option<Arc<Message>>,
-    handle: SessionHandle,
+    pub(super) broker: Arc<Broker>,
+    pub(super) connection: Connection,
+    pub(super) client_id: ClientId,
+    pub(super) owner: SessionOwner,
+    pub(super) clean_session: bool,
+    pub(super) will: Option<Arc<Message>>,
+    pub(super) handle: SessionHandle,
     /// Filter → granted QoS, kept to park or undo on disconnect.
-    subscriptions: HashMap<String, Qos>,
-    window: OutgoingWindow,
+    pub(super) subscriptions: HashMap<String, Qos>,
+    pub(super) window: OutgoingWindow,
     /// Incoming QoS 2 ids between PUBREC and PUBREL.
-    incoming_qos2: HashSet<u16>,
+    pub(super) incoming_qos2: HashSet<u16>,
     /// Deliveries taken from the mailbox (or resumed) but not yet sent
     /// because the in-flight window is full.
-    pending: VecDeque<Delivery>,
+    pub(super) pending: VecDeque<Delivery>,
     /// PUBACK/PUBREC owed to this client, waiting for Redis.
-    owed: OwedAcks,
+    pub(super) owed: OwedAcks,
 }
 
 impl ActiveSession {
@@ -335,7 +332,7 @@ impl ActiveSession {
         }
     }
 
-    fn protocol_error(&self, reason: String) -> End {
+    pub(super) fn protocol_error(&self, reason: String) -> End {
         self.broker.stats.protocol_errors.inc();
         End::ProtocolError(reason)
     }
@@ -380,201 +377,6 @@ impl ActiveSession {
             Inbound::Disconnect => return Some(End::Disconnect),
         };
         written.err().map(|e| self.protocol_error(e.to_string()))
-    }
-
-    async fn on_publish(&mut self, publish: PublishPacket) -> Option<End> {
-        if !is_valid_topic_name(&publish.topic) {
-            return Some(self.protocol_error(format!("invalid topic name {:?}", publish.topic)));
-        }
-        let stats = &self.broker.stats;
-        stats.received(publish.qos, publish.payload.len());
-        let message = Arc::new(Message::new(
-            publish.topic,
-            publish.payload,
-            publish.qos,
-            publish.retain,
-        ));
-        let (ack, id) = match (publish.qos, publish.packet_id) {
-            (Qos::AtMostOnce, _) => {
-                // At most once: a failed store or forward is not retried.
-                let _ = self.broker.publish(message).await;
-                return None;
-            }
-            (Qos::AtLeastOnce, Some(id)) => (Ack::Puback, id),
-            (Qos::ExactlyOnce, Some(id)) => (Ack::Pubrec, id),
-            (_, None) => return Some(self.protocol_error("QoS 1/2 PUBLISH without id".into())),
-        };
-        // A re-sent QoS 2 PUBLISH of a message already received is only
-        // acknowledged again: exactly once (MQTT-4.3.3-2, method B).
-        if ack == Ack::Pubrec && self.incoming_qos2.contains(&id) {
-            self.owed.push(ack, id, Durability::Done);
-            return None;
-        }
-        match self.broker.publish(message).await {
-            Ok(durability) => {
-                if ack == Ack::Pubrec {
-                    self.incoming_qos2.insert(id);
-                }
-                self.owed.push(ack, id, durability);
-                None
-            }
-            Err(error) => Some(End::StoreUnavailable(error.to_string())),
-        }
-    }
-
-    /// Sends the acknowledgements whose messages are safe, in order; a
-    /// failed write ends the session unacknowledged (the client re-sends).
-    fn release_acks(&mut self) -> Option<End> {
-        while let Some(settled) = self.owed.pop_settled() {
-            if !settled.written {
-                return Some(self.unwritten(settled));
-            }
-            if let Err(error) = encode_ack(self.connection.output(), settled.ack, settled.packet_id)
-            {
-                return Some(self.protocol_error(error.to_string()));
-            }
-        }
-        None
-    }
-
-    /// Forgets an incoming QoS 2 id whose message was not written, so the
-    /// client's re-send is published rather than dropped as a duplicate.
-    fn unwritten(&mut self, settled: Settled) -> End {
-        if settled.ack == Ack::Pubrec {
-            self.incoming_qos2.remove(&settled.packet_id);
-        }
-        End::StoreUnavailable("message not written to Redis".into())
-    }
-
-    async fn on_subscribe(&mut self, packet_id: u16, filters: Vec<(String, Qos)>) {
-        let mut granted = Vec::with_capacity(filters.len());
-        let mut accepted: Vec<(String, Qos)> = Vec::with_capacity(filters.len());
-        for (filter, requested) in filters {
-            if !is_valid_filter(&filter) {
-                granted.push(None);
-                continue;
-            }
-            self.broker
-                .subscribe(&self.client_id, &filter, requested)
-                .await;
-            self.subscriptions.insert(filter.clone(), requested);
-            granted.push(Some(requested));
-            accepted.push((filter, requested));
-        }
-        self.persist_subscriptions(&accepted, &[]).await;
-        if let Err(error) = encode_suback(self.connection.output(), packet_id, &granted) {
-            tracing::warn!(%error, "SUBACK not encoded");
-        }
-        self.queue_retained(&accepted).await;
-    }
-
-    async fn on_unsubscribe(&mut self, filters: Vec<String>) {
-        // An invalid filter was never subscribed: nothing to remove.
-        let valid = filters.iter().filter(|f| is_valid_filter(f));
-        self.broker
-            .unsubscribe(&self.client_id, valid.map(String::as_str))
-            .await;
-        for filter in &filters {
-            self.subscriptions.remove(filter);
-        }
-        self.persist_subscriptions(&[], &filters).await;
-    }
-
-    /// Writes subscription changes of a persistent session through to the
-    /// store, so they outlive this node.
-    async fn persist_subscriptions(&self, added: &[(String, Qos)], removed: &[String]) {
-        if self.clean_session {
-            return;
-        }
-        let store = &self.broker.store;
-        if let Err(error) = store
-            .update_subscriptions(&self.owner, added, removed)
-            .await
-        {
-            tracing::warn!(%error, client_id = %self.client_id, "subscription change not persisted");
-        }
-    }
-
-    /// Queues the retained messages matching new subscriptions, each once at
-    /// the best QoS granted among the filters that match it.
-    async fn queue_retained(&mut self, accepted: &[(String, Qos)]) {
-        if accepted.is_empty() {
-            return;
-        }
-        let filters: Vec<&str> = accepted.iter().map(|(f, _)| f.as_str()).collect();
-        let retained = match self.broker.store.retained_matching(&filters).await {
-            Ok(retained) => retained,
-            Err(error) => {
-                tracing::warn!(%error, "retained messages not read");
-                return;
-            }
-        };
-        for message in retained {
-            let best = accepted
-                .iter()
-                .filter(|(f, _)| filter_matches(f, &message.topic))
-                .map(|(_, q)| *q)
-                .max();
-            if let Some(qos) = best {
-                self.pending.push_back(Delivery::retained(message, qos));
-            }
-        }
-    }
-
-    /// Encodes pending deliveries while the in-flight window has room,
-    /// refilling from the mailbox only when the local queue is empty (so
-    /// the two together stay bounded).
-    fn send_pending(&mut self) {
-        let now_ms = unix_millis();
-        loop {
-            if self.pending.is_empty() {
-                self.pending = self.handle.mailbox.take_all();
-                if self.pending.is_empty() {
-                    return;
-                }
-            }
-            let needs_window = self
-                .pending
-                .front()
-                .is_some_and(|d| d.qos != Qos::AtMostOnce);
-            if needs_window && !self.window.has_room() {
-                return;
-            }
-            let Some(delivery) = self.pending.pop_front() else {
-                return;
-            };
-            if delivery.message.is_expired(now_ms) {
-                self.broker.stats.dropped(DropReason::Expired, 1);
-                continue;
-            }
-            self.send(delivery);
-        }
-    }
-
-    fn send(&mut self, delivery: Delivery) {
-        let packet_id = match delivery.qos {
-            Qos::AtMostOnce => None,
-            _ => {
-                self.broker.stats.inflight_messages.inc();
-                Some(self.window.start(delivery.clone()))
-            }
-        };
-        let message = &delivery.message;
-        let out = self.connection.output();
-        match encode_publish(
-            out,
-            &message.topic,
-            &message.payload,
-            delivery.qos,
-            packet_id,
-            false,
-            delivery.retain,
-        ) {
-            Ok(()) => {
-                self.broker.stats.sent(delivery.qos, message.payload.len());
-            }
-            Err(error) => tracing::warn!(%error, "delivery not encoded"),
-        }
     }
 
     /// Publishes the will when due, then parks (persistent) or forgets

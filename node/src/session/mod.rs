@@ -3,8 +3,9 @@
 //! - [`handshake`] reads and checks CONNECT, takes the client id over from
 //!   an older connection, claims the session in the store and answers
 //!   CONNACK;
-//! - [`active`] runs the connected session: packets in, deliveries out,
-//!   keep-alive, and what happens at the end (will, parking);
+//! - [`active`] runs the connected session: the loop, keep-alive, resume,
+//!   and what happens at the end (will, parking); `inbound` handles the
+//!   client's publishes and subscriptions, `outbound` sends deliveries;
 //! - [`acks`] holds the acknowledgements owed to a publisher until its
 //!   messages are safe in Redis;
 //! - [`window`] is the outgoing QoS 1/2 state machine, [`state`] what a
@@ -14,7 +15,9 @@
 pub mod acks;
 pub mod active;
 pub mod handshake;
+mod inbound;
 pub mod mailbox;
+mod outbound;
 pub mod registry;
 pub mod state;
 pub mod window;

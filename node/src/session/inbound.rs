@@ -1,0 +1,154 @@
+//! What a connected session does with the packets its client sends:
+//! publishes (acknowledged once safe), subscriptions and unsubscriptions
+//! (written through to the store for persistent sessions), and the
+//! retained messages a new subscription receives.
+
+use std::sync::Arc;
+
+use super::acks::Settled;
+use super::active::{ActiveSession, End};
+use crate::cluster::Durability;
+use crate::message::{Delivery, Message, Qos};
+use crate::protocol::codec::{encode_ack, encode_suback, Ack, PublishPacket};
+use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
+
+impl ActiveSession {
+    pub(super) async fn on_publish(&mut self, publish: PublishPacket) -> Option<End> {
+        if !is_valid_topic_name(&publish.topic) {
+            return Some(self.protocol_error(format!("invalid topic name {:?}", publish.topic)));
+        }
+        let stats = &self.broker.stats;
+        stats.received(publish.qos, publish.payload.len());
+        let message = Arc::new(Message::new(
+            publish.topic,
+            publish.payload,
+            publish.qos,
+            publish.retain,
+        ));
+        let (ack, id) = match (publish.qos, publish.packet_id) {
+            (Qos::AtMostOnce, _) => {
+                // At most once: a failed store or forward is not retried.
+                let _ = self.broker.publish(message).await;
+                return None;
+            }
+            (Qos::AtLeastOnce, Some(id)) => (Ack::Puback, id),
+            (Qos::ExactlyOnce, Some(id)) => (Ack::Pubrec, id),
+            (_, None) => return Some(self.protocol_error("QoS 1/2 PUBLISH without id".into())),
+        };
+        // A re-sent QoS 2 PUBLISH of a message already received is only
+        // acknowledged again: exactly once (MQTT-4.3.3-2, method B).
+        if ack == Ack::Pubrec && self.incoming_qos2.contains(&id) {
+            self.owed.push(ack, id, Durability::Done);
+            return None;
+        }
+        match self.broker.publish(message).await {
+            Ok(durability) => {
+                if ack == Ack::Pubrec {
+                    self.incoming_qos2.insert(id);
+                }
+                self.owed.push(ack, id, durability);
+                None
+            }
+            Err(error) => Some(End::StoreUnavailable(error.to_string())),
+        }
+    }
+
+    /// Sends the acknowledgements whose messages are safe, in order; a
+    /// failed write ends the session unacknowledged (the client re-sends).
+    pub(super) fn release_acks(&mut self) -> Option<End> {
+        while let Some(settled) = self.owed.pop_settled() {
+            if !settled.written {
+                return Some(self.unwritten(settled));
+            }
+            if let Err(error) = encode_ack(self.connection.output(), settled.ack, settled.packet_id)
+            {
+                return Some(self.protocol_error(error.to_string()));
+            }
+        }
+        None
+    }
+
+    /// Forgets an incoming QoS 2 id whose message was not written, so the
+    /// client's re-send is published rather than dropped as a duplicate.
+    pub(super) fn unwritten(&mut self, settled: Settled) -> End {
+        if settled.ack == Ack::Pubrec {
+            self.incoming_qos2.remove(&settled.packet_id);
+        }
+        End::StoreUnavailable("message not written to Redis".into())
+    }
+
+    pub(super) async fn on_subscribe(&mut self, packet_id: u16, filters: Vec<(String, Qos)>) {
+        let mut granted = Vec::with_capacity(filters.len());
+        let mut accepted: Vec<(String, Qos)> = Vec::with_capacity(filters.len());
+        for (filter, requested) in filters {
+            if !is_valid_filter(&filter) {
+                granted.push(None);
+                continue;
+            }
+            self.broker
+                .subscribe(&self.client_id, &filter, requested)
+                .await;
+            self.subscriptions.insert(filter.clone(), requested);
+            granted.push(Some(requested));
+            accepted.push((filter, requested));
+        }
+        self.persist_subscriptions(&accepted, &[]).await;
+        if let Err(error) = encode_suback(self.connection.output(), packet_id, &granted) {
+            tracing::warn!(%error, "SUBACK not encoded");
+        }
+        self.queue_retained(&accepted).await;
+    }
+
+    pub(super) async fn on_unsubscribe(&mut self, filters: Vec<String>) {
+        // An invalid filter was never subscribed: nothing to remove.
+        let valid = filters.iter().filter(|f| is_valid_filter(f));
+        self.broker
+            .unsubscribe(&self.client_id, valid.map(String::as_str))
+            .await;
+        for filter in &filters {
+            self.subscriptions.remove(filter);
+        }
+        self.persist_subscriptions(&[], &filters).await;
+    }
+
+    /// Writes subscription changes of a persistent session through to the
+    /// store, so they outlive this node.
+    async fn persist_subscriptions(&self, added: &[(String, Qos)], removed: &[String]) {
+        if self.clean_session {
+            return;
+        }
+        let store = &self.broker.store;
+        if let Err(error) = store
+            .update_subscriptions(&self.owner, added, removed)
+            .await
+        {
+            tracing::warn!(%error, client_id = %self.client_id, "subscription change not persisted");
+        }
+    }
+
+    /// Queues the retained messages matching new subscriptions, each once at
+    /// the best QoS granted among the filters that match it.
+    async fn queue_retained(&mut self, accepted: &[(String, Qos)]) {
+        if accepted.is_empty() {
+            return;
+        }
+        let filters: Vec<&str> = accepted.iter().map(|(f, _)| f.as_str()).collect();
+        let retained = match self.broker.store.retained_matching(&filters).await {
+            Ok(retained) => retained,
+            Err(error) => {
+                tracing::warn!(%error, "retained messages not read");
+                return;
+            }
+        };
+        for message in retained {
+            let best = accepted
+                .iter()
+                .filter(|(f, _)| filter_matches(f, &message.topic))
+                .map(|(_, q)| *q)
+                .max();
+            if let Some(qos) = best {
+                self.pending.push_back(Delivery::retained(message, qos));
+            }
+        }
+    }
+}

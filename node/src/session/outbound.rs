@@ -1,0 +1,65 @@
+//! What a connected session sends its client: deliveries from its queue
+//! and mailbox, within the in-flight window.
+
+use super::active::ActiveSession;
+use crate::message::{unix_millis, Delivery, Qos};
+use crate::protocol::codec::encode_publish;
+use crate::stats::DropReason;
+
+impl ActiveSession {
+    /// Encodes pending deliveries while the in-flight window has room,
+    /// refilling from the mailbox only when the local queue is empty (so
+    /// the two together stay bounded).
+    pub(super) fn send_pending(&mut self) {
+        let now_ms = unix_millis();
+        loop {
+            if self.pending.is_empty() {
+                self.pending = self.handle.mailbox.take_all();
+                if self.pending.is_empty() {
+                    return;
+                }
+            }
+            let needs_window = self
+                .pending
+                .front()
+                .is_some_and(|d| d.qos != Qos::AtMostOnce);
+            if needs_window && !self.window.has_room() {
+                return;
+            }
+            let Some(delivery) = self.pending.pop_front() else {
+                return;
+            };
+            if delivery.message.is_expired(now_ms) {
+                self.broker.stats.dropped(DropReason::Expired, 1);
+                continue;
+            }
+            self.send(delivery);
+        }
+    }
+
+    fn send(&mut self, delivery: Delivery) {
+        let packet_id = match delivery.qos {
+            Qos::AtMostOnce => None,
+            _ => {
+                self.broker.stats.inflight_messages.inc();
+                Some(self.window.start(delivery.clone()))
+            }
+        };
+        let message = &delivery.message;
+        let out = self.connection.output();
+        match encode_publish(
+            out,
+            &message.topic,
+            &message.payload,
+            delivery.qos,
+            packet_id,
+            false,
+            delivery.retain,
+        ) {
+            Ok(()) => {
+                self.broker.stats.sent(delivery.qos, message.payload.len());
+            }
+            Err(error) => tracing::warn!(%error, "delivery not encoded"),
+        }
+    }
+}
