@@ -14,6 +14,7 @@
 //!   independently of the node's codec so a shared bug cannot hide itself.
 //! - [`raw`]: [`RawClient`], a byte-level client for cases a well-behaved
 //!   library cannot express (malformed input, withheld acks, duplicates).
+//! - [`proxy`]: [`proxy::ProxyProcess`], the same for `astramq-proxy`.
 //! - [`redis`]: [`RedisProcess`], a private `redis-server` for cluster tests.
 //! - [`client`]: [`TestClient`], a wrapper around the independent `rumqttc`
 //!   client that turns its event loop into awaitable, bounded steps.
@@ -22,6 +23,7 @@ pub mod binary;
 pub mod client;
 pub mod node;
 pub mod observability;
+pub mod proxy;
 pub mod raw;
 pub mod redis;
 pub mod wire;

@@ -134,7 +134,7 @@ async fn provoke_dial_failure(cluster: &Cluster, clients: &mut Clients) -> Resul
     for _ in 0..4 {
         clients
             .kept
-            .push(TestClient::connect(cluster.proxy.mqtt, &unique_id("obs-dial")).await?);
+            .push(TestClient::connect(cluster.proxy.addr, &unique_id("obs-dial")).await?);
     }
     let page = Exposition::scrape(cluster.proxy.metrics)?;
     let failures = page.total("astramq_proxy_dial_failures_total", &[("backend", "n4")]);
@@ -165,7 +165,7 @@ struct Clients {
 /// a publish nobody subscribes to, a persistent session with a queued
 /// message, a refused CONNECT, a protocol error and a proxy reject.
 async fn drive_traffic(cluster: &Cluster) -> Result<Clients> {
-    let proxy = cluster.proxy.mqtt;
+    let proxy = cluster.proxy.addr;
     let mut kept = Vec::new();
 
     // One subscriber directly on each node, so whichever node the proxy

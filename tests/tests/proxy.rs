@@ -25,7 +25,7 @@ use rumqttc::QoS;
 
 use proxy_harness::{
     active_by_backend, dead_addr, free_gossip_addr, grown, http_status, GossipCluster, Node,
-    ProxyProcess, MEMBERSHIP,
+    ProxyMetrics, ProxyProcess, MEMBERSHIP,
 };
 
 /// How long a resumed session may wait for the dead node's recovery.

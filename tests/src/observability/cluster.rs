@@ -5,11 +5,10 @@
 //! It is what `scripts/start` runs, started from Rust so that every port is
 //! free and every process is a guard that dies with the test.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,22 +17,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::exposition::Exposition;
 use super::workspace_root;
 use crate::node::NodeProcess;
-use crate::redis::{free_port, RedisProcess};
+use crate::proxy::ProxyProcess;
+use crate::redis::RedisProcess;
 
 /// The node's stdout line announcing its metrics endpoint.
 const NODE_METRICS_PREFIX: &str = "astramq-node metrics on http://";
 
-/// The proxy's readiness line; its MQTT address follows.
-const PROXY_READY_PREFIX: &str = "astramq-proxy listening on mqtt://";
-
-/// How long the proxy may take from spawn to its readiness line.
-const PROXY_STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// How long the proxy may take to learn every node through gossip.
 const BACKENDS_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How much proxy output is kept for failure reports.
-const LOG_CAPACITY: usize = 64 * 1024;
 
 /// One broker node of the cluster.
 pub struct ClusterNode {
@@ -92,7 +83,13 @@ impl Cluster {
                 metrics,
             });
         }
-        let proxy = ProxyProcess::start("px", gossip[3], &join)?;
+        let proxy = ProxyProcess::start(&[
+            ("--node-id", "px"),
+            ("--gossip-listen", &gossip[3].to_string()),
+            ("--join", &join),
+            // The default, named because the tests count on its rotation.
+            ("--balance", "round-robin"),
+        ])?;
         let cluster = Self {
             proxy,
             nodes,
@@ -201,132 +198,4 @@ fn build_binaries() -> Result<PathBuf> {
         }
     }
     Ok(dir)
-}
-
-/// A running `astramq-proxy`. Dropping it kills the process.
-pub struct ProxyProcess {
-    /// The child process, killed on drop.
-    child: Child,
-    /// Where clients connect (from its readiness line).
-    pub mqtt: SocketAddr,
-    /// Its `/metrics` address.
-    pub metrics: SocketAddr,
-    /// Its gossip address.
-    pub gossip: SocketAddr,
-    /// Tail of its stdout and stderr.
-    log: Arc<Mutex<String>>,
-}
-
-impl ProxyProcess {
-    /// Starts a proxy joining the gossip seeds in `join` (comma-separated).
-    pub fn start(id: &str, gossip: SocketAddr, join: &str) -> Result<Self> {
-        let binary = binaries_dir()?.join("astramq-proxy");
-        let listen = format!("127.0.0.1:{}", free_port()?);
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let mut command = Command::new(&binary);
-        command
-            .args(["--node-id", id, "--listen", &listen])
-            .args(["--metrics-listen", &metrics.to_string()])
-            .args(["--gossip-listen", &gossip.to_string(), "--join", join])
-            // The default, named because the tests count on its rotation.
-            .args(["--balance", "round-robin"])
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("ASTRAMQ_") {
-                command.env_remove(key);
-            }
-        }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
-        let log = Arc::new(Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = mpsc::channel();
-        drain(
-            child.stdout.take().context("stdout not piped")?,
-            log.clone(),
-            Some(ready_tx),
-        );
-        drain(
-            child.stderr.take().context("stderr not piped")?,
-            log.clone(),
-            None,
-        );
-        match ready_rx.recv_timeout(PROXY_STARTUP_TIMEOUT) {
-            Ok(mqtt) => Ok(Self {
-                child,
-                mqtt,
-                metrics,
-                gossip,
-                log,
-            }),
-            Err(reason) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = log.lock().map(|l| l.clone()).unwrap_or_default();
-                bail!(
-                    "astramq-proxy did not print its readiness line ({reason}); \
-                     `{} --help` shows which flags this build has. Output:\n{log}",
-                    binary.display()
-                )
-            }
-        }
-    }
-
-    /// Its recent output.
-    pub fn log_tail(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
-    }
-
-    /// Fails with its output if the process has exited.
-    pub fn assert_running(&mut self) -> Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => bail!("proxy exited ({status}); output:\n{}", self.log_tail()),
-        }
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        eprintln!(
-            "---- astramq-proxy {} output (tail) ----\n{}",
-            self.mqtt,
-            self.log_tail()
-        );
-    }
-}
-
-/// Drains a pipe into the bounded log, reporting the readiness address.
-fn drain(
-    pipe: impl Read + Send + 'static,
-    log: Arc<Mutex<String>>,
-    ready: Option<mpsc::Sender<SocketAddr>>,
-) {
-    thread::spawn(move || {
-        let mut ready = ready;
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { break };
-            if let Some(addr) = line.strip_prefix(PROXY_READY_PREFIX) {
-                if let (Some(tx), Ok(addr)) = (ready.as_ref(), addr.trim().parse()) {
-                    let _ = tx.send(addr);
-                    ready = None;
-                }
-            }
-            let Ok(mut log) = log.lock() else { break };
-            log.push_str(&line);
-            log.push('\n');
-            if log.len() > 2 * LOG_CAPACITY {
-                let cut = log.len() - LOG_CAPACITY;
-                let cut = (cut..log.len())
-                    .find(|&i| log.is_char_boundary(i))
-                    .unwrap_or(log.len());
-                log.drain(..cut);
-            }
-        }
-    });
 }
