@@ -1,9 +1,11 @@
-//! Locating (and, once per test process, building) the node executable.
+//! Locating (and, once per test process, building) the executables under
+//! test: `astramq-node` and `astramq-proxy`.
 //!
-//! The tests crate does not depend on the node crate, so `cargo test` alone
-//! would not rebuild the broker. Building it here keeps "edit the node, run
-//! the tests" a one-command loop; `ASTRAMQ_SKIP_BUILD=1` turns that off (CI
-//! steps that already built it) and `ASTRAMQ_NODE_BIN` points at any binary.
+//! The tests crate does not depend on the binary crates, so `cargo test`
+//! alone would not rebuild them. Building here keeps "edit, run the tests" a
+//! one-command loop; `ASTRAMQ_SKIP_BUILD=1` turns that off (CI steps that
+//! already built them), and `ASTRAMQ_NODE_BIN` / `ASTRAMQ_PROXY_BIN` point
+//! at any binary.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,40 +13,51 @@ use std::sync::OnceLock;
 
 use anyhow::{anyhow, Context, Result};
 
-/// Name of the executable built by the `astramq-node` package.
-const NODE_BIN_NAME: &str = "astramq-node";
-
-/// Returns the path of the node binary, building it on the first call.
-///
-/// The result is cached for the whole test process (tests in one file run as
-/// threads of one process), so parallel tests wait for one build, not many.
+/// The node binary, building the workspace binaries on the first call.
 pub fn node_binary() -> Result<PathBuf> {
-    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| locate_or_build().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
+    binary("ASTRAMQ_NODE_BIN", "astramq-node")
 }
 
-/// Resolves the binary path from the environment or by running cargo.
-fn locate_or_build() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("ASTRAMQ_NODE_BIN") {
+/// The proxy binary, building the workspace binaries on the first call.
+pub fn proxy_binary() -> Result<PathBuf> {
+    binary("ASTRAMQ_PROXY_BIN", "astramq-proxy")
+}
+
+fn binary(override_var: &str, name: &str) -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(override_var) {
         return Ok(PathBuf::from(path));
     }
-    let profile_dir = profile_dir()?;
-    if std::env::var("ASTRAMQ_SKIP_BUILD").as_deref() != Ok("1") {
-        build(&profile_dir)?;
-    }
-    let path = profile_dir.join(NODE_BIN_NAME);
+    let path = binaries_dir()?.join(name);
     if !path.exists() {
-        return Err(anyhow!("node binary not found at {}", path.display()));
+        return Err(anyhow!("{name} not found at {}", path.display()));
     }
     Ok(path)
 }
 
+/// The directory holding this test build's profile of the workspace
+/// binaries, built once per test process (tests in one file run as threads
+/// of one process, so parallel tests wait for one build, not many).
+pub fn binaries_dir() -> Result<PathBuf> {
+    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| locate_or_build().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+fn locate_or_build() -> Result<PathBuf> {
+    let dir = profile_dir()?;
+    if std::env::var("ASTRAMQ_SKIP_BUILD").as_deref() != Ok("1") {
+        build(&dir)?;
+    }
+    Ok(dir)
+}
+
 /// The workspace root: the parent of this crate's manifest directory.
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
 }
 
 /// The target profile directory (`target/debug`) this test binary runs from.
@@ -60,12 +73,12 @@ fn profile_dir() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("unexpected test executable path {}", exe.display()))
 }
 
-/// Runs `cargo build -q -p astramq-node` in the workspace root.
+/// Runs `cargo build -q -p astramq-node -p astramq-proxy` in the workspace.
 fn build(profile_dir: &Path) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut command = Command::new(cargo);
     command
-        .args(["build", "-q", "-p", "astramq-node"])
+        .args(["build", "-q", "-p", "astramq-node", "-p", "astramq-proxy"])
         .current_dir(workspace_root());
     if profile_dir
         .file_name()
@@ -75,10 +88,10 @@ fn build(profile_dir: &Path) -> Result<()> {
     }
     let output = command
         .output()
-        .context("running cargo build for the node")?;
+        .context("running cargo build for the binaries")?;
     if !output.status.success() {
         return Err(anyhow!(
-            "cargo build -p astramq-node failed ({}):\n{}",
+            "cargo build of the binaries failed ({}):\n{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ));

@@ -7,7 +7,8 @@
 //!
 //! # Layout
 //!
-//! - [`binary`]: finds the node executable, building it once per test process.
+//! - [`binary`]: finds the node and proxy executables, building them once
+//!   per test process.
 //! - [`node`]: [`NodeProcess`], a guard that starts a node, waits for its
 //!   "listening" line, keeps its logs, and kills it when dropped.
 //! - [`wire`]: hand-encoded MQTT 3.1.1 packets and a minimal decoder, written
@@ -32,7 +33,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 
 pub use client::TestClient;
 pub use node::NodeProcess;
@@ -75,6 +76,19 @@ pub fn unique_id(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// A loopback address free for both TCP and UDP: gossip binds one port
+/// for both.
+pub fn free_gossip_addr() -> Result<std::net::SocketAddr> {
+    for _ in 0..100 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+        let addr = tcp.local_addr()?;
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return Ok(addr);
+        }
+    }
+    anyhow::bail!("no loopback port free for both TCP and UDP")
 }
 
 /// Checks that the node is alive and still serves a fresh, well-behaved client.

@@ -7,57 +7,17 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::binary::proxy_binary;
 
 /// How long the proxy may take from spawn to its readiness line.
 const PROXY_STARTUP: Duration = Duration::from_secs(15);
-
-/// Builds (once per test process) and returns the proxy binary, like
-/// `astramq_tests::binary` does for the node.
-fn proxy_binary() -> Result<PathBuf> {
-    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BINARY
-        .get_or_init(|| build_proxy().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
-fn build_proxy() -> Result<PathBuf> {
-    if let Some(path) = std::env::var_os("ASTRAMQ_PROXY_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow!("unexpected test executable path {}", exe.display()))?;
-    if std::env::var("ASTRAMQ_SKIP_BUILD").as_deref() != Ok("1") {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command
-            .args(["build", "-q", "-p", "astramq-proxy"])
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-        if dir.file_name().is_some_and(|n| n == "release") {
-            command.arg("--release");
-        }
-        let output = command
-            .output()
-            .context("running cargo build for the proxy")?;
-        ensure!(
-            output.status.success(),
-            "cargo build -p astramq-proxy failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(dir.join("astramq-proxy"))
-}
 
 /// A running proxy. Dropping it kills the process and prints its log tail.
 pub struct ProxyProcess {

@@ -19,7 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use astramq_tests::observability::cluster::binaries_dir;
+use astramq_tests::binary::binaries_dir;
 use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::observability::prometheus::render_config_raw;
 use astramq_tests::observability::workspace_root;

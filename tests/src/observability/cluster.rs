@@ -5,17 +5,15 @@
 //! It is what `scripts/start` runs, started from Rust so that every port is
 //! free and every process is a guard that dies with the test.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
+use std::net::SocketAddr;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::exposition::Exposition;
-use super::workspace_root;
+use crate::binary::binaries_dir;
+use crate::free_gossip_addr;
 use crate::node::NodeProcess;
 use crate::proxy::ProxyProcess;
 use crate::redis::RedisProcess;
@@ -148,54 +146,4 @@ fn node_metrics_addr(node: &NodeProcess) -> Result<SocketAddr> {
         .and_then(|rest| rest.trim().strip_suffix("/metrics"))
         .and_then(|addr| addr.parse().ok())
         .ok_or_else(|| anyhow!("node printed no metrics address; output:\n{log}"))
-}
-
-/// A loopback address free for both TCP and UDP (gossip uses one port for both).
-pub fn free_gossip_addr() -> Result<SocketAddr> {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-        let addr = tcp.local_addr()?;
-        if UdpSocket::bind(addr).is_ok() {
-            return Ok(addr);
-        }
-    }
-    bail!("no loopback port free for both TCP and UDP")
-}
-
-/// The directory holding the workspace binaries for this test build's
-/// profile, built once per test process unless `ASTRAMQ_SKIP_BUILD=1`.
-pub fn binaries_dir() -> Result<PathBuf> {
-    static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    DIR.get_or_init(|| build_binaries().map_err(|e| format!("{e:#}")))
-        .clone()
-        .map_err(|e| anyhow!(e))
-}
-
-fn build_binaries() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test executable")?;
-    // <target>/<profile>/deps/<test exe>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow!("unexpected test executable path {}", exe.display()))?;
-    if std::env::var("ASTRAMQ_SKIP_BUILD").as_deref() != Ok("1") {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let mut command = Command::new(cargo);
-        command
-            .args(["build", "-q", "-p", "astramq-node", "-p", "astramq-proxy"])
-            .current_dir(workspace_root());
-        if dir.file_name().is_some_and(|n| n == "release") {
-            command.arg("--release");
-        }
-        let output = command.output().context("running cargo build")?;
-        if !output.status.success() {
-            bail!(
-                "cargo build of the binaries failed ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-    }
-    Ok(dir)
 }

@@ -18,12 +18,4 @@ pub mod exposition;
 pub mod http;
 pub mod prometheus;
 
-use std::path::{Path, PathBuf};
-
-/// The workspace root: the parent of the tests crate.
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(".."))
-}
+pub use crate::binary::workspace_root;

@@ -6,10 +6,11 @@
 //! file) because only the proxy tests use it.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, ensure, Result};
+use anyhow::{anyhow, ensure, Result};
+pub use astramq_tests::free_gossip_addr;
 pub use astramq_tests::proxy::ProxyProcess;
 use astramq_tests::{unique_id, within, within_for, NodeProcess, RedisProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -120,18 +121,6 @@ fn node_metrics(node: &NodeProcess) -> Result<SocketAddr> {
         .and_then(|rest| rest.trim().strip_suffix("/metrics"))
         .and_then(|addr| addr.parse().ok())
         .ok_or_else(|| anyhow!("node printed no metrics address; output:\n{log}"))
-}
-
-/// A loopback address free for TCP and UDP (gossip binds both on one port).
-pub fn free_gossip_addr() -> Result<SocketAddr> {
-    for _ in 0..100 {
-        let tcp = TcpListener::bind("127.0.0.1:0")?;
-        let addr = tcp.local_addr()?;
-        if UdpSocket::bind(addr).is_ok() {
-            return Ok(addr);
-        }
-    }
-    bail!("no loopback port free for TCP and UDP")
 }
 
 /// A started node with its id and metrics address.
