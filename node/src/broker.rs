@@ -2,21 +2,35 @@
 //!
 //! `Broker::publish` is where a message fans out: match the topic in the
 //! subscription tree, post a delivery into the mailbox of every matching
-//! connected session, hand the deliveries for offline persistent sessions
-//! to the store in one batch, and, in a cluster, forward the message once
-//! to each other node that subscribes to it.
+//! connected session, and, in a cluster, forward the message once to each
+//! other node that subscribes to it.
+//!
+//! What is kept where, and so what survives a node's death (cluster):
+//! - a QoS 1/2 delivery to a **persistent** session (connected here or
+//!   offline) is queued in the session's Redis queue in the same pipeline
+//!   as the inter-node writes, and posted to the connected session only
+//!   once queued — the publisher is acknowledged after that pipeline, so
+//!   every acknowledged message is in Redis for every persistent
+//!   subscriber, wherever it is;
+//! - QoS 0 deliveries and deliveries to clean sessions go straight to the
+//!   mailbox: they live in memory and die with the node, as a clean
+//!   session does.
+//!
+//! On the embedded store everything is in memory; offline deliveries go to
+//! the store in one batch.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use crate::cluster::bus::{Qos2Origin, QueueTarget};
 use crate::cluster::{Cluster, Durability};
 use crate::config::Limits;
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::router::SubscriptionTree;
 use crate::session::mailbox::Refused;
-use crate::session::registry::Registry;
+use crate::session::registry::{Kick, Registry};
 use crate::stats::{DropReason, Stats};
 use crate::store::{QueueOutcome, Store};
 
@@ -49,6 +63,48 @@ pub struct Broker {
     pub started: Instant,
     /// Source of unique connection ids and assigned client ids.
     next_id: AtomicU64,
+    /// Tells QoS 2 publish ids apart across restarts of this node.
+    incarnation: u64,
+    /// QoS 2 publishes recently posted to clean sessions here, so a
+    /// re-run of the same publish is not posted twice.
+    recent_publishes: Mutex<RecentIds>,
+}
+
+/// A bounded set of recently seen publish ids (oldest forgotten first).
+#[derive(Default)]
+struct RecentIds {
+    ids: std::collections::HashSet<Arc<str>>,
+    order: std::collections::VecDeque<Arc<str>>,
+}
+
+/// Publish ids remembered per node for exactly-once posting to clean
+/// sessions.
+const RECENT_PUBLISHES: usize = 65_536;
+
+impl RecentIds {
+    /// Records `id`; false if it was seen already.
+    fn insert(&mut self, id: &Arc<str>) -> bool {
+        if !self.ids.insert(id.clone()) {
+            return false;
+        }
+        self.order.push_back(id.clone());
+        if self.order.len() > RECENT_PUBLISHES {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+/// Deliveries of one publish that must be written to Redis first.
+#[derive(Default)]
+pub struct Routed {
+    /// QoS 1/2 deliveries to persistent sessions (cluster): queue in Redis,
+    /// then post to the connected ones.
+    pub queue: Vec<QueueTarget>,
+    /// Deliveries for offline sessions (embedded store).
+    offline: Vec<(ClientId, Delivery)>,
 }
 
 impl Broker {
@@ -71,7 +127,14 @@ impl Broker {
             stats,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
+            incarnation: crate::message::unix_millis(),
+            recent_publishes: Mutex::new(RecentIds::default()),
         }
+    }
+
+    /// A cluster-unique id for a QoS 2 publish (see `Message::publish_id`).
+    pub fn new_publish_id(&self) -> Arc<str> {
+        format!("{}-{}-{}", self.node_id, self.incarnation, self.unique_id()).into()
     }
 
     /// A number never handed out before by this node.
@@ -184,12 +247,27 @@ impl Broker {
     /// the subscriptions of its parked session.
     pub async fn release_session(&self, client_id: &ClientId) {
         if let Some(session) = self.registry.read().get(client_id) {
-            session.kick.notify_one();
+            session.kick(Kick::Released);
             return;
         }
         let parked = self.offline_sessions().remove(client_id);
         if let Some(filters) = parked {
             self.unsubscribe(client_id, filters.iter().map(String::as_str))
+                .await;
+        }
+    }
+
+    /// This node was declared dead while it was cut off (frozen,
+    /// partitioned) and a survivor owns its sessions now: end every
+    /// connection without writing anything, and forget every session, so
+    /// clients reconnect and resume from Redis.
+    pub async fn fence(&self) {
+        for handle in self.registry.handles() {
+            handle.kick(Kick::Fenced);
+        }
+        let parked: Vec<(ClientId, Vec<String>)> = self.offline_sessions().drain().collect();
+        for (client_id, filters) in parked {
+            self.unsubscribe(&client_id, filters.iter().map(String::as_str))
                 .await;
         }
     }
@@ -205,70 +283,108 @@ impl Broker {
     /// Stores (if retained) and delivers a message published by a client of
     /// this node, locally and to the other nodes. Returns an error if a
     /// write it needs failed, and otherwise when the message will be safe
-    /// in Redis: a QoS 1/2 publisher is acknowledged only then.
-    pub async fn publish(&self, message: Arc<Message>) -> Result<Durability, PublishError> {
+    /// in Redis: a QoS 1/2 publisher is acknowledged only then. `origin`
+    /// names a persistent publisher's QoS 2 packet, recorded in the same
+    /// pipeline (exactly once across a node's death).
+    pub async fn publish(
+        &self,
+        message: Arc<Message>,
+        origin: Option<Qos2Origin>,
+    ) -> Result<Durability, PublishError> {
         if message.retain {
             if let Err(error) = self.store.set_retained(message.clone()).await {
                 tracing::warn!(%error, topic = %message.topic, "retained message not stored");
                 return Err(PublishError("retained store unavailable"));
             }
         }
-        self.deliver_locally(message.clone()).await?;
-        Ok(match &self.cluster {
-            Some(cluster) => cluster.forward(&message).await,
-            None => Durability::Done,
-        })
+        let routed = self.route(&message);
+        match &self.cluster {
+            Some(cluster) => Ok(cluster.forward(&message, routed.queue, origin).await),
+            None => {
+                if !routed.offline.is_empty() {
+                    self.queue_offline(routed.offline).await?;
+                }
+                Ok(Durability::Done)
+            }
+        }
     }
 
     /// [`Self::publish`], waiting until the message is safe (wills,
     /// statistics, recovery: nobody waits for an acknowledgement).
     pub async fn publish_and_wait(&self, message: Arc<Message>) -> Result<(), PublishError> {
-        match self.publish(message).await?.wait().await {
+        match self.publish(message, None).await?.wait().await {
             true => Ok(()),
             false => Err(PublishError("inter-node stream unavailable")),
         }
     }
 
-    /// Delivers a message another node forwarded: to local sessions only,
-    /// never forwarded again.
-    pub async fn deliver_from_cluster(&self, message: Arc<Message>) {
-        let _ = self.deliver_locally(message).await;
+    /// Routes a message another node forwarded to local sessions only
+    /// (never forwarded again). Returns what must be queued in Redis before
+    /// it is posted: the inbox entry may be trimmed only after that.
+    pub fn deliver_from_cluster(&self, message: &Arc<Message>) -> Vec<QueueTarget> {
+        self.route(message).queue
     }
 
-    async fn deliver_locally(&self, message: Arc<Message>) -> Result<(), PublishError> {
-        let offline = self.deliver_to_connected(&message);
-        if offline.is_empty() {
-            return Ok(());
-        }
-        self.queue_offline(offline).await
-    }
-
-    /// Posts deliveries to connected sessions; returns those for sessions
-    /// that are not connected.
-    fn deliver_to_connected(&self, message: &Arc<Message>) -> Vec<(ClientId, Delivery)> {
+    /// Posts deliveries that live in memory; returns those that must be
+    /// written first (cluster: QoS 1/2 to persistent sessions; embedded
+    /// store: offline sessions).
+    fn route(&self, message: &Arc<Message>) -> Routed {
+        let mut routed = Routed::default();
         let matches = self.router().matches(&message.topic);
         if matches.is_empty() {
             self.stats.dropped(DropReason::NoSubscribers, 1);
-            return Vec::new();
+            return routed;
         }
-        let mut offline = Vec::new();
+        let clustered = self.cluster.is_some();
+        // A re-run of a QoS 2 publish (its first run was cut off by a node's
+        // death) is posted to clean sessions only if they did not get it.
+        let post_volatile = match &message.publish_id {
+            Some(id) => self
+                .recent_publishes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id),
+            None => true,
+        };
         let sessions = self.registry.read();
         for (client_id, granted) in matches {
             let delivery = Delivery::forward(message.clone(), granted);
-            let Some(session) = sessions.get(&client_id) else {
-                offline.push((client_id, delivery));
+            let session = sessions.get(&client_id);
+            let durable = clustered
+                && delivery.qos != Qos::AtMostOnce
+                && session.is_none_or(|s| s.persistent);
+            if durable {
+                routed.queue.push(QueueTarget {
+                    client_id,
+                    delivery,
+                    mailbox: session.map(|s| s.mailbox.clone()),
+                });
+                continue;
+            }
+            let Some(session) = session else {
+                if clustered {
+                    self.stats.dropped(DropReason::Qos0Offline, 1);
+                } else {
+                    routed.offline.push((client_id, delivery));
+                }
                 continue;
             };
+            if !post_volatile {
+                continue;
+            }
             match session
                 .mailbox
                 .post(delivery, self.limits.max_queued_messages)
             {
                 Ok(()) => {}
                 Err(Refused::Full) => self.stats.dropped(DropReason::QueueFull, 1),
-                Err(Refused::Closed(delivery)) => offline.push((client_id, delivery)),
+                Err(Refused::Closed(delivery)) if !clustered => {
+                    routed.offline.push((client_id, delivery))
+                }
+                Err(Refused::Closed(_)) => {}
             }
         }
-        offline
+        routed
     }
 
     /// Queues deliveries for offline sessions, counting what is dropped.

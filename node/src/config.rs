@@ -54,7 +54,7 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
 
-    /// Approximate cap of each inter-node stream, in entries [default: 100000].
+    /// Bound of each node's inbox stream, in entries (each packs many publishes); a full inbox refuses appends and the publishes toward it are not acknowledged, nothing is evicted [default: 100000].
     #[arg(long, env = "ASTRAMQ_STREAM_MAXLEN")]
     pub stream_maxlen: Option<usize>,
 
@@ -270,6 +270,7 @@ impl NodeConfig {
                 mode: s.cluster_mode.unwrap_or(Mode::Routed),
                 redis_timeout: Duration::from_millis(s.redis_timeout_ms.unwrap_or(2000)),
                 stream_maxlen: s.stream_maxlen.unwrap_or(100_000),
+                max_queued: limits.max_queued_messages,
                 heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms.unwrap_or(500)),
                 heartbeat_ttl: Duration::from_millis(s.heartbeat_ttl_ms.unwrap_or(2000)),
                 takeover_timeout: Duration::from_secs(5),

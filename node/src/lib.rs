@@ -142,6 +142,7 @@ async fn open_store(
         cluster.node_id.clone(),
         config.limits.max_queued_messages,
         options.takeover_timeout,
+        cluster.scripts.clone(),
     );
     Ok((Arc::new(store), Some(cluster)))
 }

@@ -78,6 +78,11 @@ pub struct Message {
     pub retain: bool,
     /// MQTT 5.0 properties; `None` for 3.1.1 messages.
     pub properties: Option<Box<Properties>>,
+    /// Cluster-unique id of a QoS 2 publish, given when its publisher's
+    /// node first records it. A re-run of the same publish (after a node
+    /// died mid-write) carries the same id, so each session's queue and
+    /// each node's memory can refuse the second copy: exactly once.
+    pub publish_id: Option<Arc<str>>,
 }
 
 impl Message {
@@ -89,6 +94,7 @@ impl Message {
             qos,
             retain,
             properties: None,
+            publish_id: None,
         }
     }
 
@@ -120,7 +126,15 @@ pub struct Delivery {
     /// Set only when the delivery answers a SUBSCRIBE with a retained
     /// message; normal forwarding always clears it (MQTT-3.3.1-9).
     pub retain: bool,
+    /// Where the delivery sits in its persistent session's queue in Redis
+    /// (a stream entry id); the entry is deleted when the client has
+    /// acknowledged it. `None` for deliveries that live only in memory
+    /// (QoS 0, clean sessions, the embedded store).
+    pub queued: Option<QueueId>,
 }
+
+/// The id of a delivery's entry in its session's queue.
+pub type QueueId = Arc<str>;
 
 impl Delivery {
     /// A normal forward of `message` to a subscription granted `granted`.
@@ -130,6 +144,7 @@ impl Delivery {
             message,
             qos,
             retain: false,
+            queued: None,
         }
     }
 
@@ -140,6 +155,7 @@ impl Delivery {
             message,
             qos,
             retain: true,
+            queued: None,
         }
     }
 }

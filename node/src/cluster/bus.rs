@@ -8,10 +8,21 @@
 //!
 //! Writes are batched: the [`Forwarder`] takes every publish waiting in its
 //! channel, packs the messages for one destination into one stream entry,
-//! and sends all entries in one pipeline. A QoS 1/2 publisher is answered
-//! only after that pipeline succeeded, so an acknowledged message is in
-//! Redis. Messages read from an inbox are delivered to local clients only
-//! and never forwarded again, so there are no loops.
+//! and sends all entries — with the queue writes for this node's persistent
+//! sessions and the publishers' QoS 2 records — in one pipeline. A QoS 1/2
+//! publisher is answered only after that pipeline succeeded, so an
+//! acknowledged message is in Redis. Messages read from an inbox are
+//! delivered to local clients only and never forwarded again, so there are
+//! no loops.
+//!
+//! **No acknowledged entry is lost (routed mode).** An inbox is never
+//! capped by eviction: at `--stream-maxlen` entries it refuses appends, and
+//! the publishes toward it are not acknowledged. A node trims its inbox only
+//! past entries whose persistent-session deliveries are in those sessions'
+//! Redis queues. An inbox whose node was declared dead is fenced: appends
+//! are refused, and the forwarder re-reads the route table and sends to the
+//! node that adopted the sessions instead. Broadcast mode keeps the shared
+//! stream capped with `MAXLEN ~` and gives no such guarantee.
 //!
 //! Inboxes also carry control entries: "release client X" when another node
 //! claims X's session.
@@ -27,7 +38,11 @@ use super::metrics::RedisOp;
 use super::redis_value::{self as rv, StreamEntry};
 use super::{keys, wire, Cluster, Mode};
 use crate::broker::Broker;
-use crate::message::{ClientId, Message};
+use crate::message::{ClientId, Delivery, Message};
+use crate::session::mailbox::Mailbox;
+use crate::store::redis::{enqueue_cmd, parse_enqueued, qos2_record, qos2_record_cmd, Enqueued};
+use crate::store::redis_scripts::{evalsha, query_pipeline};
+use crate::store::SessionOwner;
 
 /// Most publishes packed into one pipeline.
 const MAX_BATCH: usize = 1024;
@@ -49,14 +64,57 @@ const FIELD_RELEASE: &str = "release";
 /// Field of an inbox entry asking the node to drain a client's queue.
 const FIELD_DRAIN: &str = "drain";
 
-/// One publish on its way to other nodes.
+/// How often the forwarder re-reads the route table when a destination's
+/// inbox is fenced, and how long it waits in between at first.
+const FENCED_RETRIES: u32 = 5;
+const FENCED_RETRY_DELAY: Duration = Duration::from_millis(20);
+
+/// One publish on its way to Redis and other nodes.
 pub struct Forward {
     /// The message.
     pub message: Arc<Message>,
     /// Destination nodes (routed mode; empty in broadcast mode).
     pub destinations: Vec<ClientId>,
+    /// Deliveries to queue for this node's persistent sessions.
+    pub queue: Vec<QueueTarget>,
+    /// The publisher's QoS 2 packet to record with it.
+    pub origin: Option<Qos2Origin>,
     /// Told whether the write reached Redis (QoS 1/2 only).
     pub written: Option<oneshot::Sender<bool>>,
+}
+
+/// A QoS 1/2 delivery to a persistent session, to queue in Redis before it
+/// is posted (or, offline, instead).
+pub struct QueueTarget {
+    /// The session.
+    pub client_id: ClientId,
+    /// What to queue.
+    pub delivery: Delivery,
+    /// Its mailbox when it is connected here.
+    pub mailbox: Option<Arc<Mailbox>>,
+}
+
+impl QueueTarget {
+    /// Posts the delivery, now held by its session's Redis queue as
+    /// `queued`, to the session if it is connected here.
+    pub fn post(self, queued: crate::message::QueueId) {
+        if let Some(mailbox) = self.mailbox {
+            let mut delivery = self.delivery;
+            delivery.queued = Some(queued);
+            mailbox.post_queued(delivery);
+        }
+    }
+}
+
+/// A persistent publisher's incoming QoS 2 packet: recorded as "written,
+/// fan-out maybe unfinished" before the fan-out and "done" after it, in one
+/// pipeline, so that a re-send after this node's death re-runs an
+/// unfinished fan-out (deduplicated by publish id) and nothing else.
+pub struct Qos2Origin {
+    /// The publisher's session.
+    pub owner: SessionOwner,
+    /// Its packet id.
+    pub packet_id: u16,
 }
 
 /// The task that writes forwarded publishes to Redis in batches.
@@ -84,8 +142,8 @@ impl Forwarder {
     pub async fn run(mut self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while self.queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            let ok = self.write(&batch).await;
-            for forward in batch.drain(..) {
+            let ok = self.write(&mut batch).await;
+            for (forward, ok) in batch.drain(..).zip(ok) {
                 if let Some(written) = forward.written {
                     let _ = written.send(ok);
                 }
@@ -93,56 +151,244 @@ impl Forwarder {
         }
     }
 
-    async fn write(&mut self, batch: &[Forward]) -> bool {
-        let maxlen = self.cluster.options.stream_maxlen;
+    /// Writes a batch; returns, per forward, whether it is safe in Redis.
+    async fn write(&mut self, batch: &mut [Forward]) -> Vec<bool> {
+        let cluster = self.cluster.clone();
+        let scripts = &cluster.scripts;
         let mut pipe = redis::pipe();
-        match self.cluster.mode {
-            Mode::Routed => {
-                let mut by_node: HashMap<&str, Vec<&Arc<Message>>> = HashMap::new();
-                for forward in batch {
-                    for node in &forward.destinations {
-                        by_node.entry(node).or_default().push(&forward.message);
-                    }
-                }
-                for (node, messages) in by_node {
-                    pipe.cmd("XADD")
-                        .arg(keys::inbox(node))
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(maxlen)
-                        .arg("*")
-                        .arg(FIELD_MESSAGES)
-                        .arg(wire::encode_batch(messages).as_ref())
-                        .ignore();
-                }
-            }
-            Mode::Broadcast => {
-                pipe.cmd("XADD")
-                    .arg(keys::bus())
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(maxlen)
-                    .arg("*")
-                    .arg(FIELD_ORIGIN)
-                    .arg(&*self.cluster.node_id)
-                    .arg(FIELD_MESSAGES)
-                    .arg(wire::encode_batch(batch.iter().map(|f| &f.message)).as_ref())
-                    .ignore();
+        // Reply layout, in order: QoS 2 "written" records, inbox appends,
+        // queue writes, QoS 2 "done" records.
+        for forward in batch.iter() {
+            if let Some(cmd) = origin_cmd(&cluster, forward, false) {
+                pipe.add_command(cmd);
             }
         }
-        let metrics = &self.cluster.metrics;
-        let written = pipe.query_async::<()>(&mut self.connection);
-        match metrics.timed(RedisOp::Forward, written).await {
-            Ok(()) => {
-                metrics.appended.inc_by(batch.len() as u64);
-                true
+        let appends = self.add_appends(&mut pipe, batch.iter().enumerate());
+        for forward in batch.iter() {
+            for target in &forward.queue {
+                pipe.add_command(enqueue_cmd(
+                    scripts,
+                    cluster.max_queued,
+                    &target.client_id,
+                    &target.delivery,
+                ));
             }
+        }
+        for forward in batch.iter() {
+            if let Some(cmd) = origin_cmd(&cluster, forward, true) {
+                pipe.add_command(cmd);
+            }
+        }
+        let metrics = &cluster.metrics;
+        let written = query_pipeline::<Vec<redis::Value>>(scripts, &mut self.connection, &pipe);
+        let replies = match metrics.timed(RedisOp::Forward, written).await {
+            Ok(replies) => replies,
             Err(error) => {
-                tracing::warn!(%error, messages = batch.len(), "forwarding to other nodes failed");
-                false
+                tracing::warn!(%error, messages = batch.len(), "writing publishes to Redis failed");
+                return vec![false; batch.len()];
+            }
+        };
+        let mut ok = vec![true; batch.len()];
+        let mut replies = replies.into_iter();
+        for (i, forward) in batch.iter().enumerate() {
+            if forward.origin.is_some() && replies.next().is_none_or(|r| rv::int(&r) != Some(1)) {
+                ok[i] = false;
+            }
+        }
+        let mut fenced = Vec::new();
+        for (indices, node) in appends {
+            let reply = replies.next().as_ref().and_then(rv::int);
+            match reply {
+                Some(1) => {}
+                Some(-1) => fenced.push((indices, node)),
+                _ => {
+                    metrics.inbox_full.inc();
+                    tracing::warn!(%node, "inbox full: publishes toward it are not acknowledged");
+                    indices.iter().for_each(|&i| ok[i] = false);
+                }
+            }
+        }
+        for forward in batch.iter_mut() {
+            for target in std::mem::take(&mut forward.queue) {
+                let reply = replies.next().unwrap_or(redis::Value::Nil);
+                match parse_enqueued(&reply) {
+                    Enqueued::Queued(id) => target.post(id),
+                    Enqueued::Full => metrics.queue_full.inc(),
+                    Enqueued::Duplicate | Enqueued::Qos0 | Enqueued::NoSession => {}
+                }
+            }
+        }
+        // The "done" records' replies need no reading: a failed one only
+        // makes a re-send re-run a fan-out that dedupes itself.
+        if !fenced.is_empty() {
+            self.resend_fenced(batch, fenced, &mut ok).await;
+        }
+        if ok.iter().any(|ok| *ok) {
+            metrics.appended.inc_by(batch.len() as u64);
+        }
+        ok
+    }
+
+    /// Adds the inbox appends for `forwards` (one entry per destination,
+    /// packing its messages); returns which forwards each append carries.
+    fn add_appends<'a>(
+        &self,
+        pipe: &mut redis::Pipeline,
+        forwards: impl Iterator<Item = (usize, &'a Forward)>,
+    ) -> Vec<(Vec<usize>, ClientId)> {
+        let cluster = &self.cluster;
+        match cluster.mode {
+            Mode::Routed => {
+                let forwards: Vec<(usize, &Forward)> = forwards.collect();
+                let mut by_node: HashMap<ClientId, Vec<usize>> = HashMap::new();
+                let mut order: Vec<ClientId> = Vec::new();
+                for (position, (_, forward)) in forwards.iter().enumerate() {
+                    for node in &forward.destinations {
+                        by_node
+                            .entry(node.clone())
+                            .or_insert_with(|| {
+                                order.push(node.clone());
+                                Vec::new()
+                            })
+                            .push(position);
+                    }
+                }
+                let mut out = Vec::with_capacity(order.len());
+                for node in order {
+                    let positions = by_node.remove(&node).unwrap_or_default();
+                    let messages = positions.iter().map(|&p| &forwards[p].1.message);
+                    pipe.add_command(self.append_cmd(&node, messages));
+                    out.push((positions.iter().map(|&p| forwards[p].0).collect(), node));
+                }
+                out
+            }
+            Mode::Broadcast => {
+                let all: Vec<(usize, &Forward)> = forwards.collect();
+                if !all.is_empty() {
+                    pipe.cmd("XADD")
+                        .arg(keys::bus())
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(cluster.options.stream_maxlen)
+                        .arg("*")
+                        .arg(FIELD_ORIGIN)
+                        .arg(&*cluster.node_id)
+                        .arg(FIELD_MESSAGES)
+                        .arg(wire::encode_batch(all.iter().map(|(_, f)| &f.message)).as_ref())
+                        .ignore();
+                }
+                Vec::new()
             }
         }
     }
+
+    /// Publishes whose destination turned out to be fenced (dead, being
+    /// recovered): re-read the routes — the survivor has announced the
+    /// adopted sessions' filters — and send to the nodes that have them
+    /// now, a few times with a growing pause.
+    async fn resend_fenced(
+        &mut self,
+        batch: &[Forward],
+        mut fenced: Vec<(Vec<usize>, ClientId)>,
+        ok: &mut [bool],
+    ) {
+        let cluster = self.cluster.clone();
+        let mut excluded: Vec<ClientId> = Vec::new();
+        let mut delay = FENCED_RETRY_DELAY;
+        for _ in 0..FENCED_RETRIES {
+            excluded.extend(fenced.iter().map(|(_, node)| node.clone()));
+            let pending: std::collections::BTreeSet<usize> = fenced
+                .iter()
+                .flat_map(|(indices, _)| indices.iter().copied())
+                .collect();
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            if let Err(error) = cluster.routes.reload(&mut self.connection).await {
+                tracing::warn!(%error, "route reload for a fenced destination failed");
+            }
+            let mut retry: Vec<(usize, Vec<ClientId>)> = Vec::new();
+            for &i in &pending {
+                let nodes = cluster
+                    .routes
+                    .remote_nodes(&batch[i].message.topic, &cluster.node_id);
+                let nodes: Vec<ClientId> = nodes
+                    .into_iter()
+                    .filter(|n| !excluded.contains(n))
+                    .collect();
+                retry.push((i, nodes));
+            }
+            let mut pipe = redis::pipe();
+            let mut appends: Vec<(Vec<usize>, ClientId)> = Vec::new();
+            let mut by_node: HashMap<ClientId, Vec<usize>> = HashMap::new();
+            for (i, nodes) in &retry {
+                for node in nodes {
+                    by_node.entry(node.clone()).or_default().push(*i);
+                }
+            }
+            for (node, indices) in by_node {
+                pipe.add_command(
+                    self.append_cmd(&node, indices.iter().map(|&i| &batch[i].message)),
+                );
+                appends.push((indices, node));
+            }
+            if appends.is_empty() {
+                return;
+            }
+            let sent =
+                query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.connection, &pipe)
+                    .await;
+            let Ok(replies) = sent else {
+                appends
+                    .iter()
+                    .flat_map(|(i, _)| i)
+                    .for_each(|&i| ok[i] = false);
+                return;
+            };
+            fenced = Vec::new();
+            for ((indices, node), reply) in appends.into_iter().zip(replies) {
+                match rv::int(&reply) {
+                    Some(1) => {}
+                    Some(-1) => fenced.push((indices, node)),
+                    _ => indices.iter().for_each(|&i| ok[i] = false),
+                }
+            }
+            if fenced.is_empty() {
+                return;
+            }
+        }
+        tracing::warn!("destinations stayed fenced: publishes not acknowledged");
+        fenced
+            .iter()
+            .flat_map(|(i, _)| i)
+            .for_each(|&i| ok[i] = false);
+    }
+
+    /// The bounded, fence-checked append of `messages` to `node`'s inbox.
+    fn append_cmd<'a>(
+        &self,
+        node: &str,
+        messages: impl IntoIterator<Item = &'a Arc<Message>>,
+    ) -> redis::Cmd {
+        let inbox = keys::inbox(node);
+        let fence = keys::node_fenced(node);
+        let mut cmd = evalsha(&self.cluster.scripts.inbox_append, &[&inbox, &fence]);
+        cmd.arg(self.cluster.options.stream_maxlen)
+            .arg(FIELD_MESSAGES)
+            .arg(wire::encode_batch(messages).as_ref());
+        cmd
+    }
+}
+
+/// The QoS 2 record command of a forward's origin (`done`: after fan-out).
+fn origin_cmd(cluster: &Cluster, forward: &Forward, done: bool) -> Option<redis::Cmd> {
+    let origin = forward.origin.as_ref()?;
+    let publish_id = forward.message.publish_id.as_deref()?;
+    Some(qos2_record_cmd(
+        &cluster.scripts,
+        &origin.owner,
+        origin.packet_id,
+        &qos2_record(publish_id, done),
+    ))
 }
 
 /// Asks `owner` to release `client_id`'s session (another node claims it).
@@ -294,11 +540,11 @@ impl InboxReader {
                 self.on_route_changes(&entries).await;
                 self.cursors.routes = last;
             } else if stream == keys::bus() {
-                self.on_bus(&entries).await;
+                self.on_bus(&entries).await?;
                 self.cursors.bus = last;
                 self.save_bus_cursor().await;
             } else {
-                self.on_inbox(&entries).await;
+                self.on_inbox(&entries).await?;
                 self.cursors.inbox = last;
                 self.untrimmed += entries.len();
                 if self.untrimmed >= TRIM_EVERY_ENTRIES || self.last_trim.elapsed() >= TRIM_EVERY {
@@ -322,7 +568,8 @@ impl InboxReader {
         }
     }
 
-    async fn on_inbox(&self, entries: &[StreamEntry]) {
+    async fn on_inbox(&mut self, entries: &[StreamEntry]) -> redis::RedisResult<()> {
+        let mut targets = Vec::new();
         for entry in entries {
             if let Some(client_id) = entry.get(FIELD_RELEASE.as_bytes()) {
                 let client_id: ClientId = String::from_utf8_lossy(client_id).into();
@@ -332,23 +579,28 @@ impl InboxReader {
                 let client_id: ClientId = String::from_utf8_lossy(client_id).into();
                 self.broker.drain_session(&client_id);
             }
-            self.deliver(entry).await;
+            self.deliver(entry, &mut targets);
         }
+        self.queue_durably(targets).await
     }
 
-    async fn on_bus(&self, entries: &[StreamEntry]) {
+    async fn on_bus(&mut self, entries: &[StreamEntry]) -> redis::RedisResult<()> {
         let me = self.cluster.node_id.as_bytes();
+        let mut targets = Vec::new();
         for entry in entries {
             if entry
                 .get(FIELD_ORIGIN.as_bytes())
                 .is_some_and(|o| o.as_ref() != me)
             {
-                self.deliver(entry).await;
+                self.deliver(entry, &mut targets);
             }
         }
+        self.queue_durably(targets).await
     }
 
-    async fn deliver(&self, entry: &StreamEntry) {
+    /// Posts an entry's messages to local clean sessions and collects the
+    /// deliveries for persistent sessions.
+    fn deliver(&self, entry: &StreamEntry, targets: &mut Vec<QueueTarget>) {
         let Some(raw) = entry.get(FIELD_MESSAGES.as_bytes()) else {
             return;
         };
@@ -356,17 +608,48 @@ impl InboxReader {
             Ok(messages) => {
                 self.cluster.metrics.read.inc_by(messages.len() as u64);
                 for message in messages {
-                    self.broker.deliver_from_cluster(message).await;
+                    targets.extend(self.broker.deliver_from_cluster(&message));
                 }
             }
             Err(error) => tracing::warn!(%error, id = %entry.id, "unreadable stream entry skipped"),
         }
     }
 
-    /// Drops what has been read, so the inbox holds (nearly) only unread
-    /// entries: what a survivor takes over if this node dies. Entries read
-    /// but not yet trimmed would be queued again for adopted sessions — at
-    /// most [`TRIM_EVERY`] worth, delivered twice rather than lost.
+    /// Queues the persistent sessions' deliveries in Redis, then posts them
+    /// to the connected ones. Until this succeeds the inbox cursor does not
+    /// move, so the entries are read (and queued) again.
+    async fn queue_durably(&mut self, targets: Vec<QueueTarget>) -> redis::RedisResult<()> {
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let cluster = self.cluster.clone();
+        let mut pipe = redis::pipe();
+        for target in &targets {
+            pipe.add_command(enqueue_cmd(
+                &cluster.scripts,
+                cluster.max_queued,
+                &target.client_id,
+                &target.delivery,
+            ));
+        }
+        let queued = query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.writer, &pipe);
+        let replies = cluster.metrics.timed(RedisOp::Enqueue, queued).await?;
+        for (target, reply) in targets.into_iter().zip(replies) {
+            match parse_enqueued(&reply) {
+                Enqueued::Queued(id) => target.post(id),
+                Enqueued::Full => cluster.metrics.queue_full.inc(),
+                Enqueued::Duplicate | Enqueued::Qos0 | Enqueued::NoSession => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops what has been read — and whose persistent-session deliveries
+    /// are queued in Redis — so the inbox holds (nearly) only what a
+    /// survivor must take over if this node dies. Entries read but not yet
+    /// trimmed are queued again for adopted sessions: at most
+    /// [`TRIM_EVERY`] worth, QoS 1 delivered twice rather than lost, QoS 2
+    /// refused by the sessions' publish-id record.
     async fn trim_inbox(&mut self) {
         self.untrimmed = 0;
         self.last_trim = std::time::Instant::now();

@@ -1,13 +1,16 @@
 //! Names of everything AstraMQ keeps in Redis.
 //!
-//! Per-session keys carry the client id in a hash tag (`{...}`), so one
-//! session's keys share a Redis Cluster slot and a Lua script may touch
-//! them all when the store moves to Redis Cluster.
+//! Every key carries its entity in a hash tag (`{...}`): a session's keys
+//! share the slot of `{client id}`, a node's keys the slot of `{node id}`.
+//! Each Lua script touches the keys of one entity only, so every script
+//! runs unchanged on Redis Cluster. The only keys without an entity are the
+//! cluster-wide `nodes` set, the route log, the retained hash and the
+//! broadcast stream; no script touches them together with another key.
 
 /// Prefix of every key; lets a Redis instance host other data.
 const PREFIX: &str = "astramq";
 
-/// A session's hash: owner, epoch, connected, clean, will.
+/// A session's hash: owner, epoch, connected, persistent, will.
 pub fn session(client_id: &str) -> String {
     format!("{PREFIX}:s:{{{client_id}}}")
 }
@@ -17,19 +20,29 @@ pub fn subscriptions(client_id: &str) -> String {
     format!("{PREFIX}:s:{{{client_id}}}:subs")
 }
 
-/// A session's offline queue (list of encoded deliveries, oldest first).
+/// A persistent session's queue: a stream of encoded deliveries, oldest
+/// first, each deleted once the client has acknowledged it.
 pub fn queue(client_id: &str) -> String {
-    format!("{PREFIX}:s:{{{client_id}}}:queue")
+    format!("{PREFIX}:s:{{{client_id}}}:q")
 }
 
-/// A session's unacknowledged outgoing messages: packet id → record.
+/// A session's unacknowledged outgoing QoS 2 (and, once parked, QoS 1)
+/// messages: packet id → stage mark and queue entry id.
 pub fn inflight(client_id: &str) -> String {
     format!("{PREFIX}:s:{{{client_id}}}:inflight")
 }
 
-/// A session's incoming QoS 2 ids awaiting PUBREL.
+/// A session's incoming QoS 2 packet ids awaiting PUBREL: packet id →
+/// `p:<publish id>` (written, fan-out maybe unfinished) or `d:<publish id>`
+/// (fan-out done).
 pub fn incoming_qos2(client_id: &str) -> String {
     format!("{PREFIX}:s:{{{client_id}}}:qos2")
+}
+
+/// QoS 2 publish ids already queued for a session (sorted set by time), so
+/// a re-run of the same publish is not queued twice.
+pub fn seen(client_id: &str) -> String {
+    format!("{PREFIX}:s:{{{client_id}}}:seen")
 }
 
 /// Retained messages: topic → encoded message.
@@ -44,27 +57,33 @@ pub fn nodes() -> String {
 
 /// A node's heartbeat, with a TTL: its absence means the node is dead.
 pub fn node_alive(node_id: &str) -> String {
-    format!("{PREFIX}:node:{node_id}:alive")
+    format!("{PREFIX}:n:{{{node_id}}}:alive")
+}
+
+/// Set by the survivor that recovers a node: the node's inbox accepts no
+/// more entries and the node, should it come back, must start afresh.
+pub fn node_fenced(node_id: &str) -> String {
+    format!("{PREFIX}:n:{{{node_id}}}:fenced")
 }
 
 /// The filters a node has at least one subscriber for.
 pub fn node_routes(node_id: &str) -> String {
-    format!("{PREFIX}:node:{node_id}:routes")
+    format!("{PREFIX}:n:{{{node_id}}}:routes")
 }
 
 /// The client ids whose sessions a node owns (connected or offline).
 pub fn node_clients(node_id: &str) -> String {
-    format!("{PREFIX}:node:{node_id}:clients")
+    format!("{PREFIX}:n:{{{node_id}}}:clients")
 }
 
 /// A node's inbox stream (routed mode publishes and control messages).
 pub fn inbox(node_id: &str) -> String {
-    format!("{PREFIX}:inbox:{node_id}")
+    format!("{PREFIX}:n:{{{node_id}}}:inbox")
 }
 
 /// Where a node has read the broadcast stream up to.
 pub fn bus_cursor(node_id: &str) -> String {
-    format!("{PREFIX}:node:{node_id}:bus-cursor")
+    format!("{PREFIX}:n:{{{node_id}}}:bus-cursor")
 }
 
 /// The single cluster-wide stream of broadcast mode.
@@ -79,5 +98,5 @@ pub fn route_log() -> String {
 
 /// Held by the one survivor that cleans up after a dead node.
 pub fn recovery_lock(node_id: &str) -> String {
-    format!("{PREFIX}:recovery:{node_id}")
+    format!("{PREFIX}:n:{{{node_id}}}:recovery")
 }

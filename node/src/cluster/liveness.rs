@@ -1,11 +1,16 @@
 //! Heartbeats, and noticing that another node has died.
 //!
-//! Each node refreshes `astramq:node:<id>:alive` (TTL `heartbeat-ttl`)
-//! every `heartbeat-interval` and checks the other registered nodes' keys;
-//! a node whose key has expired is dead and [`super::recovery`] runs for
-//! it. Gossip, when it reports a failure first, only makes the check run
-//! sooner: Redis stays the arbiter, so a node cut off from gossip but still
-//! writing its heartbeat is not declared dead.
+//! Each node refreshes its `alive` key (TTL `heartbeat-ttl`) every
+//! `heartbeat-interval` and checks the other registered nodes' keys; a
+//! node whose key has expired is dead and [`super::recovery`] runs for it,
+//! as a task of its own so heartbeats go on meanwhile. Gossip, when it
+//! reports a failure first, only makes the check run sooner: Redis stays
+//! the arbiter, so a node cut off from gossip but still writing its
+//! heartbeat is not declared dead.
+//!
+//! A heartbeat is refused once a survivor has fenced the node (declared it
+//! dead): the node then drops its clients and rejoins afresh
+//! ([`Cluster::start_rejoin`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,27 +21,40 @@ use redis::aio::ConnectionManager;
 use super::metrics::RedisOp;
 use super::{keys, recovery, Cluster};
 use crate::broker::Broker;
+use crate::store::redis_scripts::{evalsha, query_pipeline};
 
 /// How often the route cache is reloaded and this node's route set
 /// reconciled, in case a change was missed.
 const RECONCILE_EVERY: Duration = Duration::from_secs(30);
 
-/// Writes this node's heartbeat and registers it in the node set.
-pub async fn heartbeat(con: &mut ConnectionManager, cluster: &Cluster) -> redis::RedisResult<()> {
+/// What a heartbeat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// Written: the node is alive.
+    Alive,
+    /// Refused: a survivor has declared this node dead.
+    Fenced,
+}
+
+/// Writes this node's heartbeat (unless fenced) and registers it in the
+/// node set.
+pub async fn heartbeat(con: &mut ConnectionManager, cluster: &Cluster) -> redis::RedisResult<Beat> {
     let ttl_ms = cluster.options.heartbeat_ttl.as_millis() as u64;
-    redis::pipe()
-        .cmd("SET")
-        .arg(keys::node_alive(&cluster.node_id))
-        .arg(std::process::id())
-        .arg("PX")
-        .arg(ttl_ms)
-        .ignore()
-        .cmd("SADD")
+    let alive = keys::node_alive(&cluster.node_id);
+    let fenced = keys::node_fenced(&cluster.node_id);
+    let mut beat = evalsha(&cluster.scripts.heartbeat, &[&alive, &fenced]);
+    beat.arg(std::process::id()).arg(ttl_ms);
+    let mut pipe = redis::pipe();
+    pipe.add_command(beat);
+    pipe.cmd("SADD")
         .arg(keys::nodes())
         .arg(&*cluster.node_id)
-        .ignore()
-        .query_async(con)
-        .await
+        .ignore();
+    let (written,): (i64,) = query_pipeline(&cluster.scripts, con, &pipe).await?;
+    Ok(match written {
+        1 => Beat::Alive,
+        _ => Beat::Fenced,
+    })
 }
 
 /// Entries waiting in this node's inbox.
@@ -76,6 +94,9 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
     let mut ticker = tokio::time::interval(cluster.options.heartbeat_interval);
     let mut last_reconcile = tokio::time::Instant::now();
     let mut suspects = Suspects::default();
+    let recovering = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<String>::new(),
+    ));
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -84,14 +105,22 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
         let beat = cluster
             .metrics
             .timed(RedisOp::Liveness, heartbeat(&mut con, &cluster));
-        if let Err(error) = beat.await {
-            if cluster.metrics.redis_up.get() == 1 {
-                cluster.metrics.redis_up.set(0);
-                tracing::error!(%error, "Redis unreachable: QoS 1/2 publishes are refused until it is back");
+        match beat.await {
+            Err(error) => {
+                if cluster.metrics.redis_up.get() == 1 {
+                    cluster.metrics.redis_up.set(0);
+                    tracing::error!(%error, "Redis unreachable: QoS 1/2 publishes are refused until it is back");
+                }
+                // What we saw before the outage proves nothing about after
+                // it: every node needs a whole TTL to write its key again.
+                suspects.quiet_for(cluster.options.heartbeat_ttl);
+                continue;
             }
-            // What we saw before the outage proves nothing about after it.
-            suspects.clear();
-            continue;
+            Ok(Beat::Fenced) => {
+                cluster.start_rejoin(broker.clone());
+                continue;
+            }
+            Ok(Beat::Alive) => {}
         }
         if cluster.metrics.redis_up.get() == 0 {
             cluster.metrics.redis_up.set(1);
@@ -103,9 +132,7 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
         match silent_nodes(&mut con, &cluster.node_id).await {
             Ok(silent) => {
                 for node in suspects.dead(silent, cluster.options.heartbeat_interval * 2) {
-                    if let Err(error) = recovery::recover(&cluster, &broker, &node).await {
-                        tracing::warn!(%error, %node, "dead node recovery failed; retrying next round");
-                    }
+                    spawn_recovery(&cluster, &broker, &recovering, node);
                 }
             }
             Err(error) => tracing::warn!(%error, "dead node check failed"),
@@ -115,6 +142,32 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
             reconcile(&cluster, &broker, &mut con).await;
         }
     }
+}
+
+/// Recovers `node` in a task of its own, unless a recovery of it by this
+/// node is running already.
+fn spawn_recovery(
+    cluster: &Arc<Cluster>,
+    broker: &Arc<Broker>,
+    recovering: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    node: String,
+) {
+    if !lock_set(recovering).insert(node.clone()) {
+        return;
+    }
+    let (cluster, broker, recovering) = (cluster.clone(), broker.clone(), recovering.clone());
+    tokio::spawn(async move {
+        if let Err(error) = recovery::recover(&cluster, &broker, &node).await {
+            tracing::warn!(%error, %node, "dead node recovery failed; retrying next round");
+        }
+        lock_set(&recovering).remove(&node);
+    });
+}
+
+fn lock_set(
+    set: &std::sync::Mutex<std::collections::HashSet<String>>,
+) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Nodes whose heartbeat has been missing, and since when.
@@ -128,6 +181,8 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
 #[derive(Default)]
 struct Suspects {
     since: HashMap<String, Instant>,
+    /// No node is declared dead before this (after our own outage).
+    quiet_until: Option<Instant>,
 }
 
 impl Suspects {
@@ -135,6 +190,10 @@ impl Suspects {
     /// those silent for at least `grace`.
     fn dead(&mut self, silent: Vec<String>, grace: Duration) -> Vec<String> {
         let now = Instant::now();
+        if self.quiet_until.is_some_and(|until| now < until) {
+            self.since.clear();
+            return Vec::new();
+        }
         self.since.retain(|node, _| silent.contains(node));
         silent
             .into_iter()
@@ -144,8 +203,11 @@ impl Suspects {
             .collect()
     }
 
-    fn clear(&mut self) {
+    /// Forgets what was seen and declares nobody dead for `period` (from
+    /// now, i.e. from the end of our own outage).
+    fn quiet_for(&mut self, period: Duration) {
         self.since.clear();
+        self.quiet_until = Some(Instant::now() + period);
     }
 }
 

@@ -50,6 +50,17 @@ pub struct ClusterMetrics {
     pub redis_up: IntGauge,
     /// Entries waiting in this node's inbox (routed mode).
     pub stream_lag: IntGauge,
+    /// Publishes not acknowledged because a destination inbox was full.
+    pub inbox_full: IntCounter,
+    /// Deliveries dropped because a persistent session's queue was full.
+    pub queue_full: IntCounter,
+    /// Deliveries sent again after a session resumed or was adopted (QoS 1
+    /// messages may reach the client twice across a node's death).
+    pub redeliveries: IntCounter,
+    /// Dead nodes this node recovered.
+    pub recoveries: IntCounter,
+    /// Times this node found itself declared dead and started afresh.
+    pub fenced: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -94,8 +105,34 @@ impl ClusterMetrics {
             "Entries waiting in this node's inbox stream.",
         )
         .expect("valid metric");
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let inbox_full = counter(
+            "astramq_inbox_full_total",
+            "Publishes not acknowledged because a destination node's inbox held its bound.",
+        );
+        let queue_full = counter(
+            "astramq_session_queue_full_total",
+            "QoS 1/2 deliveries dropped because a persistent session's Redis queue was full.",
+        );
+        let redeliveries = counter(
+            "astramq_redeliveries_total",
+            "Deliveries re-sent from a session's Redis queue on resume or adoption (possible QoS 1 duplicates).",
+        );
+        let recoveries = counter(
+            "astramq_node_recoveries_total",
+            "Dead nodes whose sessions this node took over.",
+        );
+        let fenced = counter(
+            "astramq_node_fenced_total",
+            "Times this node found it had been declared dead, dropped its clients and rejoined.",
+        );
         for metric in [
-            Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(inbox_full.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(queue_full.clone()),
+            Box::new(redeliveries.clone()),
+            Box::new(recoveries.clone()),
+            Box::new(fenced.clone()),
+            Box::new(latency.clone()),
             Box::new(errors.clone()),
             Box::new(appended.clone()),
             Box::new(read.clone()),
@@ -112,6 +149,11 @@ impl ClusterMetrics {
             read,
             redis_up,
             stream_lag,
+            inbox_full,
+            queue_full,
+            redeliveries,
+            recoveries,
+            fenced,
         }
     }
 

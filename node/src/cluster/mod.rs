@@ -52,6 +52,8 @@ use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 use crate::broker::Broker;
 use crate::message::{Message, Qos};
+use crate::store::redis_scripts::Scripts;
+use bus::{Qos2Origin, QueueTarget};
 use metrics::ClusterMetrics;
 use routes::RouteCache;
 
@@ -74,8 +76,11 @@ pub struct ClusterOptions {
     pub mode: Mode,
     /// Bound on every Redis command and connection attempt.
     pub redis_timeout: Duration,
-    /// Approximate cap of each stream (`MAXLEN ~`).
+    /// Bound of each node's inbox: beyond it appends are refused (and
+    /// publishes toward it not acknowledged), never evicted.
     pub stream_maxlen: usize,
+    /// Bound of each persistent session's Redis queue.
+    pub max_queued: usize,
     /// How often the heartbeat is written and dead nodes are looked for.
     pub heartbeat_interval: Duration,
     /// How long a heartbeat lives: a node silent this long is dead.
@@ -96,6 +101,12 @@ pub struct Cluster {
     pub routes: RouteCache,
     /// Redis health and latency, stream traffic.
     pub metrics: Arc<ClusterMetrics>,
+    /// Every Lua script, shared by the store and the cluster tasks.
+    pub scripts: Arc<Scripts>,
+    /// Bound of each persistent session's Redis queue.
+    pub max_queued: usize,
+    /// True while this node rejoins after finding itself fenced.
+    rejoining: std::sync::atomic::AtomicBool,
     client: redis::Client,
     connection: ConnectionManager,
     forward_tx: mpsc::Sender<bus::Forward>,
@@ -157,13 +168,22 @@ impl Cluster {
             }
         };
         let (forward_tx, forward_rx) = mpsc::channel(FORWARD_QUEUE);
+        let scripts = Arc::new(Scripts::default());
+        let mut loader = connection.clone();
+        scripts
+            .load(&mut loader)
+            .await
+            .context("loading the Lua scripts into Redis")?;
 
         Ok(Arc::new(Cluster {
             node_id: node_id.into(),
             mode: options.mode,
+            max_queued: options.max_queued,
             options,
             routes: RouteCache::default(),
             metrics: Arc::new(ClusterMetrics::new(registry)),
+            scripts,
+            rejoining: std::sync::atomic::AtomicBool::new(false),
             client,
             connection,
             forward_tx,
@@ -181,12 +201,9 @@ impl Cluster {
     /// route table and starts the background tasks.
     pub async fn start(self: &Arc<Self>, broker: Arc<Broker>) -> anyhow::Result<()> {
         let mut con = self.connection();
-        recovery::recover(self, &broker, &self.node_id.clone())
+        recovery::rejoin(self, &broker)
             .await
             .context("recovering this node's previous run")?;
-        liveness::heartbeat(&mut con, self)
-            .await
-            .context("registering the node")?;
         let route_position = stream_end(&mut con, &keys::route_log())
             .await
             .context("reading the route log")?;
@@ -219,20 +236,25 @@ impl Cluster {
         Ok(())
     }
 
-    /// Sends `message` to the other nodes that want it. For QoS 1/2 the
-    /// result tells when it is in Redis; the caller does not wait for that
-    /// before handling its client's next packet.
-    pub async fn forward(&self, message: &Arc<Message>) -> Durability {
+    /// Writes `message` to Redis: to the other nodes that want it and to
+    /// the queues of this node's persistent sessions (`queue`), with the
+    /// publisher's QoS 2 record (`origin`). For QoS 1/2 the result tells
+    /// when it is all in Redis; the caller does not wait for that before
+    /// handling its client's next packet.
+    pub async fn forward(
+        &self,
+        message: &Arc<Message>,
+        queue: Vec<QueueTarget>,
+        origin: Option<Qos2Origin>,
+    ) -> Durability {
         let destinations = match self.mode {
-            Mode::Routed => {
-                let nodes = self.routes.remote_nodes(&message.topic, &self.node_id);
-                if nodes.is_empty() {
-                    return Durability::Done;
-                }
-                nodes
-            }
+            Mode::Routed => self.routes.remote_nodes(&message.topic, &self.node_id),
             Mode::Broadcast => Vec::new(),
         };
+        let nothing_remote = self.mode == Mode::Routed && destinations.is_empty();
+        if nothing_remote && queue.is_empty() && origin.is_none() {
+            return Durability::Done;
+        }
         let (written, durability) = match message.qos {
             Qos::AtMostOnce => (None, Durability::Done),
             _ => {
@@ -243,12 +265,43 @@ impl Cluster {
         let forward = bus::Forward {
             message: message.clone(),
             destinations,
+            queue,
+            origin,
             written,
         };
         match self.forward_tx.send(forward).await {
             Ok(()) => durability,
             Err(_) => Durability::Failed,
         }
+    }
+
+    /// Called when a heartbeat found this node fenced (declared dead while
+    /// it was frozen or cut off): drops every client and session here and
+    /// rejoins as if restarted. Runs once at a time.
+    pub fn start_rejoin(self: &Arc<Self>, broker: Arc<Broker>) {
+        use std::sync::atomic::Ordering;
+        if self.rejoining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.metrics.fenced.inc();
+        tracing::error!("this node was declared dead and its sessions taken over: dropping every client and rejoining");
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            broker.fence().await;
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match recovery::rejoin(&cluster, &broker).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "rejoin failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            cluster.rejoining.store(false, Ordering::Release);
+            tracing::info!("rejoined the cluster");
+        });
     }
 
     /// Records that this node gained (`added`) or lost its last subscriber

@@ -1,24 +1,39 @@
-//! Taking over from a dead node.
+//! Taking over from a dead node, and a node's own (re)start.
 //!
-//! One survivor — whoever takes the node's recovery lock in Redis — does,
-//! in this order:
-//! 1. reads the dead node's sessions: a persistent one is **adopted** (this
-//!    node becomes its owner, loads its subscriptions as an offline
-//!    session, so from now on its messages are queued); a clean one is
-//!    deleted; a client that was connected has its **will** published;
-//! 2. drops the dead node's routes (every node reloads its route cache);
-//! 3. after a short grace, for other nodes to stop routing to the dead
-//!    node, queues the dead node's **unread** messages (its inbox — which
-//!    holds only unread entries — or, in broadcast mode, the shared stream
-//!    past its cursor) for the adopted sessions, and for sessions whose
-//!    clients already reconnected elsewhere (their new node is told to
-//!    take them);
-//! 4. deletes the dead node's keys and releases the lock.
+//! **A survivor** — whoever takes the dead node's recovery lock in Redis —
+//! does, in this order:
+//! 1. checks the node is still dead, then reads its sessions: a persistent
+//!    one is **adopted** (this node becomes its owner and loads its
+//!    subscriptions as an offline session, so from now on its messages are
+//!    queued); a clean one is deleted; a client that was connected has its
+//!    **will** published;
+//! 2. **fences** the dead node: its inbox refuses appends (publishers
+//!    re-read the routes and send to the adopter) and, should the node come
+//!    back (it was frozen or cut off, not dead), its heartbeat is refused,
+//!    so it drops its clients and rejoins afresh instead of serving
+//!    sessions it no longer owns;
+//! 3. drops the dead node's routes (every node reloads its route cache);
+//! 4. queues what the dead node's inbox still holds — entries it never
+//!    read, or read without having queued them yet — for the adopted
+//!    sessions and for sessions whose clients already reconnected
+//!    elsewhere (their new node is told to take them). QoS 2 messages
+//!    already queued are refused by the sessions' publish-id record.
+//!    Everything the dead node held in memory for its persistent sessions
+//!    (in flight, behind the window) is in their Redis queues already;
+//! 5. deletes the dead node's keys (but the fence) and releases the lock.
 //!
-//! A node also runs this for its own previous run when it starts, which
-//! reloads its offline sessions after a restart and cleans up after a crash.
+//! The lock carries a random token, is renewed while the recovery runs and
+//! is released only by its holder: a recovery that outlives its lock stops
+//! at the next step. Recoveries run as their own tasks, never inside the
+//! heartbeat loop.
+//!
+//! **A node (re)starting** ([`rejoin`]) waits until no survivor is
+//! recovering it, lifts its fence, takes over its own previous run's
+//! sessions the same way, and only then writes its heartbeat: a node that
+//! restarts while it is being recovered loses nothing.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,15 +41,18 @@ use redis::aio::ConnectionManager;
 use redis::Value;
 
 use super::redis_value::{self as rv, StreamEntry};
-use super::{keys, wire, Cluster, Mode};
+use super::{keys, liveness, wire, Cluster, Mode};
 use crate::broker::Broker;
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::router::SubscriptionTree;
+use crate::store::redis_scripts::{evalsha, query_cmd};
 
-/// How long the lock is held at most, should the survivor die mid-way.
-const LOCK_TTL: Duration = Duration::from_secs(60);
-/// Time for other nodes to apply the route drop before the inbox is read.
-const ROUTE_GRACE: Duration = Duration::from_millis(250);
+/// How long the lock lives without renewal, should its holder die.
+const LOCK_TTL: Duration = Duration::from_secs(15);
+/// How often the holder renews it.
+const LOCK_RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How often a (re)starting node looks whether its recovery lock is free.
+const LOCK_POLL: Duration = Duration::from_millis(100);
 /// Entries read per XRANGE while draining a dead node's stream.
 const DRAIN_PAGE: usize = 500;
 
@@ -47,6 +65,89 @@ pub enum RecoveryError {
     /// A stored record could not be read.
     #[error(transparent)]
     Reply(#[from] rv::UnexpectedReply),
+    /// The lock expired or was taken over while recovering.
+    #[error("recovery lock lost")]
+    LockLost,
+}
+
+/// A held recovery lock: renewed in the background until released.
+struct Lock {
+    key: String,
+    token: String,
+    lost: Arc<AtomicBool>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Lock {
+    /// Takes `node`'s recovery lock if it is free.
+    async fn try_acquire(
+        cluster: &Arc<Cluster>,
+        con: &mut ConnectionManager,
+        node: &str,
+    ) -> Result<Option<Lock>, RecoveryError> {
+        let key = keys::recovery_lock(node);
+        let token = format!("{}:{}", cluster.node_id, crate::message::unix_millis());
+        let locked: Value = redis::cmd("SET")
+            .arg(&key)
+            .arg(&token)
+            .arg("NX")
+            .arg("PX")
+            .arg(LOCK_TTL.as_millis() as u64)
+            .query_async(con)
+            .await?;
+        if !matches!(locked, Value::Okay) {
+            return Ok(None);
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let renewer = tokio::spawn(renew(
+            cluster.clone(),
+            key.clone(),
+            token.clone(),
+            lost.clone(),
+        ));
+        Ok(Some(Lock {
+            key,
+            token,
+            lost,
+            renewer,
+        }))
+    }
+
+    /// Fails once the lock is no longer held.
+    fn check(&self) -> Result<(), RecoveryError> {
+        match self.lost.load(Ordering::Acquire) {
+            true => Err(RecoveryError::LockLost),
+            false => Ok(()),
+        }
+    }
+
+    /// Stops renewing and deletes the lock if it is still ours.
+    async fn release(self, cluster: &Cluster, con: &mut ConnectionManager) {
+        self.renewer.abort();
+        let mut cmd = evalsha(&cluster.scripts.lock_release, &[&self.key]);
+        cmd.arg(&self.token);
+        if let Err(error) = query_cmd::<i64>(&cluster.scripts, con, &cmd).await {
+            tracing::warn!(%error, "recovery lock not released; it expires by itself");
+        }
+    }
+}
+
+/// Renews a lock until aborted; sets `lost` when it is not ours anymore.
+async fn renew(cluster: Arc<Cluster>, key: String, token: String, lost: Arc<AtomicBool>) {
+    let mut con = cluster.connection();
+    loop {
+        tokio::time::sleep(LOCK_RENEW_EVERY).await;
+        let mut cmd = evalsha(&cluster.scripts.lock_renew, &[&key]);
+        cmd.arg(&token).arg(LOCK_TTL.as_millis() as u64);
+        match query_cmd::<i64>(&cluster.scripts, &mut con, &cmd).await {
+            Ok(1) => {}
+            Ok(_) => {
+                lost.store(true, Ordering::Release);
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "recovery lock renewal failed; retrying"),
+        }
+    }
 }
 
 /// A session of the dead node, as read from Redis.
@@ -67,51 +168,87 @@ pub async fn recover(
     dead: &str,
 ) -> Result<(), RecoveryError> {
     let mut con = cluster.connection();
-    let me = &*cluster.node_id;
-    let locked: Value = redis::cmd("SET")
-        .arg(keys::recovery_lock(dead))
-        .arg(me)
-        .arg("NX")
-        .arg("PX")
-        .arg(LOCK_TTL.as_millis() as u64)
-        .query_async(&mut con)
-        .await?;
-    if !matches!(locked, Value::Okay) {
+    let Some(lock) = Lock::try_acquire(cluster, &mut con, dead).await? else {
         return Ok(());
-    }
-    let result = recover_locked(cluster, broker, dead, &mut con).await;
-    let _: redis::RedisResult<Value> = redis::cmd("DEL")
-        .arg(keys::recovery_lock(dead))
-        .query_async(&mut con)
-        .await;
+    };
+    let result = recover_dead(cluster, broker, dead, &mut con, &lock).await;
+    lock.release(cluster, &mut con).await;
     result
 }
 
-async fn recover_locked(
+/// Starts (or restarts) this node in the cluster: waits until nobody is
+/// recovering it, lifts its fence, takes over its previous run's state and
+/// writes its heartbeat, all under its own recovery lock.
+pub async fn rejoin(cluster: &Arc<Cluster>, broker: &Arc<Broker>) -> Result<(), RecoveryError> {
+    let mut con = cluster.connection();
+    let me = cluster.node_id.clone();
+    let lock = loop {
+        if let Some(lock) = Lock::try_acquire(cluster, &mut con, &me).await? {
+            break lock;
+        }
+        tracing::info!("a survivor is recovering this node's previous run; waiting");
+        tokio::time::sleep(LOCK_POLL).await;
+    };
+    let result = async {
+        redis::cmd("DEL")
+            .arg(keys::node_fenced(&me))
+            .query_async::<Value>(&mut con)
+            .await?;
+        take_over(cluster, broker, &me, &mut con, &lock).await?;
+        lock.check()?;
+        liveness::heartbeat(&mut con, cluster).await?;
+        Ok(())
+    }
+    .await;
+    lock.release(cluster, &mut con).await;
+    result
+}
+
+async fn recover_dead(
     cluster: &Arc<Cluster>,
     broker: &Arc<Broker>,
     dead: &str,
     con: &mut ConnectionManager,
+    lock: &Lock,
 ) -> Result<(), RecoveryError> {
-    let me = &*cluster.node_id;
-    let is_self = dead == me;
-    if !is_self {
-        let alive: bool = redis::cmd("EXISTS")
-            .arg(keys::node_alive(dead))
-            .query_async(con)
-            .await?;
-        if alive {
-            return Ok(());
-        }
-        tracing::warn!(node = %dead, "node is dead: taking over its sessions");
-    } else {
-        // Our own previous run: its routes are rebuilt by the adoption below.
-        drop_routes(con, dead).await?;
+    let alive: bool = redis::cmd("EXISTS")
+        .arg(keys::node_alive(dead))
+        .query_async(con)
+        .await?;
+    if alive {
+        return Ok(());
     }
-    let sessions = read_sessions(con, dead).await?;
+    tracing::warn!(node = %dead, "node is dead: taking over its sessions");
+    take_over(cluster, broker, dead, con, lock).await?;
+    redis::cmd("SREM")
+        .arg(keys::nodes())
+        .arg(dead)
+        .query_async::<Value>(con)
+        .await?;
+    cluster.metrics.recoveries.inc();
+    tracing::info!(node = %dead, "dead node recovered");
+    Ok(())
+}
+
+/// Adopts `node`'s sessions, publishes its wills, fences it (unless it is
+/// this node), drops its routes and queues what its inbox still holds.
+async fn take_over(
+    cluster: &Arc<Cluster>,
+    broker: &Arc<Broker>,
+    node: &str,
+    con: &mut ConnectionManager,
+    lock: &Lock,
+) -> Result<(), RecoveryError> {
+    let is_self = node == &*cluster.node_id;
+    if is_self {
+        // Our own previous run: its routes are rebuilt by the adoption below.
+        drop_routes(con, node).await?;
+    }
+    let sessions = read_sessions(con, node).await?;
     let mut adopted = SubscriptionTree::default();
     let mut wills = Vec::new();
     for session in sessions {
+        lock.check()?;
         if let Some(will) = session.will {
             wills.push(will);
         }
@@ -127,31 +264,33 @@ async fn recover_locked(
         }
     }
     if !is_self {
-        drop_routes(con, dead).await?;
+        redis::cmd("SET")
+            .arg(keys::node_fenced(node))
+            .arg(&*cluster.node_id)
+            .query_async::<Value>(con)
+            .await?;
+        drop_routes(con, node).await?;
     }
     for will in wills {
         let _ = broker.publish_and_wait(Arc::new(will)).await;
     }
-    if !adopted.is_empty() {
-        tokio::time::sleep(ROUTE_GRACE).await;
-        let queued_for = queue_unread(cluster, broker, con, dead, &adopted).await?;
-        notify_connected_owners(cluster, broker, con, queued_for).await?;
-    }
+    lock.check()?;
+    let (queued_for, drained_to) = queue_unread(cluster, broker, con, node, &adopted).await?;
+    notify_connected_owners(cluster, broker, con, queued_for).await?;
     let mut pipe = redis::pipe();
     pipe.cmd("DEL")
-        .arg(keys::inbox(dead))
-        .arg(keys::node_clients(dead))
-        .arg(keys::bus_cursor(dead))
+        .arg(keys::node_clients(node))
+        .arg(keys::bus_cursor(node))
         .ignore();
-    if !is_self {
-        pipe.cmd("SREM").arg(keys::nodes()).arg(dead).ignore();
+    if let Some(next) = drained_to.as_deref().and_then(rv::next_stream_id) {
+        // Trimmed, not deleted: a restarting node may append already.
+        pipe.cmd("XTRIM")
+            .arg(keys::inbox(node))
+            .arg("MINID")
+            .arg(next)
+            .ignore();
     }
     pipe.query_async::<()>(con).await?;
-    if is_self {
-        tracing::info!("state of this node's previous run taken over");
-    } else {
-        tracing::info!(node = %dead, "dead node recovered");
-    }
     Ok(())
 }
 
@@ -315,8 +454,9 @@ async fn queue_unread(
     con: &mut ConnectionManager,
     dead: &str,
     adopted: &SubscriptionTree,
-) -> Result<HashSet<ClientId>, RecoveryError> {
+) -> Result<(HashSet<ClientId>, Option<String>), RecoveryError> {
     let mut queued_for = HashSet::new();
+    let mut drained_to = None;
     let (stream, mut start) = match cluster.mode {
         Mode::Routed => (keys::inbox(dead), "-".to_string()),
         Mode::Broadcast => {
@@ -350,8 +490,18 @@ async fn queue_unread(
         let batch = deliveries_for(&entries, adopted);
         queued += batch.len();
         queued_for.extend(batch.iter().map(|(client_id, _)| client_id.clone()));
-        if !batch.is_empty() && broker.queue_offline(batch).await.is_err() {
-            tracing::error!(node = %dead, "unread messages of a dead node could not be queued");
+        if !batch.is_empty() {
+            let outcome = broker.store.enqueue_offline(batch).await.map_err(|error| {
+                redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "queueing a dead node's inbox",
+                    error.to_string(),
+                ))
+            })?;
+            cluster.metrics.redeliveries.inc_by(outcome.queued as u64);
+        }
+        if cluster.mode == Mode::Routed {
+            drained_to = Some(last.id.clone());
         }
         start = next;
         if entries.len() < DRAIN_PAGE {
@@ -359,7 +509,7 @@ async fn queue_unread(
         }
     }
     tracing::info!(node = %dead, queued, "unread messages queued for adopted sessions");
-    Ok(queued_for)
+    Ok((queued_for, drained_to))
 }
 
 fn deliveries_for(

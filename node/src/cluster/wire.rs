@@ -11,10 +11,10 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::message::{Delivery, Message, Properties, Qos};
-use crate::session::state::{OutgoingInflight, OutgoingStage};
+use crate::session::state::OutgoingStage;
 
 /// First byte of every encoded record.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Why a record from Redis could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -24,6 +24,7 @@ pub struct WireError(&'static str);
 const FLAG_RETAIN: u8 = 0b0000_0100;
 const FLAG_PROPERTIES: u8 = 0b0000_1000;
 const FLAG_DELIVERY_RETAIN: u8 = 0b0001_0000;
+const FLAG_PUBLISH_ID: u8 = 0b0010_0000;
 
 /// Appends `message` (and, for a delivery, its QoS and retain flag).
 fn put_message(out: &mut BytesMut, message: &Message, delivery: Option<(Qos, bool)>) {
@@ -37,6 +38,9 @@ fn put_message(out: &mut BytesMut, message: &Message, delivery: Option<(Qos, boo
     if let Some((_, true)) = delivery {
         flags |= FLAG_DELIVERY_RETAIN;
     }
+    if message.publish_id.is_some() {
+        flags |= FLAG_PUBLISH_ID;
+    }
     out.put_u8(flags);
     if let Some((qos, _)) = delivery {
         out.put_u8(qos.as_u8());
@@ -46,6 +50,9 @@ fn put_message(out: &mut BytesMut, message: &Message, delivery: Option<(Qos, boo
     out.put_slice(&message.payload);
     if let Some(p) = &message.properties {
         put_properties(out, p);
+    }
+    if let Some(id) = &message.publish_id {
+        put_str(out, id);
     }
 }
 
@@ -162,12 +169,18 @@ impl Reader {
         } else {
             None
         };
+        let publish_id = if flags & FLAG_PUBLISH_ID != 0 {
+            Some(self.string()?.into())
+        } else {
+            None
+        };
         let message = Message {
             topic: topic.into(),
             payload,
             qos,
             retain: flags & FLAG_RETAIN != 0,
             properties,
+            publish_id,
         };
         Ok((
             message,
@@ -245,6 +258,7 @@ fn read_delivery(reader: &mut Reader) -> Result<Delivery, WireError> {
         message: Arc::new(message),
         qos,
         retain,
+        queued: None,
     })
 }
 
@@ -255,37 +269,34 @@ pub fn decode_delivery(raw: Bytes) -> Result<Delivery, WireError> {
     read_delivery(&mut reader)
 }
 
-/// Encodes one unacknowledged outgoing message.
-pub fn encode_inflight(entry: &OutgoingInflight) -> Bytes {
-    let mut out = BytesMut::new();
-    out.put_u8(VERSION);
-    out.put_u16(entry.packet_id);
-    out.put_u8(match entry.stage {
-        OutgoingStage::AwaitingPuback => 1,
-        OutgoingStage::AwaitingPubrec => 2,
-        OutgoingStage::AwaitingPubcomp => 3,
-    });
-    let d = &entry.delivery;
-    put_message(&mut out, &d.message, Some((d.qos, d.retain)));
-    out.freeze()
+/// The stage of an unacknowledged outgoing message as a session's
+/// `inflight` hash keeps it (`packet id → stage mark + queue entry id`).
+pub fn stage_mark(stage: OutgoingStage) -> &'static str {
+    match stage {
+        OutgoingStage::AwaitingPuback => "a",
+        OutgoingStage::AwaitingPubrec => "p",
+        OutgoingStage::AwaitingPubcomp => "r",
+    }
 }
 
-/// Decodes a record written by [`encode_inflight`].
-pub fn decode_inflight(raw: Bytes) -> Result<OutgoingInflight, WireError> {
-    let mut reader = Reader { buf: raw };
-    reader.version()?;
-    let packet_id = reader.u16()?;
-    let stage = match reader.u8()? {
-        1 => OutgoingStage::AwaitingPuback,
-        2 => OutgoingStage::AwaitingPubrec,
-        3 => OutgoingStage::AwaitingPubcomp,
+/// Encodes an `inflight` hash value: stage mark, `|`, queue entry id.
+pub fn encode_inflight(stage: OutgoingStage, queued: &str) -> String {
+    format!("{}|{queued}", stage_mark(stage))
+}
+
+/// Decodes an `inflight` hash value into its stage and queue entry id.
+pub fn decode_inflight(raw: &[u8]) -> Result<(OutgoingStage, String), WireError> {
+    let text = std::str::from_utf8(raw).map_err(|_| WireError("invalid UTF-8"))?;
+    let (mark, queued) = text
+        .split_once('|')
+        .ok_or(WireError("bad in-flight record"))?;
+    let stage = match mark {
+        "a" => OutgoingStage::AwaitingPuback,
+        "p" => OutgoingStage::AwaitingPubrec,
+        "r" => OutgoingStage::AwaitingPubcomp,
         _ => return Err(WireError("invalid in-flight stage")),
     };
-    Ok(OutgoingInflight {
-        packet_id,
-        stage,
-        delivery: read_delivery(&mut reader)?,
-    })
+    Ok((stage, queued.to_string()))
 }
 
 /// Encodes a message on its own (retained messages, wills).
@@ -337,17 +348,19 @@ mod tests {
 
     #[test]
     fn delivery_and_inflight_round_trip() {
-        let delivery = Delivery::retained(sample("t", Qos::ExactlyOnce), Qos::AtLeastOnce);
+        let mut message = (*sample("t", Qos::ExactlyOnce)).clone();
+        message.publish_id = Some("n1-7-42".into());
+        let delivery = Delivery::retained(Arc::new(message), Qos::AtLeastOnce);
         assert_eq!(
             decode_delivery(encode_delivery(&delivery)).unwrap(),
             delivery
         );
-        let entry = OutgoingInflight {
-            packet_id: 513,
-            delivery,
-            stage: OutgoingStage::AwaitingPubcomp,
-        };
-        assert_eq!(decode_inflight(encode_inflight(&entry)).unwrap(), entry);
+        let record = encode_inflight(OutgoingStage::AwaitingPubcomp, "17-0");
+        assert_eq!(
+            decode_inflight(record.as_bytes()).unwrap(),
+            (OutgoingStage::AwaitingPubcomp, "17-0".to_string())
+        );
+        assert!(decode_inflight(b"x|1-0").is_err());
     }
 
     #[test]

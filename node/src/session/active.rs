@@ -10,13 +10,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::acks::OwedAcks;
-use super::registry::SessionHandle;
-use super::state::{OutgoingStage, SessionState};
+use super::registry::{Kick, SessionHandle};
+use super::state::{IncomingQos2, OutgoingInflight, OutgoingStage, Progress, SessionState};
 use super::window::{AckOutcome, OutgoingWindow};
 use super::ShutdownSignal;
 use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionError};
-use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::message::{ClientId, Delivery, Message, Qos, QueueId};
 use crate::protocol::codec::{
     encode_ack, encode_connack, encode_pingresp, encode_publish, Ack, ConnackCode,
 };
@@ -64,9 +64,37 @@ fn next_due(
     }
 }
 
+/// Queue entries acknowledged lately, remembered so a drain that reads
+/// them before their deletion reached Redis does not send them again.
+const RECENTLY_ACKNOWLEDGED: usize = 4096;
+
+/// A bounded memory of acknowledged queue entries.
+#[derive(Default)]
+pub(super) struct RecentlyAcknowledged {
+    ids: HashSet<QueueId>,
+    order: VecDeque<QueueId>,
+}
+
+impl RecentlyAcknowledged {
+    fn insert(&mut self, id: QueueId) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back(id);
+            if self.order.len() > RECENTLY_ACKNOWLEDGED {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, id: &QueueId) -> bool {
+        self.ids.contains(id)
+    }
+}
+
 /// Keeps the in-flight gauge right when an outgoing message completes.
-fn count_completion(stats: &Stats, outcome: AckOutcome) {
-    if outcome == AckOutcome::Completed {
+fn count_completion(stats: &Stats, completed: &Option<OutgoingInflight>) {
+    if completed.is_some() {
         stats.inflight_messages.dec();
     }
 }
@@ -82,8 +110,12 @@ pub(super) enum End {
     ConnectionLost,
     /// The client broke the protocol.
     ProtocolError(String),
-    /// A newer connection took the client id over.
+    /// A newer connection on this node took the client id over.
     TakenOver,
+    /// A connection on another node claimed the session.
+    Released,
+    /// This node was declared dead; a survivor owns the session now.
+    Fenced,
     /// The node is shutting down; sessions are kept, wills are not sent.
     Shutdown,
     /// A QoS 1/2 message could not be stored: the client is disconnected
@@ -93,7 +125,8 @@ pub(super) enum End {
 
 impl End {
     fn publishes_will(&self) -> bool {
-        !matches!(self, End::Disconnect | End::Shutdown)
+        // Fenced: the survivor that declared this node dead published it.
+        !matches!(self, End::Disconnect | End::Shutdown | End::Fenced)
     }
 }
 
@@ -109,8 +142,18 @@ pub struct ActiveSession {
     /// Filter → granted QoS, kept to park or undo on disconnect.
     pub(super) subscriptions: HashMap<String, Qos>,
     pub(super) window: OutgoingWindow,
-    /// Incoming QoS 2 ids between PUBREC and PUBREL.
-    pub(super) incoming_qos2: HashSet<u16>,
+    /// Incoming QoS 2 ids between PUBLISH and PUBREL.
+    pub(super) incoming_qos2: HashMap<u16, IncomingQos2>,
+    /// True for a persistent session in a cluster: its QoS 1/2 state lives
+    /// in Redis, and progress is reported there.
+    pub(super) durable: bool,
+    /// Progress not yet written to Redis (see [`Progress`]).
+    pub(super) progress: Progress,
+    /// Incoming QoS 2 ids released by PUBREL this turn: forgotten in Redis
+    /// before their PUBCOMP leaves.
+    pub(super) released_qos2: Vec<u16>,
+    /// Entries acknowledged lately (see [`RecentlyAcknowledged`]).
+    pub(super) acknowledged: RecentlyAcknowledged,
     /// Deliveries taken from the mailbox (or resumed) but not yet sent
     /// because the in-flight window is full.
     pub(super) pending: VecDeque<Delivery>,
@@ -148,7 +191,12 @@ impl ActiveSession {
     ) -> (ActiveSession, Option<SessionState>, watch::Sender<bool>) {
         broker.session_resumed(&setup.client_id);
         broker.stats.clients_connected.inc();
+        let durable = !setup.clean_session && broker.cluster.is_some();
         let session = ActiveSession {
+            durable,
+            progress: Progress::default(),
+            released_qos2: Vec::new(),
+            acknowledged: RecentlyAcknowledged::default(),
             window: OutgoingWindow::new(broker.limits.max_inflight),
             broker,
             connection,
@@ -158,7 +206,7 @@ impl ActiveSession {
             will: setup.will,
             handle: setup.handle,
             subscriptions: HashMap::new(),
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: HashMap::new(),
             pending: VecDeque::new(),
             owed: OwedAcks::default(),
         };
@@ -195,6 +243,10 @@ impl ActiveSession {
         }
         self.subscriptions = state.subscriptions;
         self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
+        if let Some(cluster) = &self.broker.cluster {
+            let resent = state.outgoing.len() + state.pending.len();
+            cluster.metrics.redeliveries.inc_by(resent as u64);
+        }
         self.pending = state.pending;
         self.broker
             .stats
@@ -249,6 +301,9 @@ impl ActiveSession {
                 return end;
             }
             self.send_pending();
+            if let Some(end) = self.report_progress().await {
+                return end;
+            }
             if let Err(error) = self
                 .connection
                 .flush(self.broker.limits.write_timeout)
@@ -259,7 +314,11 @@ impl ActiveSession {
             }
             tokio::select! {
                 biased;
-                _ = &mut kicked => return End::TakenOver,
+                _ = &mut kicked => return match self.handle.kick_reason() {
+                    Kick::TakenOver => End::TakenOver,
+                    Kick::Released => End::Released,
+                    Kick::Fenced => End::Fenced,
+                },
                 _ = &mut shut_down => return End::Shutdown,
                 frame = self.connection.read_frame() => {
                     last_read = Instant::now();
@@ -326,10 +385,84 @@ impl ActiveSession {
     /// until this connection claimed it (they were routed before the
     /// ownership change reached every node).
     async fn drain_stragglers(&mut self) {
-        match self.broker.store.drain_offline(&self.owner).await {
-            Ok(deliveries) => self.pending.extend(deliveries),
-            Err(error) => tracing::debug!(%error, "late queue drain failed"),
+        let deliveries = match self.broker.store.drain_offline(&self.owner).await {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                tracing::debug!(%error, "late queue drain failed");
+                return;
+            }
+        };
+        // A durable queue still holds what this session has (or had and
+        // got acknowledged): take only what it does not know.
+        let known: HashSet<QueueId> = self
+            .pending
+            .iter()
+            .chain(self.window.entries().map(|e| &e.delivery))
+            .chain(self.handle.mailbox.queued_ids().iter())
+            .filter_map(|d| d.queued.clone())
+            .collect();
+        for delivery in deliveries {
+            let fresh = delivery
+                .queued
+                .as_ref()
+                .is_none_or(|id| !known.contains(id) && !self.acknowledged.contains(id));
+            if fresh {
+                self.pending.push_back(delivery);
+            }
         }
+    }
+
+    /// Writes this turn's progress to Redis before the packets it gates
+    /// leave: QoS 2 stages before their PUBLISH/PUBREL, released incoming
+    /// QoS 2 ids before their PUBCOMP, and acknowledged entries. Ends the
+    /// session if Redis is unreachable or the session is owned elsewhere.
+    async fn report_progress(&mut self) -> Option<End> {
+        if !self.durable {
+            return None;
+        }
+        if !self.released_qos2.is_empty() {
+            let released = std::mem::take(&mut self.released_qos2);
+            let store = &self.broker.store;
+            if let Err(error) = store.release_incoming_qos2(&self.owner, &released).await {
+                return Some(End::StoreUnavailable(error.to_string()));
+            }
+        }
+        if self.progress.is_empty() {
+            return None;
+        }
+        let progress = std::mem::take(&mut self.progress);
+        match self
+            .broker
+            .store
+            .record_progress(&self.owner, &progress)
+            .await
+        {
+            Ok(true) => None,
+            Ok(false) => Some(End::Fenced),
+            Err(error) if progress.gates_output() => Some(End::StoreUnavailable(error.to_string())),
+            Err(error) => {
+                // Only acknowledgements: the entries are sent again after a
+                // failover (QoS 1 duplicates), never lost.
+                tracing::debug!(%error, "acknowledged entries not deleted yet");
+                self.progress.acknowledged.extend(progress.acknowledged);
+                self.progress.completed.extend(progress.completed);
+                None
+            }
+        }
+    }
+
+    /// An outgoing message the client has fully acknowledged.
+    fn completed(&mut self, entry: Option<OutgoingInflight>) {
+        count_completion(&self.broker.stats, &entry);
+        let Some(entry) = entry else { return };
+        let Some(queued) = entry.delivery.queued else {
+            return;
+        };
+        if entry.delivery.qos == Qos::ExactlyOnce {
+            self.progress.completed.push(entry.packet_id);
+        }
+        self.acknowledged.insert(queued.clone());
+        self.progress.acknowledged.push(queued);
     }
 
     pub(super) fn protocol_error(&self, reason: String) -> End {
@@ -347,19 +480,29 @@ impl ActiveSession {
             Inbound::Connect(_) => return Some(self.protocol_error("second CONNECT".into())),
             Inbound::Publish(publish) => return self.on_publish(publish).await,
             Inbound::Puback(id) => {
-                count_completion(&self.broker.stats, self.window.puback(id));
+                let entry = self.window.puback(id);
+                self.completed(entry);
                 Ok(())
             }
             Inbound::Pubrec(id) => match self.window.pubrec(id) {
-                AckOutcome::SendPubrel => encode_ack(out, Ack::Pubrel, id),
-                _ => Ok(()),
+                AckOutcome::SendPubrel => {
+                    if let (true, Some(queued)) = (self.durable, self.window.queued(id)) {
+                        let stage = (id, OutgoingStage::AwaitingPubcomp, queued.clone());
+                        self.progress.stages.push(stage);
+                    }
+                    encode_ack(self.connection.output(), Ack::Pubrel, id)
+                }
+                AckOutcome::Ignored => Ok(()),
             },
             Inbound::Pubrel(id) => {
-                self.incoming_qos2.remove(&id);
+                if self.incoming_qos2.remove(&id).is_some() && self.durable {
+                    self.released_qos2.push(id);
+                }
                 encode_ack(out, Ack::Pubcomp, id)
             }
             Inbound::Pubcomp(id) => {
-                count_completion(&self.broker.stats, self.window.pubcomp(id));
+                let entry = self.window.pubcomp(id);
+                self.completed(entry);
                 Ok(())
             }
             Inbound::Subscribe { packet_id, filters } => {
@@ -393,6 +536,10 @@ impl ActiveSession {
         for failed in self.owed.settle_all().await {
             self.unwritten(failed);
         }
+        if end != End::Fenced {
+            // What the client acknowledged before going away.
+            let _ = self.report_progress().await;
+        }
         // Best effort: a client that does not read must not hold up takeover.
         let timeout = self.broker.limits.write_timeout.min(CLOSE_TIMEOUT);
         self.connection.close(timeout).await;
@@ -400,13 +547,25 @@ impl ActiveSession {
         let leftovers = self.handle.mailbox.close();
         let inflight = self.window.len() as i64;
         self.broker.stats.inflight_messages.sub(inflight);
-        let result = if self.clean_session {
+        let result = if self.clean_session || end == End::Fenced {
+            // Fenced: the session belongs to a survivor now; forget it here
+            // and write nothing (the epoch is stale anyway).
             let filters = self.subscriptions.keys().map(String::as_str);
             self.broker.unsubscribe(&self.client_id, filters).await;
-            self.broker.store.discard_session(&self.owner).await
+            match end {
+                End::Fenced => Ok(()),
+                _ => self.broker.store.discard_session(&self.owner).await,
+            }
         } else {
-            let filters = self.subscriptions.keys().cloned().collect();
-            self.broker.session_parked(&self.client_id, filters);
+            let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
+            if end == End::Released {
+                // Claimed by another node: it queues for the session now.
+                self.broker
+                    .unsubscribe(&self.client_id, filters.iter().map(String::as_str))
+                    .await;
+            } else {
+                self.broker.session_parked(&self.client_id, filters);
+            }
             self.pending.extend(leftovers);
             let state = SessionState {
                 subscriptions: std::mem::take(&mut self.subscriptions),

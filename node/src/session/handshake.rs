@@ -184,7 +184,9 @@ async fn establish(
         connection_id: broker.unique_id(),
         mailbox: Arc::new(Mailbox::default()),
         kick: Arc::new(Notify::new()),
+        kick_reason: Arc::default(),
         finished: finished_rx,
+        persistent: !connect.clean_session,
     };
     if !take_over(broker, &client_id, &handle).await {
         broker.stats.refused(Refusal::ServerUnavailable);

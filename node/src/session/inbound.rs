@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use super::acks::Settled;
 use super::active::{ActiveSession, End};
+use super::state::IncomingQos2;
+use crate::cluster::bus::Qos2Origin;
 use crate::cluster::Durability;
 use crate::message::{Delivery, Message, Qos};
 use crate::protocol::codec::{encode_ack, encode_suback, Ack, PublishPacket};
@@ -19,32 +21,51 @@ impl ActiveSession {
         }
         let stats = &self.broker.stats;
         stats.received(publish.qos, publish.payload.len());
-        let message = Arc::new(Message::new(
-            publish.topic,
-            publish.payload,
-            publish.qos,
-            publish.retain,
-        ));
+        let mut message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain);
         let (ack, id) = match (publish.qos, publish.packet_id) {
             (Qos::AtMostOnce, _) => {
                 // At most once: a failed store or forward is not retried.
-                let _ = self.broker.publish(message).await;
+                let _ = self.broker.publish(Arc::new(message), None).await;
                 return None;
             }
             (Qos::AtLeastOnce, Some(id)) => (Ack::Puback, id),
             (Qos::ExactlyOnce, Some(id)) => (Ack::Pubrec, id),
             (_, None) => return Some(self.protocol_error("QoS 1/2 PUBLISH without id".into())),
         };
-        // A re-sent QoS 2 PUBLISH of a message already received is only
-        // acknowledged again: exactly once (MQTT-4.3.3-2, method B).
-        if ack == Ack::Pubrec && self.incoming_qos2.contains(&id) {
-            self.owed.push(ack, id, Durability::Done);
-            return None;
+        let mut origin = None;
+        if ack == Ack::Pubrec {
+            match self.incoming_qos2.get(&id) {
+                // A re-sent QoS 2 PUBLISH of a message already received is
+                // only acknowledged again: exactly once (MQTT-4.3.3-2).
+                Some(IncomingQos2 {
+                    fanned_out: true, ..
+                }) => {
+                    self.owed.push(ack, id, Durability::Done);
+                    return None;
+                }
+                // Received by a node that died before it finished the
+                // fan-out: run it again under the same publish id, which
+                // every queue and node that has it refuses.
+                Some(IncomingQos2 { publish_id, .. }) => message.publish_id = publish_id.clone(),
+                None if self.durable => message.publish_id = Some(self.broker.new_publish_id()),
+                None => {}
+            }
+            if self.durable {
+                origin = Some(Qos2Origin {
+                    owner: self.owner.clone(),
+                    packet_id: id,
+                });
+            }
         }
-        match self.broker.publish(message).await {
+        let publish_id = message.publish_id.clone();
+        match self.broker.publish(Arc::new(message), origin).await {
             Ok(durability) => {
                 if ack == Ack::Pubrec {
-                    self.incoming_qos2.insert(id);
+                    let record = IncomingQos2 {
+                        publish_id,
+                        fanned_out: true,
+                    };
+                    self.incoming_qos2.insert(id, record);
                 }
                 self.owed.push(ack, id, durability);
                 None

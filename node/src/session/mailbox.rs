@@ -60,6 +60,34 @@ impl Mailbox {
         Ok(())
     }
 
+    /// Adds a delivery that is queued in Redis already (bounded there),
+    /// unless the session has ended (then its next owner reads it from
+    /// Redis). Returns false when closed.
+    pub fn post_queued(&self, delivery: Delivery) -> bool {
+        let mut queue = self.queue();
+        if queue.closed {
+            return false;
+        }
+        let was_empty = queue.deliveries.is_empty();
+        queue.deliveries.push_back(delivery);
+        drop(queue);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Copies of the waiting deliveries that sit in a Redis queue.
+    pub fn queued_ids(&self) -> Vec<Delivery> {
+        let queue = self.queue();
+        queue
+            .deliveries
+            .iter()
+            .filter(|d| d.queued.is_some())
+            .cloned()
+            .collect()
+    }
+
     /// Deliveries waiting, for the queued-messages gauge.
     pub fn len(&self) -> usize {
         self.queue().deliveries.len()

@@ -2,6 +2,7 @@
 //! and mailbox, within the in-flight window.
 
 use super::active::ActiveSession;
+use super::state::OutgoingStage;
 use crate::message::{unix_millis, Delivery, Qos};
 use crate::protocol::codec::encode_publish;
 use crate::stats::DropReason;
@@ -42,7 +43,17 @@ impl ActiveSession {
             Qos::AtMostOnce => None,
             _ => {
                 self.broker.stats.inflight_messages.inc();
-                Some(self.window.start(delivery.clone()))
+                let packet_id = self.window.start(delivery.clone());
+                // Exactly once across a failover: the packet id is in Redis
+                // before the PUBLISH leaves, so a survivor re-sends it
+                // under the same id (report_progress runs before flush).
+                if let (true, Qos::ExactlyOnce, Some(queued)) =
+                    (self.durable, delivery.qos, &delivery.queued)
+                {
+                    let stage = (packet_id, OutgoingStage::AwaitingPubrec, queued.clone());
+                    self.progress.stages.push(stage);
+                }
+                Some(packet_id)
             }
         };
         let message = &delivery.message;

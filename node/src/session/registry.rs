@@ -5,6 +5,7 @@
 //! newcomer kicks and waits for before trying again (session takeover).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::{watch, Notify};
@@ -19,10 +20,44 @@ pub struct SessionHandle {
     pub connection_id: u64,
     /// Where the router posts deliveries.
     pub mailbox: Arc<Mailbox>,
-    /// Asks the session to end because a newer connection took its id.
+    /// Asks the session to end (see [`SessionHandle::kick`]).
     pub kick: Arc<Notify>,
+    /// Why it was kicked: a [`Kick`] as a number.
+    pub kick_reason: Arc<AtomicU8>,
     /// Becomes true once the session has parked or discarded its state.
     pub finished: watch::Receiver<bool>,
+    /// False for clean sessions: their deliveries live in memory only.
+    pub persistent: bool,
+}
+
+/// Why a running session is asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// A newer connection on this node took its client id.
+    TakenOver = 0,
+    /// A connection on another node claims the session: park it and
+    /// forget it here.
+    Released = 1,
+    /// This node was declared dead and a survivor owns its sessions now:
+    /// end without writing anything.
+    Fenced = 2,
+}
+
+impl SessionHandle {
+    /// Asks the session to end for `reason`.
+    pub fn kick(&self, reason: Kick) {
+        self.kick_reason.store(reason as u8, Ordering::Relaxed);
+        self.kick.notify_one();
+    }
+
+    /// The reason of the last [`Self::kick`].
+    pub fn kick_reason(&self) -> Kick {
+        match self.kick_reason.load(Ordering::Relaxed) {
+            1 => Kick::Released,
+            2 => Kick::Fenced,
+            _ => Kick::TakenOver,
+        }
+    }
 }
 
 /// Connected sessions by client id.
@@ -65,6 +100,11 @@ impl Registry {
         {
             sessions.remove(client_id);
         }
+    }
+
+    /// Every connected session's handle.
+    pub fn handles(&self) -> Vec<SessionHandle> {
+        self.read().values().cloned().collect()
     }
 
     /// Number of connected sessions.

@@ -2,8 +2,9 @@
 //! its client is away.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
-use crate::message::{Delivery, Qos};
+use crate::message::{Delivery, Qos, QueueId};
 
 /// Where an outgoing QoS 1/2 message stands in its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,9 +38,46 @@ pub struct SessionState {
     /// Sent but not fully acknowledged, oldest first; re-sent with DUP on
     /// resume (MQTT-4.4.0-1).
     pub outgoing: Vec<OutgoingInflight>,
-    /// Incoming QoS 2 packet ids that got PUBREC but not yet PUBREL: a
-    /// re-sent PUBLISH with one of them is not delivered again.
-    pub incoming_qos2: Vec<u16>,
+    /// Incoming QoS 2 packet ids that got PUBREC (or may have) but not yet
+    /// PUBREL: a re-sent PUBLISH with one of them is not delivered again.
+    pub incoming_qos2: Vec<(u16, IncomingQos2)>,
     /// Deliveries not yet sent, oldest first.
     pub pending: VecDeque<Delivery>,
+}
+
+/// An incoming QoS 2 message between its PUBLISH and its PUBREL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingQos2 {
+    /// The cluster-unique id its fan-out used (cluster only): a re-run of
+    /// an unfinished fan-out uses it again, so nobody gets it twice.
+    pub publish_id: Option<Arc<str>>,
+    /// True once its fan-out is known to be complete; a re-sent PUBLISH is
+    /// then only acknowledged again.
+    pub fanned_out: bool,
+}
+
+/// What a connected persistent session has done since its last report:
+/// recorded before the matching packet leaves (QoS 2 stages), or soon
+/// after (acknowledged entries), so a survivor resumes from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// In-flight records to write: packet id, stage, queue entry.
+    pub stages: Vec<(u16, OutgoingStage, QueueId)>,
+    /// Packet ids whose in-flight records are done with.
+    pub completed: Vec<u16>,
+    /// Queue entries the client has acknowledged.
+    pub acknowledged: Vec<QueueId>,
+}
+
+impl Progress {
+    /// True when there is nothing to report.
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty() && self.completed.is_empty() && self.acknowledged.is_empty()
+    }
+
+    /// True when a packet waits on this report (a stage must be recorded
+    /// before its packet leaves).
+    pub fn gates_output(&self) -> bool {
+        !self.stages.is_empty()
+    }
 }

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 
 use super::state::{OutgoingInflight, OutgoingStage};
-use crate::message::{Delivery, Qos};
+use crate::message::{Delivery, Qos, QueueId};
 
 /// Unacknowledged outgoing messages, bounded by the configured window.
 #[derive(Debug)]
@@ -14,11 +14,9 @@ pub struct OutgoingWindow {
     last_packet_id: u16,
 }
 
-/// What the session must send after an acknowledgement.
+/// What the session must send after a PUBREC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckOutcome {
-    /// The message is done; the window has room again.
-    Completed,
     /// PUBREC accepted: answer with PUBREL.
     SendPubrel,
     /// The id was unknown or in another stage: nothing to do.
@@ -80,24 +78,28 @@ impl OutgoingWindow {
             .position(|e| e.packet_id == packet_id && e.stage == stage)
     }
 
-    /// PUBACK from the client.
-    pub fn puback(&mut self, packet_id: u16) -> AckOutcome {
+    /// PUBACK from the client: the completed message, if it was awaited.
+    pub fn puback(&mut self, packet_id: u16) -> Option<OutgoingInflight> {
         self.complete(packet_id, OutgoingStage::AwaitingPuback)
     }
 
-    /// PUBCOMP from the client.
-    pub fn pubcomp(&mut self, packet_id: u16) -> AckOutcome {
+    /// PUBCOMP from the client: the completed message, if it was awaited.
+    pub fn pubcomp(&mut self, packet_id: u16) -> Option<OutgoingInflight> {
         self.complete(packet_id, OutgoingStage::AwaitingPubcomp)
     }
 
-    fn complete(&mut self, packet_id: u16, stage: OutgoingStage) -> AckOutcome {
-        match self.position(packet_id, stage) {
-            Some(index) => {
-                self.entries.remove(index);
-                AckOutcome::Completed
-            }
-            None => AckOutcome::Ignored,
-        }
+    fn complete(&mut self, packet_id: u16, stage: OutgoingStage) -> Option<OutgoingInflight> {
+        let index = self.position(packet_id, stage)?;
+        self.entries.remove(index)
+    }
+
+    /// Where the message sent as `packet_id` sits in its session's Redis
+    /// queue, if it does.
+    pub fn queued(&self, packet_id: u16) -> Option<&QueueId> {
+        self.entries
+            .iter()
+            .find(|e| e.packet_id == packet_id)
+            .and_then(|e| e.delivery.queued.as_ref())
     }
 
     /// PUBREC from the client. A repeated PUBREC for a message already past
@@ -151,8 +153,8 @@ mod tests {
     fn qos1_completes_on_puback() {
         let mut w = OutgoingWindow::new(2);
         let id = w.start(delivery(Qos::AtLeastOnce));
-        assert_eq!(w.pubcomp(id), AckOutcome::Ignored);
-        assert_eq!(w.puback(id), AckOutcome::Completed);
+        assert!(w.pubcomp(id).is_none());
+        assert!(w.puback(id).is_some());
         assert!(w.is_empty());
     }
 
@@ -160,11 +162,11 @@ mod tests {
     fn qos2_walks_pubrec_then_pubcomp() {
         let mut w = OutgoingWindow::new(2);
         let id = w.start(delivery(Qos::ExactlyOnce));
-        assert_eq!(w.puback(id), AckOutcome::Ignored);
+        assert!(w.puback(id).is_none());
         assert_eq!(w.pubrec(id), AckOutcome::SendPubrel);
         assert_eq!(w.pubrec(id), AckOutcome::SendPubrel);
-        assert_eq!(w.pubcomp(id), AckOutcome::Completed);
-        assert_eq!(w.pubcomp(id), AckOutcome::Ignored);
+        assert!(w.pubcomp(id).is_some());
+        assert!(w.pubcomp(id).is_none());
     }
 
     #[test]

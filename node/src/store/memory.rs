@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::router::topic::filter_matches;
-use crate::session::state::SessionState;
+use crate::session::state::{Progress, SessionState};
 
 /// A persistent session as the memory store holds it.
 #[derive(Debug, Default)]
@@ -97,6 +97,23 @@ impl Store for MemoryStore {
             Some(stored) if stored.epoch == owner.epoch => stored.offline.drain(..).collect(),
             _ => Vec::new(),
         })
+    }
+
+    async fn record_progress(
+        &self,
+        _owner: &SessionOwner,
+        _progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        // The node holds the session; parking stores what is unfinished.
+        Ok(true)
+    }
+
+    async fn release_incoming_qos2(
+        &self,
+        _owner: &SessionOwner,
+        _packet_ids: &[u16],
+    ) -> Result<(), StoreError> {
+        Ok(())
     }
 
     async fn park_session(

@@ -23,14 +23,14 @@
 
 pub mod memory;
 pub mod redis;
-mod redis_scripts;
+pub mod redis_scripts;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::message::{ClientId, Delivery, Message, Qos};
-use crate::session::state::SessionState;
+use crate::session::state::{Progress, SessionState};
 
 /// Proof that this node owns a session: checked on every write to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,9 +103,26 @@ pub trait Store: Send + Sync + 'static {
         removed: &[String],
     ) -> Result<(), StoreError>;
 
-    /// Takes deliveries queued for a session this node owns and has
-    /// connected (stragglers queued while ownership moved).
+    /// Deliveries queued for a session this node owns and has connected
+    /// (stragglers queued while ownership moved). A durable backend leaves
+    /// them queued until acknowledged (the caller skips those it holds).
     async fn drain_offline(&self, owner: &SessionOwner) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Records a connected persistent session's progress (QoS 2 stages,
+    /// completed packet ids, acknowledged queue entries). Returns false
+    /// when the session is owned elsewhere now (the caller must end it).
+    async fn record_progress(
+        &self,
+        owner: &SessionOwner,
+        progress: &Progress,
+    ) -> Result<bool, StoreError>;
+
+    /// Forgets an incoming QoS 2 packet id at PUBREL, before PUBCOMP.
+    async fn release_incoming_qos2(
+        &self,
+        owner: &SessionOwner,
+        packet_ids: &[u16],
+    ) -> Result<(), StoreError>;
 
     /// Keeps a persistent session's state while its client is away.
     async fn park_session(

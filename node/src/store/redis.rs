@@ -6,29 +6,44 @@
 //!   if the owner dies);
 //! - `...:subs`: the subscriptions of a persistent session, written through
 //!   on every SUBSCRIBE/UNSUBSCRIBE so they outlive the owner node;
-//! - `...:queue`, `...:inflight`, `...:qos2`: what a parked session waits
-//!   to receive, what it has not acknowledged, and incoming QoS 2 ids;
+//! - `...:q` (stream): **every QoS 1/2 delivery to a persistent session
+//!   that its client has not acknowledged**, connected or not. It is
+//!   written before the publisher is acknowledged and an entry is deleted
+//!   only after the client acknowledged it, so whoever owns the session
+//!   next — after a disconnect, a takeover or the owner's death — delivers
+//!   from it;
+//! - `...:inflight`: packet id → stage and queue entry of outgoing QoS 2
+//!   messages (written before the PUBLISH or PUBREL leaves), and of QoS 1
+//!   messages once parked;
+//! - `...:qos2`: incoming QoS 2 packet ids between PUBREC and PUBREL;
+//!   `...:seen`: QoS 2 publish ids already queued (exactly once);
 //! - `astramq:retained` (hash): topic → retained message.
 //!
 //! Claims, parks and discards are Lua scripts (see `redis_scripts`), each
-//! checking the epoch in the same step as its write. A claim for a session
-//! another node owns first asks that node (through its inbox) to let go
-//! and, if the client is connected there, waits until it has parked.
+//! checking the epoch in the same step as its write; no claim deletes a
+//! queued message. A claim for a session another node owns first asks that
+//! node (through its inbox) to let go and, if the client is connected
+//! there, waits until it has parked.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::Value;
 
-use super::redis_scripts as lua;
+use super::redis_scripts::{evalsha, query_cmd, query_pipeline, Scripts};
 use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
 use crate::cluster::metrics::{ClusterMetrics, RedisOp};
 use crate::cluster::{keys, redis_value as rv, wire};
-use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::message::{unix_millis, ClientId, Delivery, Message, Qos, QueueId};
 use crate::router::topic::filter_matches;
-use crate::session::state::SessionState;
+use crate::session::state::{IncomingQos2, OutgoingInflight, Progress, SessionState};
+
+/// How long a session remembers the QoS 2 publish ids queued for it: a
+/// re-run of an unfinished QoS 2 fan-out within this window is not queued
+/// twice.
+pub const SEEN_WINDOW: Duration = Duration::from_secs(3600);
 
 impl From<redis::RedisError> for StoreError {
     fn from(error: redis::RedisError) -> StoreError {
@@ -42,16 +57,6 @@ impl From<wire::WireError> for StoreError {
     }
 }
 
-/// Compiled scripts, loaded once and invoked by SHA.
-struct Scripts {
-    claim: Script,
-    park: Script,
-    discard: Script,
-    enqueue: Script,
-    drain: Script,
-    update_subscriptions: Script,
-}
-
 /// Sessions and retained messages in Redis.
 pub struct RedisStore {
     connection: ConnectionManager,
@@ -60,7 +65,7 @@ pub struct RedisStore {
     max_queued: usize,
     /// How long a claim waits for another node to park a connected session.
     takeover_timeout: Duration,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
 }
 
 impl RedisStore {
@@ -71,6 +76,7 @@ impl RedisStore {
         node_id: Arc<str>,
         max_queued: usize,
         takeover_timeout: Duration,
+        scripts: Arc<Scripts>,
     ) -> RedisStore {
         RedisStore {
             connection,
@@ -78,14 +84,7 @@ impl RedisStore {
             node_id,
             max_queued,
             takeover_timeout,
-            scripts: Scripts {
-                claim: Script::new(lua::CLAIM),
-                park: Script::new(lua::PARK),
-                discard: Script::new(lua::DISCARD),
-                enqueue: Script::new(lua::ENQUEUE),
-                drain: Script::new(lua::DRAIN),
-                update_subscriptions: Script::new(lua::UPDATE_SUBSCRIPTIONS),
-            },
+            scripts,
         }
     }
 
@@ -128,17 +127,109 @@ impl RedisStore {
     }
 }
 
-fn session_keys(client_id: &str) -> [String; 5] {
+fn session_keys(client_id: &str) -> [String; 6] {
     [
         keys::session(client_id),
         keys::subscriptions(client_id),
         keys::inflight(client_id),
         keys::incoming_qos2(client_id),
         keys::queue(client_id),
+        keys::seen(client_id),
     ]
 }
 
-/// Reads the state part of a CLAIM reply.
+fn key_refs(keys: &[String]) -> Vec<&str> {
+    keys.iter().map(String::as_str).collect()
+}
+
+/// What queueing one delivery for a persistent session did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued under this entry id.
+    Queued(QueueId),
+    /// Its publish id was queued for the session already (exactly once).
+    Duplicate,
+    /// The session's queue holds its bound: dropped and counted.
+    Full,
+    /// QoS 0: not queued.
+    Qos0,
+    /// The client has no persistent session (anymore).
+    NoSession,
+}
+
+/// The command that queues `delivery` for `client_id`'s persistent session.
+pub fn enqueue_cmd(
+    scripts: &Scripts,
+    max_queued: usize,
+    client_id: &str,
+    delivery: &Delivery,
+) -> redis::Cmd {
+    let session = keys::session(client_id);
+    let queue = keys::queue(client_id);
+    let seen = keys::seen(client_id);
+    let mut cmd = evalsha(&scripts.enqueue, &[&session, &queue, &seen]);
+    let publish_id = match delivery.qos {
+        Qos::ExactlyOnce => delivery.message.publish_id.as_deref().unwrap_or(""),
+        _ => "",
+    };
+    cmd.arg(max_queued)
+        .arg(delivery.qos.as_u8())
+        .arg(publish_id)
+        .arg(wire::encode_delivery(delivery).as_ref())
+        .arg(unix_millis())
+        .arg(SEEN_WINDOW.as_millis() as u64);
+    cmd
+}
+
+/// Reads the reply of an [`enqueue_cmd`].
+pub fn parse_enqueued(reply: &Value) -> Enqueued {
+    match rv::bulk(reply).as_deref() {
+        Some(b"d") => Enqueued::Duplicate,
+        Some(b"f") => Enqueued::Full,
+        Some(b"z") => Enqueued::Qos0,
+        Some(b"n") | None => Enqueued::NoSession,
+        Some(id) => Enqueued::Queued(String::from_utf8_lossy(id).into()),
+    }
+}
+
+/// The command that records a publisher's incoming QoS 2 message
+/// (`record` empty: forgets it).
+pub fn qos2_record_cmd(
+    scripts: &Scripts,
+    owner: &SessionOwner,
+    packet_id: u16,
+    record: &str,
+) -> redis::Cmd {
+    let session = keys::session(&owner.client_id);
+    let qos2 = keys::incoming_qos2(&owner.client_id);
+    let mut cmd = evalsha(&scripts.qos2_record, &[&session, &qos2]);
+    cmd.arg(owner.epoch).arg(packet_id).arg(record);
+    cmd
+}
+
+/// The `qos2` hash value of an incoming QoS 2 message whose fan-out is
+/// `done` (or may be unfinished).
+pub fn qos2_record(publish_id: &str, done: bool) -> String {
+    format!("{}:{publish_id}", if done { "d" } else { "p" })
+}
+
+fn parse_qos2_record(raw: &[u8]) -> IncomingQos2 {
+    let text = String::from_utf8_lossy(raw);
+    match text.split_once(':') {
+        Some((mark, id)) if !id.is_empty() => IncomingQos2 {
+            publish_id: Some(id.into()),
+            fanned_out: mark == "d",
+        },
+        // An older or empty record: treat the message as delivered.
+        _ => IncomingQos2 {
+            publish_id: None,
+            fanned_out: true,
+        },
+    }
+}
+
+/// Reads the state part of a CLAIM reply: the queue, with the entries the
+/// client has in flight (by their in-flight records) set apart.
 fn previous_state(parts: &[Value]) -> Result<SessionState, StoreError> {
     let mut state = SessionState::default();
     let subs = rv::bulk_list(parts.get(3))?;
@@ -150,19 +241,45 @@ fn previous_state(parts: &[Value]) -> Result<SessionState, StoreError> {
             .subscriptions
             .insert(filter, qos.unwrap_or(Qos::AtMostOnce));
     }
-    for record in rv::bulk_list(parts.get(4))? {
-        state.outgoing.push(wire::decode_inflight(record)?);
+    let mut inflight = std::collections::HashMap::new();
+    for pair in rv::bulk_list(parts.get(4))?.chunks_exact(2) {
+        let Some(packet_id) = rv::parse_u64(&pair[0]).and_then(|id| u16::try_from(id).ok()) else {
+            continue;
+        };
+        let (stage, queued) = wire::decode_inflight(&pair[1])?;
+        inflight.insert(queued, (packet_id, stage));
     }
-    state.outgoing.sort_by_key(|e| e.packet_id);
-    for id in rv::bulk_list(parts.get(5))? {
-        if let Some(id) = rv::parse_u64(&id) {
-            state.incoming_qos2.push(id as u16);
+    for pair in rv::bulk_list(parts.get(5))?.chunks_exact(2) {
+        if let Some(id) = rv::parse_u64(&pair[0]).and_then(|id| u16::try_from(id).ok()) {
+            state.incoming_qos2.push((id, parse_qos2_record(&pair[1])));
         }
     }
-    for record in rv::bulk_list(parts.get(6))? {
-        state.pending.push_back(wire::decode_delivery(record)?);
+    let entries = match parts.get(6) {
+        Some(value) => rv::stream_entries(value)?,
+        None => Vec::new(),
+    };
+    for entry in entries {
+        let delivery = queued_delivery(&entry)?;
+        match inflight.remove(entry.id.as_str()) {
+            Some((packet_id, stage)) => state.outgoing.push(OutgoingInflight {
+                packet_id,
+                delivery,
+                stage,
+            }),
+            None => state.pending.push_back(delivery),
+        }
     }
     Ok(state)
+}
+
+/// A delivery read back from a session's queue, carrying its entry id.
+fn queued_delivery(entry: &rv::StreamEntry) -> Result<Delivery, StoreError> {
+    let raw = entry
+        .get(b"d")
+        .ok_or_else(|| StoreError::Unavailable("queue entry without delivery".into()))?;
+    let mut delivery = wire::decode_delivery(raw.clone())?;
+    delivery.queued = Some(entry.id.as_str().into());
+    Ok(delivery)
 }
 
 #[async_trait]
@@ -175,20 +292,23 @@ impl Store for RedisStore {
             .as_ref()
             .map(|w| wire::encode_message(w))
             .unwrap_or_default();
-        let mut invocation = self.scripts.claim.prepare_invoke();
-        for key in session_keys(client_id) {
-            invocation.key(key);
-        }
-        invocation
-            .key(keys::node_clients(&self.node_id))
+        let session_keys = session_keys(client_id);
+        let mut claim = evalsha(&self.scripts.claim, &key_refs(&session_keys));
+        claim
             .arg(&*self.node_id)
             .arg(if request.clean_session { "1" } else { "0" })
-            .arg(will.as_ref())
-            .arg(&**client_id);
-        let reply: Value = self
-            .metrics
-            .timed(RedisOp::Claim, invocation.invoke_async(&mut self.con()))
-            .await?;
+            .arg(will.as_ref());
+        // Listed as ours first: if this node dies before the claim, the
+        // survivor finds the id, sees another owner, and leaves it be.
+        let mut pipe = redis::pipe();
+        pipe.cmd("SADD")
+            .arg(keys::node_clients(&self.node_id))
+            .arg(&**client_id)
+            .ignore();
+        pipe.add_command(claim);
+        let mut con = self.con();
+        let claimed = query_pipeline::<(Value,)>(&self.scripts, &mut con, &pipe);
+        let (reply,) = self.metrics.timed(RedisOp::Claim, claimed).await?;
         let parts = rv::array(reply)?;
         let epoch = parts.first().and_then(rv::int).unwrap_or(0) as u64;
         let had_state = parts.get(2).and_then(rv::int) == Some(1);
@@ -212,38 +332,80 @@ impl Store for RedisStore {
         added: &[(String, Qos)],
         removed: &[String],
     ) -> Result<(), StoreError> {
-        let mut invocation = self.scripts.update_subscriptions.prepare_invoke();
-        invocation
-            .key(keys::session(&owner.client_id))
-            .key(keys::subscriptions(&owner.client_id))
-            .arg(owner.epoch)
-            .arg(added.len());
+        let session = keys::session(&owner.client_id);
+        let subs = keys::subscriptions(&owner.client_id);
+        let mut cmd = evalsha(&self.scripts.update_subscriptions, &[&session, &subs]);
+        cmd.arg(owner.epoch).arg(added.len());
         for (filter, qos) in added {
-            invocation.arg(filter).arg(qos.as_u8());
+            cmd.arg(filter).arg(qos.as_u8());
         }
         for filter in removed {
-            invocation.arg(filter);
+            cmd.arg(filter);
         }
-        let _: Value = self
-            .metrics
-            .timed(RedisOp::Session, invocation.invoke_async(&mut self.con()))
-            .await?;
+        let mut con = self.con();
+        let updated = query_cmd::<Value>(&self.scripts, &mut con, &cmd);
+        self.metrics.timed(RedisOp::Session, updated).await?;
         Ok(())
     }
 
     async fn drain_offline(&self, owner: &SessionOwner) -> Result<Vec<Delivery>, StoreError> {
-        let mut invocation = self.scripts.drain.prepare_invoke();
-        invocation
-            .key(keys::session(&owner.client_id))
-            .key(keys::queue(&owner.client_id))
-            .arg(owner.epoch);
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(keys::queue(&owner.client_id)).arg("-").arg("+");
         let mut con = self.con();
-        let drained = invocation.invoke_async(&mut con);
-        let reply: Value = self.metrics.timed(RedisOp::Session, drained).await?;
-        rv::bulk_list(Some(&reply))?
-            .into_iter()
-            .map(|r| wire::decode_delivery(r).map_err(StoreError::from))
+        let read = cmd.query_async::<Value>(&mut con);
+        let reply = self.metrics.timed(RedisOp::Session, read).await?;
+        rv::stream_entries(&reply)?
+            .iter()
+            .map(queued_delivery)
             .collect()
+    }
+
+    async fn record_progress(
+        &self,
+        owner: &SessionOwner,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        if progress.is_empty() {
+            return Ok(true);
+        }
+        let session = keys::session(&owner.client_id);
+        let inflight = keys::inflight(&owner.client_id);
+        let queue = keys::queue(&owner.client_id);
+        let mut cmd = evalsha(
+            &self.scripts.session_progress,
+            &[&session, &inflight, &queue],
+        );
+        cmd.arg(owner.epoch).arg(progress.stages.len());
+        for (packet_id, stage, queued) in &progress.stages {
+            cmd.arg(*packet_id)
+                .arg(wire::encode_inflight(*stage, queued));
+        }
+        cmd.arg(progress.completed.len());
+        for packet_id in &progress.completed {
+            cmd.arg(*packet_id);
+        }
+        for queued in &progress.acknowledged {
+            cmd.arg(&**queued);
+        }
+        let mut con = self.con();
+        let recorded = query_cmd::<i64>(&self.scripts, &mut con, &cmd);
+        Ok(self.metrics.timed(RedisOp::Session, recorded).await? == 1)
+    }
+
+    async fn release_incoming_qos2(
+        &self,
+        owner: &SessionOwner,
+        packet_ids: &[u16],
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        for packet_id in packet_ids {
+            pipe.add_command(qos2_record_cmd(&self.scripts, owner, *packet_id, ""))
+                .ignore();
+        }
+        let mut con = self.con();
+        let released = query_pipeline::<()>(&self.scripts, &mut con, &pipe);
+        self.metrics.timed(RedisOp::Session, released).await?;
+        Ok(())
     }
 
     async fn park_session(
@@ -251,49 +413,49 @@ impl Store for RedisStore {
         owner: &SessionOwner,
         state: SessionState,
     ) -> Result<(), StoreError> {
-        let mut invocation = self.scripts.park.prepare_invoke();
-        for key in session_keys(&owner.client_id) {
-            invocation.key(key);
-        }
-        invocation.arg(owner.epoch).arg(state.subscriptions.len());
+        let session = keys::session(&owner.client_id);
+        let subs = keys::subscriptions(&owner.client_id);
+        let inflight = keys::inflight(&owner.client_id);
+        let mut cmd = evalsha(&self.scripts.park, &[&session, &subs, &inflight]);
+        cmd.arg(owner.epoch).arg(state.subscriptions.len());
         for (filter, qos) in &state.subscriptions {
-            invocation.arg(filter).arg(qos.as_u8());
+            cmd.arg(filter).arg(qos.as_u8());
         }
-        invocation.arg(state.outgoing.len());
-        for entry in &state.outgoing {
-            invocation
-                .arg(entry.packet_id)
-                .arg(wire::encode_inflight(entry).as_ref());
+        // Queued deliveries are in Redis already; the packet ids of QoS 1
+        // messages in flight are kept so a resume re-sends them with
+        // their original ids (QoS 2 stages were recorded as they changed).
+        let in_flight: Vec<(u16, String)> = state
+            .outgoing
+            .iter()
+            .filter_map(|entry| {
+                let queued = entry.delivery.queued.as_deref()?;
+                Some((entry.packet_id, wire::encode_inflight(entry.stage, queued)))
+            })
+            .collect();
+        cmd.arg(in_flight.len());
+        for (packet_id, record) in &in_flight {
+            cmd.arg(*packet_id).arg(record);
         }
-        invocation.arg(state.incoming_qos2.len());
-        for id in &state.incoming_qos2 {
-            invocation.arg(*id);
-        }
-        invocation.arg(state.pending.len());
-        for delivery in &state.pending {
-            invocation.arg(wire::encode_delivery(delivery).as_ref());
-        }
-        let parked: i64 = self
-            .metrics
-            .timed(RedisOp::Park, invocation.invoke_async(&mut self.con()))
-            .await?;
-        if parked == 0 {
+        let mut con = self.con();
+        let parked = query_cmd::<i64>(&self.scripts, &mut con, &cmd);
+        if self.metrics.timed(RedisOp::Park, parked).await? == 0 {
             tracing::debug!(client_id = %owner.client_id, "park skipped: session owned elsewhere now");
         }
         Ok(())
     }
 
     async fn discard_session(&self, owner: &SessionOwner) -> Result<(), StoreError> {
-        let mut invocation = self.scripts.discard.prepare_invoke();
-        for key in session_keys(&owner.client_id) {
-            invocation.key(key);
-        }
-        invocation
-            .key(keys::node_clients(&self.node_id))
-            .arg(owner.epoch)
-            .arg(&*owner.client_id);
+        let session_keys = session_keys(&owner.client_id);
+        let mut discard = evalsha(&self.scripts.discard, &key_refs(&session_keys));
+        discard.arg(owner.epoch);
+        let mut pipe = redis::pipe();
+        pipe.add_command(discard).ignore();
+        pipe.cmd("SREM")
+            .arg(keys::node_clients(&self.node_id))
+            .arg(&*owner.client_id)
+            .ignore();
         let mut con = self.con();
-        let discarded = invocation.invoke_async::<Value>(&mut con);
+        let discarded = query_pipeline::<()>(&self.scripts, &mut con, &pipe);
         self.metrics.timed(RedisOp::Session, discarded).await?;
         Ok(())
     }
@@ -302,26 +464,31 @@ impl Store for RedisStore {
         &self,
         batch: Vec<(ClientId, Delivery)>,
     ) -> Result<QueueOutcome, StoreError> {
-        let mut invocation = self.scripts.enqueue.prepare_invoke();
-        invocation.arg(self.max_queued);
-        for (client_id, delivery) in &batch {
-            invocation
-                .key(keys::session(client_id))
-                .key(keys::queue(client_id))
-                .arg(delivery.qos.as_u8())
-                .arg(wire::encode_delivery(delivery).as_ref());
+        let mut outcome = QueueOutcome::default();
+        if batch.is_empty() {
+            return Ok(outcome);
         }
-        let counts: Vec<i64> = self
-            .metrics
-            .timed(RedisOp::Enqueue, invocation.invoke_async(&mut self.con()))
-            .await?;
-        let count = |i: usize| counts.get(i).copied().unwrap_or(0) as usize;
-        Ok(QueueOutcome {
-            queued: count(0),
-            dropped_queue_full: count(1),
-            dropped_qos0: count(2),
-            no_session: count(3),
-        })
+        let mut pipe = redis::pipe();
+        for (client_id, delivery) in &batch {
+            pipe.add_command(enqueue_cmd(
+                &self.scripts,
+                self.max_queued,
+                client_id,
+                delivery,
+            ));
+        }
+        let mut con = self.con();
+        let queued = query_pipeline::<Vec<Value>>(&self.scripts, &mut con, &pipe);
+        let replies = self.metrics.timed(RedisOp::Enqueue, queued).await?;
+        for reply in &replies {
+            match parse_enqueued(reply) {
+                Enqueued::Queued(_) | Enqueued::Duplicate => outcome.queued += 1,
+                Enqueued::Full => outcome.dropped_queue_full += 1,
+                Enqueued::Qos0 => outcome.dropped_qos0 += 1,
+                Enqueued::NoSession => outcome.no_session += 1,
+            }
+        }
+        Ok(outcome)
     }
 
     async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError> {

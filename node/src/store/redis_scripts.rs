@@ -1,14 +1,19 @@
-//! Lua scripts for the session changes that must be atomic in Redis.
+//! Lua scripts for the changes that must be atomic in Redis.
 //!
 //! Each runs as one Redis command: no other client sees a half-claimed or
-//! half-parked session, and the fencing epoch is checked and written in the
-//! same step as the change it guards.
+//! half-parked session, and the fencing epoch is checked in the same step
+//! as the change it guards. Every script touches the keys of **one**
+//! session or **one** node (one hash tag), so it also runs on Redis
+//! Cluster.
 
-/// Claims a session for a node.
-/// KEYS: session, subs, inflight, qos2, queue, new owner's client set.
-/// ARGV: node id, clean (0/1), will record ("" for none), client id.
+/// Claims a session for a node. Nothing is deleted except what a clean
+/// session discards: the queue stays in Redis until its entries are
+/// acknowledged, so a claimer that dies right after loses nothing.
+/// KEYS: session, subs, inflight, qos2, queue, seen.
+/// ARGV: node id, clean (0/1), will record ("" for none).
 /// Returns {epoch, previous owner, had persistent state (0/1), subs
-/// (flat filter/qos list), inflight records, qos2 ids, queued records}.
+/// (flat filter/qos list), inflight (flat id/record list), qos2 (flat
+/// id/record list), queue entries (XRANGE reply)}.
 pub const CLAIM: &str = r#"
 local previous_owner = redis.call('HGET', KEYS[1], 'owner') or ''
 local had_state = redis.call('HGET', KEYS[1], 'persistent') == '1'
@@ -16,85 +21,102 @@ local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 local subs, inflight, qos2, queued = {}, {}, {}, {}
 if had_state then
   subs = redis.call('HGETALL', KEYS[2])
-  inflight = redis.call('HVALS', KEYS[3])
-  qos2 = redis.call('SMEMBERS', KEYS[4])
-  queued = redis.call('LRANGE', KEYS[5], 0, -1)
-end
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-if ARGV[2] == '1' then
-  redis.call('DEL', KEYS[2])
+  inflight = redis.call('HGETALL', KEYS[3])
+  qos2 = redis.call('HGETALL', KEYS[4])
+  queued = redis.call('XRANGE', KEYS[5], '-', '+')
 end
 local persistent = '1'
+if ARGV[2] == '1' or not had_state then
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+end
 if ARGV[2] == '1' then persistent = '0' end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'connected', '1', 'persistent', persistent, 'will', ARGV[3])
-redis.call('SADD', KEYS[6], ARGV[4])
 return {epoch, previous_owner, had_state and 1 or 0, subs, inflight, qos2, queued}
 "#;
 
-/// Parks a persistent session whose client went away.
-/// KEYS: session, subs, inflight, qos2, queue.
-/// ARGV: epoch, n subs, (filter, qos)*, n inflight, (packet id, record)*,
-/// n qos2, id*, n pending, record* (oldest first).
+/// Parks a persistent session whose client went away: what it has queued
+/// is in Redis already; this records its subscriptions and the packet ids
+/// of its unacknowledged QoS 1 messages (QoS 2 ones are recorded as sent).
+/// KEYS: session, subs, inflight.
+/// ARGV: epoch, n subs, (filter, qos)*, n inflight, (packet id, record)*.
 /// Returns 1, or 0 when the epoch is stale (another node owns it now).
 pub const PARK: &str = r#"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'connected', '0')
 redis.call('HDEL', KEYS[1], 'will')
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[2])
 local i = 2
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do redis.call('SADD', KEYS[4], ARGV[i]); i = i + 1 end
-n = tonumber(ARGV[i]); i = i + 1
--- Parked deliveries are older than anything queued meanwhile: prepend.
-for j = i + n - 1, i, -1 do redis.call('LPUSH', KEYS[5], ARGV[j]) end
 return 1
 "#;
 
 /// Forgets a clean session that ended.
-/// KEYS: session, subs, inflight, qos2, queue, owner's client set.
-/// ARGV: epoch, client id.
+/// KEYS: session, subs, inflight, qos2, queue, seen. ARGV: epoch.
 pub const DISCARD: &str = r#"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5])
-redis.call('SREM', KEYS[6], ARGV[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return 1
 "#;
 
-/// Queues deliveries for offline sessions.
-/// KEYS: (session, queue)* per delivery. ARGV: max queue length, then
-/// (qos, record)* per delivery.
-/// Returns {queued, dropped because full, dropped QoS 0, no session}.
+/// Queues one delivery for a persistent session (connected or not).
+/// KEYS: session, queue, seen.
+/// ARGV: max queue length, qos, publish id ("" for none), record, now
+/// (ms), how long publish ids are remembered (ms).
+/// Returns the new entry id, or 'n' (no persistent session), 'z' (QoS 0:
+/// not queued), 'd' (this publish id is queued already), 'f' (queue full).
 pub const ENQUEUE: &str = r#"
-local max = tonumber(ARGV[1])
-local counts = {0, 0, 0, 0}
-for j = 1, #KEYS / 2 do
-  local session, queue = KEYS[2 * j - 1], KEYS[2 * j]
-  local qos, record = ARGV[2 * j], ARGV[2 * j + 1]
-  if redis.call('HGET', session, 'persistent') ~= '1' then
-    counts[4] = counts[4] + 1
-  elseif qos == '0' then
-    counts[3] = counts[3] + 1
-  elseif redis.call('LLEN', queue) >= max then
-    counts[2] = counts[2] + 1
-  else
-    redis.call('RPUSH', queue, record)
-    counts[1] = counts[1] + 1
-  end
+if redis.call('HGET', KEYS[1], 'persistent') ~= '1' then return 'n' end
+if ARGV[2] == '0' then return 'z' end
+local publish_id = ARGV[3]
+if publish_id ~= '' and redis.call('ZSCORE', KEYS[3], publish_id) then return 'd' end
+if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[1]) then return 'f' end
+local id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[4])
+if publish_id ~= '' then
+  local now = tonumber(ARGV[5])
+  redis.call('ZADD', KEYS[3], now, publish_id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
 end
-return counts
+return id
 "#;
 
-/// Takes what was queued for a session its owner has connected.
-/// KEYS: session, queue. ARGV: epoch.
-pub const DRAIN: &str = r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return {} end
-local queued = redis.call('LRANGE', KEYS[2], 0, -1)
-redis.call('DEL', KEYS[2])
-return queued
+/// Records where a publisher's incoming QoS 2 message stands.
+/// KEYS: session, qos2. ARGV: epoch, packet id, record ("" deletes).
+/// Returns 1, or 0 when the epoch is stale.
+pub const QOS2_RECORD: &str = r#"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[2], ARGV[2])
+else
+  redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+end
+return 1
+"#;
+
+/// A connected session's outgoing progress: in-flight records set and
+/// removed, and acknowledged queue entries deleted.
+/// KEYS: session, inflight, queue.
+/// ARGV: epoch, n set, (packet id, record)*, n removed, packet id*,
+/// acknowledged entry id*.
+/// Returns 1, or 0 when the epoch is stale (then only the acknowledged
+/// entries are deleted: the client has them, whoever owns the session).
+pub const SESSION_PROGRESS: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'epoch') == ARGV[1]
+local i = 2
+local n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  if current then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  i = i + 2
+end
+n = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n do
+  if current then redis.call('HDEL', KEYS[2], ARGV[i]) end
+  i = i + 1
+end
+if i <= #ARGV then redis.call('XDEL', KEYS[3], unpack(ARGV, i)) end
+return current and 1 or 0
 "#;
 
 /// Writes subscription changes of a connected session.
@@ -108,3 +130,154 @@ for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 for j = i, #ARGV do redis.call('HDEL', KEYS[2], ARGV[j]) end
 return 1
 "#;
+
+/// Appends to a node's inbox unless the node has been fenced (it is dead
+/// and being recovered) or its inbox holds its bound already. Nothing is
+/// ever evicted: a full inbox refuses, and the publish is not acknowledged.
+/// KEYS: inbox, fenced. ARGV: max entries, field, value.
+/// Returns 1 (appended), 0 (full) or -1 (fenced).
+pub const INBOX_APPEND: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+return 1
+"#;
+
+/// Writes a node's heartbeat unless the node has been fenced.
+/// KEYS: alive, fenced. ARGV: value, TTL (ms). Returns 1, or 0 if fenced.
+pub const HEARTBEAT: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// Extends a lock held with `token`. KEYS: lock. ARGV: token, TTL (ms).
+/// Returns 1, or 0 when the lock is not (any longer) held with the token.
+pub const LOCK_RENEW: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Releases a lock only if it is held with `token`. KEYS: lock. ARGV: token.
+pub const LOCK_RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// Every script, compiled once; called by SHA (`EVALSHA`) so pipelines
+/// can carry them. Redis forgets loaded scripts when it restarts: callers
+/// that see `NOSCRIPT` call [`Scripts::load`] and retry.
+pub struct Scripts {
+    /// [`CLAIM`].
+    pub claim: redis::Script,
+    /// [`PARK`].
+    pub park: redis::Script,
+    /// [`DISCARD`].
+    pub discard: redis::Script,
+    /// [`ENQUEUE`].
+    pub enqueue: redis::Script,
+    /// [`QOS2_RECORD`].
+    pub qos2_record: redis::Script,
+    /// [`SESSION_PROGRESS`].
+    pub session_progress: redis::Script,
+    /// [`UPDATE_SUBSCRIPTIONS`].
+    pub update_subscriptions: redis::Script,
+    /// [`INBOX_APPEND`].
+    pub inbox_append: redis::Script,
+    /// [`HEARTBEAT`].
+    pub heartbeat: redis::Script,
+    /// [`LOCK_RENEW`].
+    pub lock_renew: redis::Script,
+    /// [`LOCK_RELEASE`].
+    pub lock_release: redis::Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Scripts {
+        Scripts {
+            claim: redis::Script::new(CLAIM),
+            park: redis::Script::new(PARK),
+            discard: redis::Script::new(DISCARD),
+            enqueue: redis::Script::new(ENQUEUE),
+            qos2_record: redis::Script::new(QOS2_RECORD),
+            session_progress: redis::Script::new(SESSION_PROGRESS),
+            update_subscriptions: redis::Script::new(UPDATE_SUBSCRIPTIONS),
+            inbox_append: redis::Script::new(INBOX_APPEND),
+            heartbeat: redis::Script::new(HEARTBEAT),
+            lock_renew: redis::Script::new(LOCK_RENEW),
+            lock_release: redis::Script::new(LOCK_RELEASE),
+        }
+    }
+}
+
+impl Scripts {
+    /// Loads every script into Redis (after a start or a Redis restart).
+    pub async fn load(&self, con: &mut impl redis::aio::ConnectionLike) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for source in SOURCES {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(source).ignore();
+        }
+        pipe.query_async(con).await
+    }
+}
+
+const SOURCES: [&str; 11] = [
+    CLAIM,
+    PARK,
+    DISCARD,
+    ENQUEUE,
+    QOS2_RECORD,
+    SESSION_PROGRESS,
+    UPDATE_SUBSCRIPTIONS,
+    INBOX_APPEND,
+    HEARTBEAT,
+    LOCK_RENEW,
+    LOCK_RELEASE,
+];
+
+/// An `EVALSHA` of `script` with `keys`; add its arguments with `.arg`.
+pub fn evalsha(script: &redis::Script, keys: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys.len());
+    for key in keys {
+        cmd.arg(*key);
+    }
+    cmd
+}
+
+/// True when Redis does not know a script (it restarted): load and retry.
+pub fn is_noscript(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::NoScriptError
+}
+
+/// Runs `pipe`, loading the scripts and retrying once if Redis forgot them.
+pub async fn query_pipeline<T: redis::FromRedisValue>(
+    scripts: &Scripts,
+    con: &mut (impl redis::aio::ConnectionLike + Send),
+    pipe: &redis::Pipeline,
+) -> redis::RedisResult<T> {
+    match pipe.query_async(con).await {
+        Err(error) if is_noscript(&error) => {
+            scripts.load(con).await?;
+            pipe.query_async(con).await
+        }
+        other => other,
+    }
+}
+
+/// Runs one command, loading the scripts and retrying once if needed.
+pub async fn query_cmd<T: redis::FromRedisValue>(
+    scripts: &Scripts,
+    con: &mut (impl redis::aio::ConnectionLike + Send),
+    cmd: &redis::Cmd,
+) -> redis::RedisResult<T> {
+    match cmd.query_async(con).await {
+        Err(error) if is_noscript(&error) => {
+            scripts.load(con).await?;
+            cmd.query_async(con).await
+        }
+        other => other,
+    }
+}
