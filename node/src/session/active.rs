@@ -154,6 +154,9 @@ pub struct ActiveSession {
     pub(super) released_qos2: Vec<u16>,
     /// Entries acknowledged lately (see [`RecentlyAcknowledged`]).
     pub(super) acknowledged: RecentlyAcknowledged,
+    /// Queue entries the claim handed over, until the late drain: the same
+    /// entries may also have been posted to the mailbox meanwhile.
+    pub(super) restored: HashSet<QueueId>,
     /// Deliveries taken from the mailbox (or resumed) but not yet sent
     /// because the in-flight window is full.
     pub(super) pending: VecDeque<Delivery>,
@@ -197,6 +200,7 @@ impl ActiveSession {
             progress: Progress::default(),
             released_qos2: Vec::new(),
             acknowledged: RecentlyAcknowledged::default(),
+            restored: HashSet::new(),
             window: OutgoingWindow::new(broker.limits.max_inflight),
             broker,
             connection,
@@ -248,6 +252,12 @@ impl ActiveSession {
             cluster.metrics.redeliveries.inc_by(resent as u64);
         }
         self.pending = state.pending;
+        self.restored = self
+            .pending
+            .iter()
+            .chain(state.outgoing.iter().map(|e| &e.delivery))
+            .filter_map(|d| d.queued.clone())
+            .collect();
         self.broker
             .stats
             .inflight_messages
@@ -343,6 +353,7 @@ impl ActiveSession {
                     }
                     if late_drain.is_some_and(|at| now >= at) {
                         late_drain = None;
+                        self.restored.clear();
                         Box::pin(self.drain_stragglers()).await;
                     }
                     timer.as_mut().reset(next_due(last_read, keep_alive, late_drain));

@@ -16,6 +16,13 @@ impl ActiveSession {
         loop {
             if self.pending.is_empty() {
                 self.pending = self.handle.mailbox.take_all();
+                if !self.restored.is_empty() {
+                    // Posted between this connection's registration and its
+                    // claim, so also read back from the queue by the claim.
+                    let restored = &self.restored;
+                    self.pending
+                        .retain(|d| d.queued.as_ref().is_none_or(|id| !restored.contains(id)));
+                }
                 if self.pending.is_empty() {
                     return;
                 }
