@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use astramq_tests::binary::node_binary;
+use astramq_tests::observability::cluster::node_metrics_addr;
+use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::wire::{self, Connect, Publish, Will};
 use astramq_tests::{
     assert_serves_clients, unique_id, NodeProcess, RawClient, TestClient, TIMEOUT,
@@ -25,6 +27,19 @@ const CONNACK_IDENTIFIER_REJECTED: u8 = 0x02;
 /// `n` empty levels: `n - 1` slashes (a valid filter and topic name).
 fn levels(n: usize) -> String {
     "/".repeat(n - 1)
+}
+
+/// Starts a node with a metrics endpoint and `flags`.
+fn start_node(flags: &[(&str, &str)]) -> Result<NodeProcess> {
+    let mut all = vec![("--metrics-listen", "127.0.0.1:0")];
+    all.extend_from_slice(flags);
+    NodeProcess::start_with(&all)
+}
+
+/// `astramq_limit_refusals_total{reason}` on the node's metrics page.
+fn limit_refusals(node: &NodeProcess, reason: &str) -> Result<f64> {
+    let page = Exposition::scrape(node_metrics_addr(node)?)?;
+    Ok(page.total("astramq_limit_refusals_total", &[("reason", reason)]))
 }
 
 /// A subscriber and a publisher on a topic of their own: after each hostile
@@ -73,7 +88,7 @@ impl Bystander {
 /// SUBSCRIBE is granted and the connection stays open.
 #[tokio::test]
 async fn a_65000_level_filter_is_refused_in_its_suback_slot() -> Result<()> {
-    let mut node = NodeProcess::start()?;
+    let mut node = start_node(&[])?;
     let mut bystander = Bystander::join(&node).await?;
     let connect = Connect::new(&unique_id("deep"));
     let (mut hostile, _) = RawClient::connected(node.addr(), &connect).await?;
@@ -83,6 +98,7 @@ async fn a_65000_level_filter_is_refused_in_its_suback_slot() -> Result<()> {
         .await?;
     ensure!(codes == [SUBACK_FAILURE, 1], "SUBACK codes {codes:?}");
     hostile.ping().await?;
+    ensure!(limit_refusals(&node, "topic_levels")? == 1.0);
     bystander.still_served().await?;
     assert_serves_clients(&mut node).await
 }
@@ -116,12 +132,13 @@ async fn a_65000_level_filter_is_served_when_the_limit_allows_it() -> Result<()>
 /// A 65,000-byte client id gets CONNACK 0x02 (limit 256 by default).
 #[tokio::test]
 async fn a_65000_byte_client_id_gets_connack_0x02() -> Result<()> {
-    let mut node = NodeProcess::start()?;
+    let mut node = start_node(&[])?;
     let mut bystander = Bystander::join(&node).await?;
     let id = "i".repeat(65_000);
     let (mut hostile, connack) = RawClient::handshake(node.addr(), &Connect::new(&id)).await?;
     ensure!(connack.code == CONNACK_IDENTIFIER_REJECTED, "{connack:?}");
     hostile.expect_closed(TIMEOUT).await?;
+    ensure!(limit_refusals(&node, "client_id_length")? == 1.0);
     // At the limit is fine.
     let (_fine, connack) =
         RawClient::handshake(node.addr(), &Connect::new(&"j".repeat(256))).await?;
@@ -134,7 +151,7 @@ async fn a_65000_byte_client_id_gets_connack_0x02() -> Result<()> {
 /// limit from another client is delivered.
 #[tokio::test]
 async fn a_too_deep_publish_topic_closes_only_that_client() -> Result<()> {
-    let mut node = NodeProcess::start()?;
+    let mut node = start_node(&[])?;
     let mut bystander = Bystander::join(&node).await?;
     let (mut hostile, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("h"))).await?;
@@ -143,6 +160,7 @@ async fn a_too_deep_publish_topic_closes_only_that_client() -> Result<()> {
         .send(&Publish::new(&too_deep, 1, b"x").with_packet_id(1).encode())
         .await?;
     hostile.expect_closed(TIMEOUT).await?;
+    ensure!(limit_refusals(&node, "topic_levels")? == 1.0);
     bystander.still_served().await?;
     // 64 levels pass.
     let (mut fine, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("f"))).await?;
@@ -156,7 +174,7 @@ async fn a_too_deep_publish_topic_closes_only_that_client() -> Result<()> {
 /// A will topic over the limit gets the connection closed, no CONNACK.
 #[tokio::test]
 async fn a_too_long_will_topic_closes_the_connection() -> Result<()> {
-    let mut node = NodeProcess::start_with(&[("--max-topic-length", "100")])?;
+    let mut node = start_node(&[("--max-topic-length", "100")])?;
     let mut bystander = Bystander::join(&node).await?;
     let connect = Connect::new(&unique_id("will")).with_will(Will::new(&"w".repeat(101), b"bye"));
     let mut hostile = RawClient::connect_tcp(node.addr()).await?;
@@ -201,7 +219,7 @@ async fn an_http_request_is_closed_at_once() -> Result<()> {
 /// a held filter still works, and unsubscribing makes room.
 #[tokio::test]
 async fn filters_beyond_the_per_client_cap_get_0x80() -> Result<()> {
-    let mut node = NodeProcess::start()?;
+    let mut node = start_node(&[])?;
     let mut bystander = Bystander::join(&node).await?;
     let (mut hostile, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("flood"))).await?;
@@ -212,6 +230,7 @@ async fn filters_beyond_the_per_client_cap_get_0x80() -> Result<()> {
     let granted = codes.iter().filter(|&&c| c == 0).count();
     ensure!(granted == 1000, "{granted} granted");
     ensure!(codes[1000..].iter().all(|&c| c == SUBACK_FAILURE));
+    ensure!(limit_refusals(&node, "subscriptions_per_client")? == 2000.0);
     bystander.still_served().await?;
     ensure!(hostile.subscribe(2, &[("flood/0", 1)]).await? == [1]);
     ensure!(hostile.subscribe(3, &[("flood/new", 0)]).await? == [SUBACK_FAILURE]);
