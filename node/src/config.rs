@@ -14,6 +14,17 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::cluster::{ClusterOptions, Mode};
+use crate::router::topic::TopicLimits;
+
+mod checks;
+
+pub use checks::InvalidSetting;
+
+/// Heartbeat period when none is configured.
+const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 500;
+
+/// Heartbeat age that makes a node dead when none is configured.
+const DEFAULT_HEARTBEAT_TTL_MS: u64 = 2000;
 
 /// Settings as given: every field optional so the three sources can be
 /// layered. Clap reads flags and environment; serde reads the file.
@@ -43,7 +54,7 @@ pub struct Settings {
     pub node_id: Option<String>,
 
     /// Redis URL of the shared cluster state [default: none, embedded in-memory store].
-    #[arg(long, env = "ASTRAMQ_REDIS")]
+    #[arg(long, env = "ASTRAMQ_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
 
     /// How publishes cross nodes: `routed` (to the inboxes of subscribing nodes) or `broadcast` (one stream every node reads) [default: routed].
@@ -95,6 +106,22 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_MAX_QUEUED_MESSAGES")]
     pub max_queued_messages: Option<usize>,
 
+    /// Longest topic name or filter a client may use, in bytes; a longer SUBSCRIBE filter gets 0x80, a longer PUBLISH or will topic closes the connection [default: 65535].
+    #[arg(long, env = "ASTRAMQ_MAX_TOPIC_LENGTH")]
+    pub max_topic_length: Option<usize>,
+
+    /// Most levels (`/`-separated parts) in a topic name or filter; a deeper SUBSCRIBE filter gets 0x80, a deeper PUBLISH or will topic closes the connection [default: 64].
+    #[arg(long, env = "ASTRAMQ_MAX_TOPIC_LEVELS")]
+    pub max_topic_levels: Option<usize>,
+
+    /// Longest client id accepted, in bytes; a longer one gets CONNACK 0x02 [default: 256].
+    #[arg(long, env = "ASTRAMQ_MAX_CLIENT_ID_LENGTH")]
+    pub max_client_id_length: Option<usize>,
+
+    /// Subscriptions one client may hold; a SUBSCRIBE filter beyond it gets 0x80 [default: 1000].
+    #[arg(long, env = "ASTRAMQ_MAX_SUBSCRIPTIONS_PER_CLIENT")]
+    pub max_subscriptions_per_client: Option<usize>,
+
     /// Simultaneous client connections; more are refused at accept [default: 1000000].
     #[arg(long, env = "ASTRAMQ_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -144,6 +171,12 @@ impl Layered for Settings {
             max_packet_size: self.max_packet_size.or(lower.max_packet_size),
             max_inflight: self.max_inflight.or(lower.max_inflight),
             max_queued_messages: self.max_queued_messages.or(lower.max_queued_messages),
+            max_topic_length: self.max_topic_length.or(lower.max_topic_length),
+            max_topic_levels: self.max_topic_levels.or(lower.max_topic_levels),
+            max_client_id_length: self.max_client_id_length.or(lower.max_client_id_length),
+            max_subscriptions_per_client: self
+                .max_subscriptions_per_client
+                .or(lower.max_subscriptions_per_client),
             max_connections: self.max_connections.or(lower.max_connections),
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             write_timeout: self.write_timeout.or(lower.write_timeout),
@@ -198,6 +231,12 @@ pub struct Limits {
     pub max_inflight: usize,
     /// Queue bound per session.
     pub max_queued_messages: usize,
+    /// Length and depth of topic names and filters.
+    pub topics: TopicLimits,
+    /// Longest client id (bytes).
+    pub max_client_id_length: usize,
+    /// Subscriptions one session may hold.
+    pub max_subscriptions_per_client: usize,
     /// Connection cap.
     pub max_connections: usize,
     /// Time allowed for the first CONNECT.
@@ -214,6 +253,9 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             max_inflight: 32,
             max_queued_messages: 1000,
+            topics: TopicLimits::default(),
+            max_client_id_length: 256,
+            max_subscriptions_per_client: 1000,
             max_connections: 1_000_000,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
@@ -229,8 +271,10 @@ impl NodeConfig {
         NodeConfig::resolve(astramq_shared::config::load::<Settings>()?)
     }
 
-    /// Applies defaults and checks values.
+    /// Checks values ([`InvalidSetting`] names the first one that makes no
+    /// sense) and applies defaults.
     pub fn resolve(s: Settings) -> anyhow::Result<NodeConfig> {
+        checks::check(&s)?;
         let defaults = Limits::default();
         let limits = Limits {
             max_packet_size: s.max_packet_size.unwrap_or(defaults.max_packet_size),
@@ -238,6 +282,16 @@ impl NodeConfig {
             max_queued_messages: s
                 .max_queued_messages
                 .unwrap_or(defaults.max_queued_messages),
+            topics: TopicLimits {
+                max_length: s.max_topic_length.unwrap_or(defaults.topics.max_length),
+                max_levels: s.max_topic_levels.unwrap_or(defaults.topics.max_levels),
+            },
+            max_client_id_length: s
+                .max_client_id_length
+                .unwrap_or(defaults.max_client_id_length),
+            max_subscriptions_per_client: s
+                .max_subscriptions_per_client
+                .unwrap_or(defaults.max_subscriptions_per_client),
             max_connections: s.max_connections.unwrap_or(defaults.max_connections),
             connect_timeout: s
                 .connect_timeout
@@ -247,18 +301,6 @@ impl NodeConfig {
                 .map_or(defaults.write_timeout, Duration::from_secs),
             trusted_proxies: s.trusted_proxies.clone().unwrap_or_default(),
         };
-        anyhow::ensure!(
-            limits.max_packet_size >= 16,
-            "max-packet-size must be at least 16 bytes"
-        );
-        anyhow::ensure!(
-            (1..=65_535).contains(&limits.max_inflight),
-            "max-inflight must be between 1 and 65535"
-        );
-        anyhow::ensure!(
-            limits.max_connections >= 1,
-            "max-connections must be at least 1"
-        );
         Ok(NodeConfig {
             listen: s
                 .listen
@@ -271,8 +313,13 @@ impl NodeConfig {
                 redis_timeout: Duration::from_millis(s.redis_timeout_ms.unwrap_or(2000)),
                 stream_maxlen: s.stream_maxlen.unwrap_or(100_000),
                 max_queued: limits.max_queued_messages,
-                heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms.unwrap_or(500)),
-                heartbeat_ttl: Duration::from_millis(s.heartbeat_ttl_ms.unwrap_or(2000)),
+                heartbeat_interval: Duration::from_millis(
+                    s.heartbeat_interval_ms
+                        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_MS),
+                ),
+                heartbeat_ttl: Duration::from_millis(
+                    s.heartbeat_ttl_ms.unwrap_or(DEFAULT_HEARTBEAT_TTL_MS),
+                ),
                 takeover_timeout: Duration::from_secs(5),
             }),
             gossip: s.gossip_listen.map(|listen| GossipOptions {
@@ -327,5 +374,41 @@ mod tests {
             ..Settings::default()
         };
         assert!(NodeConfig::resolve(s).is_err());
+    }
+
+    #[test]
+    fn topic_and_identity_limits_are_read_and_defaulted() {
+        let flags = Settings::try_parse_from([
+            "astramq-node",
+            "--max-topic-levels",
+            "100000",
+            "--max-subscriptions-per-client",
+            "5",
+        ])
+        .unwrap();
+        let limits = NodeConfig::resolve(flags).unwrap().limits;
+        assert_eq!(limits.topics.max_levels, 100_000);
+        assert_eq!(limits.topics.max_length, 65_535);
+        assert_eq!(limits.max_subscriptions_per_client, 5);
+        assert_eq!(limits.max_client_id_length, 256);
+        let file: Settings = toml::from_str("max-client-id-length = 64\n").unwrap();
+        assert_eq!(
+            NodeConfig::resolve(file)
+                .unwrap()
+                .limits
+                .max_client_id_length,
+            64
+        );
+    }
+
+    #[test]
+    fn the_redis_url_is_not_shown_by_help() {
+        use clap::CommandFactory;
+        let command = Settings::command();
+        let redis = command
+            .get_arguments()
+            .find(|a| a.get_id() == "redis")
+            .expect("the --redis flag");
+        assert!(redis.is_hide_env_values_set());
     }
 }

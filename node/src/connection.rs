@@ -13,12 +13,17 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::protocol::frame::parse_header;
+use crate::protocol::frame::{self, parse_header};
 use crate::protocol::proxy_header;
-use crate::protocol::{FrameHeader, ProtocolError};
+use crate::protocol::{FrameError, FrameHeader, ProtocolError};
 
 /// How much to read at a time.
 const READ_CHUNK: usize = 4096;
+
+/// Most buffer space reserved ahead of bytes that have not arrived: a
+/// header declaring a 1 MiB packet costs no more than this until the bytes
+/// come (then the buffer grows as they do).
+const MAX_RESERVE_AHEAD: usize = 16 * 1024;
 
 /// Why a connection cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +71,8 @@ impl Connection {
             return Ok(None);
         };
         if self.read_buf.len() < header.packet_len() {
-            self.read_buf
-                .reserve(header.packet_len() - self.read_buf.len());
+            let missing = header.packet_len() - self.read_buf.len();
+            self.read_buf.reserve(missing.min(MAX_RESERVE_AHEAD));
             return Ok(None);
         }
         let frame = self.read_buf.split_to(header.packet_len()).freeze();
@@ -81,7 +86,26 @@ impl Connection {
     /// Waits for the next frame. `Ok(None)` is a clean close between packets.
     /// Cancel-safe: nothing read is lost if the future is dropped.
     pub async fn read_frame(&mut self) -> Result<Option<(FrameHeader, Bytes)>, ConnectionError> {
+        self.read_frame_checked(|_| Ok(())).await
+    }
+
+    /// Waits for a connection's first frame: like [`Self::read_frame`], but
+    /// refuses the bytes as soon as the first one cannot start a CONNECT,
+    /// without waiting for the length it declares.
+    pub async fn read_connect_frame(
+        &mut self,
+    ) -> Result<Option<(FrameHeader, Bytes)>, ConnectionError> {
+        self.read_frame_checked(frame::check_connect_start).await
+    }
+
+    /// [`Self::read_frame`], with `check` run on the buffered bytes before
+    /// each attempt to frame them.
+    async fn read_frame_checked(
+        &mut self,
+        check: fn(&[u8]) -> Result<(), FrameError>,
+    ) -> Result<Option<(FrameHeader, Bytes)>, ConnectionError> {
         loop {
+            check(&self.read_buf).map_err(ProtocolError::from)?;
             if let Some(frame) = self.buffered_frame()? {
                 return Ok(Some(frame));
             }

@@ -6,7 +6,8 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
-    let config = NodeConfig::load()?;
+    let config = NodeConfig::load()
+        .unwrap_or_else(|error| astramq_shared::config::exit_invalid("astramq-node", &error));
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -11,6 +11,7 @@
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::message::Qos;
+use crate::router::topic::TopicLimit;
 
 /// Why a connection was refused or closed by the node.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +36,41 @@ impl Refusal {
         (Refusal::IdentifierRejected, "identifier_rejected"),
         (Refusal::ServerUnavailable, "server_unavailable"),
     ];
+}
+
+/// Which configured limit a client's request was refused for; one value
+/// of the `reason` label of `astramq_limit_refusals_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReason {
+    /// A topic name or filter over `max-topic-length`.
+    TopicLength,
+    /// A topic name or filter over `max-topic-levels`.
+    TopicLevels,
+    /// A client id over `max-client-id-length` (CONNACK 0x02).
+    ClientIdLength,
+    /// A SUBSCRIBE beyond `max-subscriptions-per-client` (SUBACK 0x80).
+    SubscriptionsPerClient,
+}
+
+impl LimitReason {
+    const ALL: [(LimitReason, &'static str); 4] = [
+        (LimitReason::TopicLength, "topic_length"),
+        (LimitReason::TopicLevels, "topic_levels"),
+        (LimitReason::ClientIdLength, "client_id_length"),
+        (
+            LimitReason::SubscriptionsPerClient,
+            "subscriptions_per_client",
+        ),
+    ];
+}
+
+impl From<TopicLimit> for LimitReason {
+    fn from(limit: TopicLimit) -> LimitReason {
+        match limit {
+            TopicLimit::Length => LimitReason::TopicLength,
+            TopicLimit::Levels => LimitReason::TopicLevels,
+        }
+    }
 }
 
 /// Why a delivery was dropped.
@@ -71,6 +107,7 @@ pub struct Stats {
     /// Sessions currently connected.
     pub clients_connected: IntGauge,
     refused: [IntCounter; 5],
+    limit_refusals: [IntCounter; 4],
     received: [IntCounter; 3],
     sent: [IntCounter; 3],
     /// Payload bytes received in PUBLISH packets.
@@ -136,6 +173,12 @@ impl Stats {
             "Connections refused or closed before a session started, by reason.",
             "reason",
         );
+        let limit_refusals = counter_vec(
+            r,
+            "astramq_limit_refusals_total",
+            "Requests refused (or connections closed) for exceeding a configured limit, by limit.",
+            "reason",
+        );
         let received = counter_vec(
             r,
             "astramq_messages_received_total",
@@ -182,6 +225,8 @@ impl Stats {
                 "Client sessions currently connected.",
             ),
             refused: Refusal::ALL.map(|(_, label)| refused.with_label_values(&[label])),
+            limit_refusals: LimitReason::ALL
+                .map(|(_, label)| limit_refusals.with_label_values(&[label])),
             received: by_qos(&received),
             sent: by_qos(&sent),
             payload_bytes_received: counter(
@@ -224,6 +269,16 @@ impl Stats {
     /// Counts a refused connection.
     pub fn refused(&self, why: Refusal) {
         self.refused[why as usize].inc();
+    }
+
+    /// Counts a request refused for a limit.
+    pub fn limit_refused(&self, why: LimitReason) {
+        self.limit_refusals[why as usize].inc();
+    }
+
+    /// Times requests were refused for the limit `why`.
+    pub fn limit_refusals(&self, why: LimitReason) -> u64 {
+        self.limit_refusals[why as usize].get()
     }
 
     /// Counts a received PUBLISH.
@@ -278,6 +333,7 @@ mod tests {
         stats.received(Qos::AtLeastOnce, 10);
         stats.dropped(DropReason::QueueFull, 2);
         stats.refused(Refusal::IdentifierRejected);
+        stats.limit_refused(TopicLimit::Levels.into());
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&stats.registry.gather())
             .unwrap();
@@ -287,6 +343,8 @@ mod tests {
             text.contains("astramq_connections_refused_total{reason=\"identifier_rejected\"} 1")
         );
         assert!(text.contains("astramq_build_info{component=\"node\""));
+        assert!(text.contains("astramq_limit_refusals_total{reason=\"topic_levels\"} 1"));
+        assert!(text.contains("astramq_limit_refusals_total{reason=\"client_id_length\"} 0"));
         assert_eq!(stats.dropped_total(), 2);
     }
 }

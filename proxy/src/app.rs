@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use astramq_shared::log_text::untrusted;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
@@ -133,8 +134,8 @@ impl MqttProxy {
         };
         let span = tracing::info_span!(
             "mqtt",
-            client_id = %info.client_id,
-            username = info.username.as_deref().unwrap_or(""),
+            client_id = %untrusted(&info.client_id),
+            username = %untrusted(info.username.as_deref().unwrap_or("")),
         );
         self.route(client, info, first, peer, local)
             .instrument(span)

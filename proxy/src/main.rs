@@ -74,7 +74,8 @@ const GRACE_PERIOD_SECS: u64 = 1;
 const RUNTIME_STOP_SECS: u64 = 2;
 
 fn main() -> anyhow::Result<()> {
-    let config = ProxyConfig::load()?;
+    let config = ProxyConfig::load()
+        .unwrap_or_else(|error| astramq_shared::config::exit_invalid("astramq-proxy", &error));
     // Also installs the `log` → `tracing` bridge (tracing-subscriber's
     // `tracing-log` feature), so pingora's own log lines join ours.
     tracing_subscriber::fmt()

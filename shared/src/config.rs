@@ -39,6 +39,18 @@ pub enum ConfigError {
     },
 }
 
+/// Exit code for a configuration that cannot be used; clap exits with the
+/// same code on a bad flag.
+pub const EXIT_INVALID_CONFIG: i32 = 2;
+
+/// Prints why the configuration was refused (the whole error chain) on
+/// stderr and exits with [`EXIT_INVALID_CONFIG`]. For `main`, before
+/// logging starts.
+pub fn exit_invalid(program: &str, error: &dyn std::fmt::Display) -> ! {
+    eprintln!("{program}: invalid configuration: {error:#}");
+    std::process::exit(EXIT_INVALID_CONFIG)
+}
+
 /// Flags and environment, then the file they name.
 pub fn load<T: Layered>() -> Result<T, ConfigError> {
     let given = T::parse();

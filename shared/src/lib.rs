@@ -7,7 +7,10 @@
 //! - [`config`] — flags, environment and TOML file, layered the same way
 //!   for every binary.
 //! - [`ops_http`] — the `/metrics`, `/healthz` and `/readyz` endpoint.
+//! - [`log_text`] — client-supplied strings truncated and escaped for logs,
+//!   and passwords redacted from URLs.
 
 pub mod config;
+pub mod log_text;
 pub mod membership;
 pub mod ops_http;

@@ -47,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use astramq_shared::log_text::redact_url;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
@@ -150,7 +151,7 @@ impl Cluster {
         registry: &prometheus::Registry,
     ) -> anyhow::Result<Arc<Cluster>> {
         let client = redis::Client::open(options.redis_url.as_str())
-            .with_context(|| format!("invalid Redis URL {}", options.redis_url))?;
+            .with_context(|| format!("invalid Redis URL {}", redact_url(&options.redis_url)))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(options.redis_timeout)
             .set_response_timeout(options.redis_timeout)
@@ -161,7 +162,7 @@ impl Cluster {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                 Ok(connection) => break connection,
                 Err(error) => {
-                    tracing::warn!(%error, url = %options.redis_url, "Redis unreachable; retrying");
+                    tracing::warn!(%error, url = %redact_url(&options.redis_url), "Redis unreachable; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }

@@ -2,7 +2,8 @@
 //!
 //! Parsed here rather than by mqttrs so that a declared length over the
 //! limit is refused as soon as its length bytes arrive, before the node
-//! reserves or reads the rest of the packet.
+//! reserves or reads the rest of the packet, and so that a connection whose
+//! first byte cannot start a CONNECT is refused on that byte alone.
 
 /// A complete fixed header at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,11 @@ pub enum FrameError {
     /// The remaining length used more than four bytes (MQTT-2.2.3).
     #[error("remaining length field longer than four bytes")]
     MalformedLength,
+    /// A connection's first packet must be a CONNECT (MQTT-3.1.0-1), whose
+    /// first byte is always [`CONNECT_FIRST_BYTE`]; this one is not (an HTTP
+    /// request, TLS, a port scan).
+    #[error("first packet is not a CONNECT (first byte {0:#04x})")]
+    NotConnect(u8),
     /// The packet is larger than the node accepts.
     #[error("packet of {size} bytes exceeds the maximum of {max}")]
     TooLarge {
@@ -36,6 +42,19 @@ pub enum FrameError {
         /// Configured maximum.
         max: usize,
     },
+}
+
+/// The first byte of every valid CONNECT: type 1, reserved flags 0
+/// (MQTT-2.2.2-2).
+pub const CONNECT_FIRST_BYTE: u8 = 0x10;
+
+/// Refuses a connection's first bytes as soon as the first one shows they
+/// cannot be a CONNECT. An empty buffer passes (nothing to judge yet).
+pub fn check_connect_start(buf: &[u8]) -> Result<(), FrameError> {
+    match buf.first() {
+        Some(&byte) if byte != CONNECT_FIRST_BYTE => Err(FrameError::NotConnect(byte)),
+        _ => Ok(()),
+    }
 }
 
 /// Most bytes the remaining-length field may take.
@@ -124,6 +143,25 @@ mod tests {
         // Declares 1 MiB; only the header has arrived.
         let err = parse_header(&[0x30, 0x80, 0x80, 0x40], 1024).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { max: 1024, .. }));
+    }
+
+    #[test]
+    fn only_a_connect_byte_may_start_a_connection() {
+        assert_eq!(check_connect_start(&[]), Ok(()));
+        assert_eq!(check_connect_start(&[0x10]), Ok(()));
+        assert_eq!(
+            check_connect_start(b"GET / HTTP/1.1\r\n"),
+            Err(FrameError::NotConnect(b'G'))
+        );
+        // A CONNECT type with reserved flags set, and a PUBLISH.
+        assert_eq!(
+            check_connect_start(&[0x11]),
+            Err(FrameError::NotConnect(0x11))
+        );
+        assert_eq!(
+            check_connect_start(&[0x30, 0x00]),
+            Err(FrameError::NotConnect(0x30))
+        );
     }
 
     #[test]

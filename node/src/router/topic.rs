@@ -1,7 +1,55 @@
-//! Topic names and topic filters (MQTT 3.1.1, section 4.7).
+//! Topic names and topic filters (MQTT 3.1.1, section 4.7), and the
+//! node's limits on their size.
+//!
+//! Every walk over a topic's levels here is a loop over `split('/')`:
+//! nothing recurses on a depth the client chooses.
 
 /// Longest topic name or filter the protocol can carry.
-const MAX_TOPIC_LEN: usize = 65_535;
+pub const MAX_TOPIC_LEN: usize = 65_535;
+
+/// How long and how deep the topic names and filters a client uses may be
+/// (configured with `--max-topic-length` and `--max-topic-levels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLimits {
+    /// Bytes of UTF-8.
+    pub max_length: usize,
+    /// Levels: one more than the number of `/`.
+    pub max_levels: usize,
+}
+
+impl Default for TopicLimits {
+    fn default() -> TopicLimits {
+        TopicLimits {
+            max_length: MAX_TOPIC_LEN,
+            max_levels: 64,
+        }
+    }
+}
+
+/// Which topic limit a name or filter is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopicLimit {
+    /// Longer than `max_length` bytes.
+    #[error("topic longer than the max-topic-length limit")]
+    Length,
+    /// More than `max_levels` levels.
+    #[error("topic deeper than the max-topic-levels limit")]
+    Levels,
+}
+
+impl TopicLimits {
+    /// Checks a topic name or filter against the limits; stops counting
+    /// levels as soon as one too many is seen.
+    pub fn check(&self, topic: &str) -> Result<(), TopicLimit> {
+        if topic.len() > self.max_length {
+            return Err(TopicLimit::Length);
+        }
+        if topic.split('/').nth(self.max_levels).is_some() {
+            return Err(TopicLimit::Levels);
+        }
+        Ok(())
+    }
+}
 
 /// True when `name` may be published to: non-empty, no wildcards, no U+0000.
 pub fn is_valid_topic_name(name: &str) -> bool {
@@ -68,6 +116,24 @@ mod tests {
         assert!(!is_valid_topic_name(""));
         assert!(!is_valid_topic_name("a/+"));
         assert!(!is_valid_topic_name("a/#"));
+    }
+
+    #[test]
+    fn limits_count_bytes_and_levels() {
+        let limits = TopicLimits {
+            max_length: 10,
+            max_levels: 3,
+        };
+        assert_eq!(limits.check("a/b/c"), Ok(()));
+        assert_eq!(limits.check("//"), Ok(()));
+        assert_eq!(limits.check("///"), Err(TopicLimit::Levels));
+        assert_eq!(limits.check("a/b/c/d"), Err(TopicLimit::Levels));
+        assert_eq!(limits.check("abcdefghijk"), Err(TopicLimit::Length));
+        let defaults = TopicLimits::default();
+        assert_eq!(defaults.check(&"/".repeat(63)), Ok(()));
+        assert_eq!(defaults.check(&"/".repeat(64)), Err(TopicLimit::Levels));
+        assert_eq!(defaults.check(&"x".repeat(65_535)), Ok(()));
+        assert_eq!(defaults.check(&"x".repeat(65_536)), Err(TopicLimit::Length));
     }
 
     #[test]

@@ -4,15 +4,23 @@
 //! Matching a topic walks one path per wildcard branch, so its cost grows
 //! with the topic's depth and the wildcards present, not with the number of
 //! subscriptions.
+//!
+//! Every walk (subscribe, unsubscribe, match, listing, and dropping the
+//! tree) is a loop with an explicit stack, never a recursion: a filter's
+//! depth is chosen by the client (65,535 levels fit in one packet), and the
+//! thread stack must not be what bounds it. Memory used by a walk grows with
+//! the depth of the filter or topic walked; the depth itself is bounded by
+//! the configured topic limits before anything reaches the tree.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use crate::message::{ClientId, Qos};
 
 /// Subscribers of one filter, with the QoS each was granted.
 type Subscribers = HashMap<ClientId, Qos>;
 
-#[derive(Default, Debug)]
+#[derive(Default)]
 struct Level {
     /// Exact-name children.
     children: HashMap<Box<str>, Level>,
@@ -24,7 +32,46 @@ struct Level {
     exact: Subscribers,
 }
 
+impl Drop for Level {
+    /// Dismantles the levels below iteratively: the derived drop would
+    /// recurse once per level and overflow the stack on a deep filter.
+    fn drop(&mut self) {
+        let mut below: Vec<Level> = self.children.drain().map(|(_, child)| child).collect();
+        below.extend(self.single.take().map(|single| *single));
+        while let Some(mut level) = below.pop() {
+            below.extend(level.children.drain().map(|(_, child)| child));
+            below.extend(level.single.take().map(|single| *single));
+            // `level` drops here with nothing below it.
+        }
+    }
+}
+
+impl fmt::Debug for Level {
+    /// One level only: a derived `Debug` would recurse through the tree.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Level")
+            .field("children", &self.children.len())
+            .field("single", &self.single.is_some())
+            .field("multi", &self.multi.len())
+            .field("exact", &self.exact.len())
+            .finish()
+    }
+}
+
+/// Where removing one (filter, client) pair takes effect.
+struct Removal {
+    /// Levels walked from the root to the filter's subscriber set.
+    depth: usize,
+    /// The set is `multi` (the filter ends in `#`), not `exact`.
+    multi: bool,
+    /// When the removal leaves the levels below this depth empty: the depth
+    /// of the deepest level that stays, whose edge down the path is cut.
+    cut: Option<usize>,
+}
+
 impl Level {
+    /// True when nothing is held here or below (tests check pruning).
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.children.is_empty()
             && self.single.is_none()
@@ -32,89 +79,162 @@ impl Level {
             && self.exact.is_empty()
     }
 
-    /// The subscriber set for the filter whose remaining levels are `levels`,
-    /// creating the path.
-    fn subscribers_mut<'a>(
-        &mut self,
-        mut levels: impl Iterator<Item = &'a str>,
-    ) -> &mut Subscribers {
-        match levels.next() {
-            None => &mut self.exact,
-            Some("#") => &mut self.multi,
-            Some("+") => self
-                .single
-                .get_or_insert_with(Default::default)
-                .subscribers_mut(levels),
-            Some(name) => self
-                .children
-                .entry(name.into())
-                .or_default()
-                .subscribers_mut(levels),
+    /// The child a filter level leads to.
+    fn child(&self, part: &str) -> Option<&Level> {
+        match part {
+            "+" => self.single.as_deref(),
+            name => self.children.get(name),
         }
     }
 
-    /// Removes `client` from the filter; prunes levels left empty.
-    fn remove<'a>(&mut self, mut levels: impl Iterator<Item = &'a str>, client: &str) -> bool {
-        match levels.next() {
-            None => self.exact.remove(client).is_some(),
-            Some("#") => self.multi.remove(client).is_some(),
-            Some("+") => {
-                let Some(single) = self.single.as_mut() else {
-                    return false;
-                };
-                let removed = single.remove(levels, client);
-                if single.is_empty() {
-                    self.single = None;
-                }
-                removed
-            }
-            Some(name) => {
-                let Some(child) = self.children.get_mut(name) else {
-                    return false;
-                };
-                let removed = child.remove(levels, client);
-                if child.is_empty() {
-                    self.children.remove(name);
-                }
-                removed
-            }
-        }
-    }
-
-    fn collect_filters<'a>(&'a self, path: &mut Vec<&'a str>, out: &mut Vec<String>) {
-        if !self.exact.is_empty() {
-            out.push(path.join("/"));
-        }
-        if !self.multi.is_empty() {
-            path.push("#");
-            out.push(path.join("/"));
-            path.pop();
-        }
-        if let Some(single) = &self.single {
-            path.push("+");
-            single.collect_filters(path, out);
-            path.pop();
-        }
-        for (name, child) in &self.children {
-            path.push(name);
-            child.collect_filters(path, out);
-            path.pop();
-        }
-    }
-
-    fn collect(&self, levels: &[&str], skip_wildcards: bool, out: &mut Matches) {
-        if !skip_wildcards {
-            out.add_all(&self.multi);
-        }
-        let Some((first, rest)) = levels.split_first() else {
-            out.add_all(&self.exact);
-            return;
+    /// True when this level holds something besides the child `part`.
+    fn holds_more_than(&self, part: &str) -> bool {
+        let (other_children, other_single) = match part {
+            "+" => (!self.children.is_empty(), false),
+            _ => (self.children.len() > 1, self.single.is_some()),
         };
-        if let Some(child) = self.children.get(*first) {
-            child.collect(rest, false, out);
+        other_children || other_single || !self.multi.is_empty() || !self.exact.is_empty()
+    }
+
+    /// The subscriber set for `filter`, creating the path.
+    fn subscribers_mut(&mut self, filter: &str) -> &mut Subscribers {
+        let mut level = self;
+        for part in filter.split('/') {
+            level = match part {
+                "#" => return &mut level.multi,
+                "+" => level.single.get_or_insert_with(Default::default),
+                name => level.children.entry(name.into()).or_default(),
+            };
         }
-        if let (Some(single), false) = (&self.single, skip_wildcards) {
-            single.collect(rest, false, out);
+        &mut level.exact
+    }
+
+    /// Plans removing `client` from `filter` (read-only walk); `None` when
+    /// the pair does not exist.
+    fn plan_removal(&self, filter: &str, client: &str) -> Option<Removal> {
+        let mut level = self;
+        let mut depth = 0;
+        // The root always stays, whatever it holds.
+        let mut deepest_kept = 0;
+        let mut multi = false;
+        for part in filter.split('/') {
+            if part == "#" {
+                multi = true;
+                break;
+            }
+            let child = level.child(part)?;
+            if level.holds_more_than(part) {
+                deepest_kept = depth;
+            }
+            level = child;
+            depth += 1;
+        }
+        let (set, other) = if multi {
+            (&level.multi, &level.exact)
+        } else {
+            (&level.exact, &level.multi)
+        };
+        if !set.contains_key(client) {
+            return None;
+        }
+        let last_stays = depth == 0
+            || set.len() > 1
+            || !other.is_empty()
+            || !level.children.is_empty()
+            || level.single.is_some();
+        Some(Removal {
+            depth,
+            multi,
+            cut: (!last_stays).then_some(deepest_kept),
+        })
+    }
+
+    /// The level `steps` levels down `filter`'s path, if it exists.
+    fn descend_mut(&mut self, filter: &str, steps: usize) -> Option<&mut Level> {
+        let mut level = self;
+        for part in filter.split('/').take(steps) {
+            level = match part {
+                "+" => level.single.as_deref_mut()?,
+                name => level.children.get_mut(name)?,
+            };
+        }
+        Some(level)
+    }
+
+    /// Removes `client` from `filter`; prunes the levels left empty.
+    fn remove(&mut self, filter: &str, client: &str) -> bool {
+        let Some(plan) = self.plan_removal(filter, client) else {
+            return false;
+        };
+        if let Some(cut) = plan.cut {
+            let Some(kept) = self.descend_mut(filter, cut) else {
+                return false;
+            };
+            // Dropping the edge drops the emptied path below it (iteratively).
+            return match filter.split('/').nth(cut) {
+                Some("+") => kept.single.take().is_some(),
+                Some(name) => kept.children.remove(name).is_some(),
+                None => false,
+            };
+        }
+        let Some(last) = self.descend_mut(filter, plan.depth) else {
+            return false;
+        };
+        let set = if plan.multi {
+            &mut last.multi
+        } else {
+            &mut last.exact
+        };
+        set.remove(client).is_some()
+    }
+
+    /// Every filter with subscribers at or below this level (depth first,
+    /// explicit stack).
+    fn collect_filters(&self, out: &mut Vec<String>) {
+        let mut path: Vec<&str> = Vec::new();
+        // (length of the parent's path, this level's name, the level)
+        let mut stack: Vec<(usize, Option<&str>, &Level)> = vec![(0, None, self)];
+        while let Some((parent_len, name, level)) = stack.pop() {
+            path.truncate(parent_len);
+            path.extend(name);
+            if !level.exact.is_empty() {
+                out.push(path.join("/"));
+            }
+            if !level.multi.is_empty() {
+                path.push("#");
+                out.push(path.join("/"));
+                path.pop();
+            }
+            let len = path.len();
+            if let Some(single) = &level.single {
+                stack.push((len, Some("+"), single));
+            }
+            for (name, child) in &level.children {
+                stack.push((len, Some(name), child));
+            }
+        }
+    }
+
+    /// Adds the subscribers of every filter matching the topic `levels`.
+    /// `skip_wildcards`: the topic starts with `$`, so wildcards at the
+    /// first level do not match it (MQTT-4.7.2-1).
+    fn collect(&self, levels: &[&str], skip_wildcards: bool, out: &mut Matches) {
+        // (level, topic levels consumed, wildcards skipped at this level)
+        let mut stack = vec![(self, 0usize, skip_wildcards)];
+        while let Some((level, consumed, skip)) = stack.pop() {
+            if !skip {
+                out.add_all(&level.multi);
+            }
+            let Some(name) = levels.get(consumed) else {
+                out.add_all(&level.exact);
+                continue;
+            };
+            if let Some(child) = level.children.get(*name) {
+                stack.push((child, consumed + 1, false));
+            }
+            if let (Some(single), false) = (&level.single, skip) {
+                stack.push((single, consumed + 1, false));
+            }
         }
     }
 }
@@ -181,7 +301,7 @@ impl SubscriptionTree {
     /// Adds or updates (`filter`, `client`) with `qos`.
     /// The filter must be valid ([`super::topic::is_valid_filter`]).
     pub fn subscribe(&mut self, filter: &str, client: &ClientId, qos: Qos) -> SubscribeOutcome {
-        let subscribers = self.root.subscribers_mut(filter.split('/'));
+        let subscribers = self.root.subscribers_mut(filter);
         let new_filter = subscribers.is_empty();
         let new_subscription = subscribers.insert(client.clone(), qos).is_none();
         if new_subscription {
@@ -195,7 +315,7 @@ impl SubscriptionTree {
 
     /// Removes (`filter`, `client`).
     pub fn unsubscribe(&mut self, filter: &str, client: &str) -> UnsubscribeOutcome {
-        let removed = self.root.remove(filter.split('/'), client);
+        let removed = self.root.remove(filter, client);
         if removed {
             self.count -= 1;
         }
@@ -209,27 +329,22 @@ impl SubscriptionTree {
     /// True when `filter` has at least one subscriber.
     pub fn has_filter(&self, filter: &str) -> bool {
         let mut level = &self.root;
-        let mut parts = filter.split('/');
-        loop {
-            match parts.next() {
-                None => return !level.exact.is_empty(),
-                Some("#") => return !level.multi.is_empty(),
-                Some("+") => match &level.single {
-                    Some(single) => level = single,
-                    None => return false,
-                },
-                Some(name) => match level.children.get(name) {
-                    Some(child) => level = child,
-                    None => return false,
-                },
+        for part in filter.split('/') {
+            if part == "#" {
+                return !level.multi.is_empty();
+            }
+            match level.child(part) {
+                Some(child) => level = child,
+                None => return false,
             }
         }
+        !level.exact.is_empty()
     }
 
     /// Every filter with at least one subscriber.
     pub fn filters(&self) -> Vec<String> {
         let mut out = Vec::new();
-        self.root.collect_filters(&mut Vec::new(), &mut out);
+        self.root.collect_filters(&mut out);
         out
     }
 
@@ -255,103 +370,4 @@ impl SubscriptionTree {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::router::topic::filter_matches;
-
-    fn id(s: &str) -> ClientId {
-        s.into()
-    }
-
-    fn matched(tree: &SubscriptionTree, topic: &str) -> Vec<(String, Qos)> {
-        let mut v: Vec<_> = tree
-            .matches(topic)
-            .into_iter()
-            .map(|(c, q)| (c.to_string(), q))
-            .collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn overlapping_subscriptions_give_one_match_at_highest_qos() {
-        let mut tree = SubscriptionTree::default();
-        tree.subscribe("a/#", &id("c1"), Qos::AtLeastOnce);
-        tree.subscribe("a/b", &id("c1"), Qos::ExactlyOnce);
-        tree.subscribe("a/+", &id("c1"), Qos::AtMostOnce);
-        assert_eq!(matched(&tree, "a/b"), vec![("c1".into(), Qos::ExactlyOnce)]);
-        assert_eq!(tree.len(), 3);
-    }
-
-    #[test]
-    fn filter_changes_are_reported_and_listed() {
-        let mut tree = SubscriptionTree::default();
-        assert!(tree.subscribe("a/#", &id("c1"), Qos::AtMostOnce).new_filter);
-        assert!(!tree.subscribe("a/#", &id("c2"), Qos::AtMostOnce).new_filter);
-        tree.subscribe("+/b", &id("c1"), Qos::AtMostOnce);
-        tree.subscribe("", &id("c1"), Qos::AtMostOnce);
-        let mut filters = tree.filters();
-        filters.sort();
-        assert_eq!(filters, vec!["", "+/b", "a/#"]);
-        assert!(!tree.unsubscribe("a/#", "c1").filter_gone);
-        assert!(tree.unsubscribe("a/#", "c2").filter_gone);
-    }
-
-    #[test]
-    fn dollar_topics_skip_leading_wildcards() {
-        let mut tree = SubscriptionTree::default();
-        tree.subscribe("#", &id("all"), Qos::AtMostOnce);
-        tree.subscribe("+/x", &id("plus"), Qos::AtMostOnce);
-        tree.subscribe("$SYS/#", &id("sys"), Qos::AtMostOnce);
-        assert_eq!(
-            matched(&tree, "$SYS/x"),
-            vec![("sys".into(), Qos::AtMostOnce)]
-        );
-        assert_eq!(matched(&tree, "a/x").len(), 2);
-    }
-
-    #[test]
-    fn unsubscribe_prunes_and_counts() {
-        let mut tree = SubscriptionTree::default();
-        tree.subscribe("a/+/c", &id("c1"), Qos::AtMostOnce);
-        assert!(!tree.unsubscribe("a/+/d", "c1").removed);
-        assert!(tree.unsubscribe("a/+/c", "c1").filter_gone);
-        assert!(tree.is_empty());
-        assert!(tree.root.is_empty());
-        assert!(matched(&tree, "a/b/c").is_empty());
-    }
-
-    #[test]
-    fn tree_agrees_with_the_reference_matcher() {
-        let filters = [
-            "#", "+", "a", "a/#", "a/+", "a/b", "+/b", "+/+/c", "a/+/#", "/", "+/", "$SYS/#",
-            "a//b",
-        ];
-        let topics = [
-            "a",
-            "a/b",
-            "a/b/c",
-            "b",
-            "/",
-            "a//b",
-            "$SYS/load",
-            "x/b",
-            "a/",
-            "",
-        ];
-        let mut tree = SubscriptionTree::default();
-        for f in filters {
-            tree.subscribe(f, &id(f), Qos::AtMostOnce);
-        }
-        for t in topics {
-            let mut expected: Vec<String> = filters
-                .iter()
-                .filter(|f| filter_matches(f, t))
-                .map(|f| f.to_string())
-                .collect();
-            expected.sort();
-            let got: Vec<String> = matched(&tree, t).into_iter().map(|(c, _)| c).collect();
-            assert_eq!(got, expected, "topic {t:?}");
-        }
-    }
-}
+mod tests;

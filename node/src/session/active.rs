@@ -1,6 +1,7 @@
 //! A connected session: the loop that reads packets, writes deliveries and
 //! watches keep-alive, and the end of the session (will, parking).
 
+use astramq_shared::log_text::untrusted;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -537,11 +538,11 @@ impl ActiveSession {
     /// (clean) the session.
     async fn finish(mut self, end: End) {
         if let End::ProtocolError(reason) = &end {
-            tracing::info!(client_id = %self.client_id, %reason, "closing connection: protocol error");
+            tracing::info!(client_id = %untrusted(&self.client_id), %reason, "closing connection: protocol error");
         }
         if let (true, Some(will)) = (end.publishes_will(), self.will.take()) {
             if let Err(error) = self.broker.publish_and_wait(will).await {
-                tracing::warn!(%error, client_id = %self.client_id, "will not published");
+                tracing::warn!(%error, client_id = %untrusted(&self.client_id), "will not published");
             }
         }
         for failed in self.owed.settle_all().await {
@@ -587,7 +588,7 @@ impl ActiveSession {
             self.broker.store.park_session(&self.owner, state).await
         };
         if let Err(error) = result {
-            tracing::warn!(%error, client_id = %self.client_id, "session state not saved");
+            tracing::warn!(%error, client_id = %untrusted(&self.client_id), "session state not saved");
         }
         // Only now may a new connection with this client id register: it
         // must find the state parked, not race the park.

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use astramq_shared::log_text::untrusted;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
@@ -18,7 +19,7 @@ use crate::message::{ClientId, Message};
 use crate::protocol::codec::{encode_connack, ConnackCode, ConnectPacket};
 use crate::protocol::{decode, Inbound, ProtocolError};
 use crate::router::topic::is_valid_topic_name;
-use crate::stats::Refusal;
+use crate::stats::{LimitReason, Refusal};
 use crate::store::ClaimRequest;
 
 /// Longest client id MQTT 3.1 (protocol level 3) allows.
@@ -43,7 +44,8 @@ pub async fn serve(
     else {
         return;
     };
-    let span = tracing::debug_span!("session", client_id = %setup.client_id, %client_addr);
+    let span =
+        tracing::debug_span!("session", client_id = %untrusted(&setup.client_id), %client_addr);
     ActiveSession::start(broker, connection, setup, shutdown)
         .instrument(span)
         .await;
@@ -64,7 +66,7 @@ async fn handshake(
     let client_id = match admit(broker, &connect) {
         Ok(id) => id,
         Err(answer) => {
-            tracing::debug!(client_id = %connect.client_id, ?answer, "connection refused");
+            tracing::debug!(client_id = %untrusted(&connect.client_id), ?answer, "connection refused");
             broker.stats.refused(match answer {
                 Some(_) => Refusal::IdentifierRejected,
                 None => Refusal::BadConnect,
@@ -112,7 +114,11 @@ async fn client_address(
 /// Reads the first packet; answers and returns `None` unless it is a
 /// well-formed CONNECT.
 async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<ConnectPacket> {
-    let frame = tokio::time::timeout(broker.limits.connect_timeout, connection.read_frame()).await;
+    let frame = tokio::time::timeout(
+        broker.limits.connect_timeout,
+        connection.read_connect_frame(),
+    )
+    .await;
     let error = match frame {
         Ok(Ok(Some((header, frame)))) => match decode(&header, &frame) {
             Ok(Inbound::Connect(connect)) => return Some(connect),
@@ -135,7 +141,7 @@ async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<Co
     };
     broker.stats.protocol_errors.inc();
     if let ProtocolError::UnsupportedProtocol { name, level } = &error {
-        tracing::debug!(%name, level, "unsupported protocol");
+        tracing::debug!(name = %untrusted(name), level, "unsupported protocol");
         broker.stats.refused(Refusal::UnsupportedProtocol);
         encode_connack(
             connection.output(),
@@ -153,11 +159,20 @@ async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<Co
 /// or the CONNACK code to refuse with (`None`: close without answering,
 /// for a protocol violation).
 fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<ConnackCode>> {
+    let limits = &broker.limits;
     if let Some(will) = &connect.will {
         if !is_valid_topic_name(&will.topic) {
             broker.stats.protocol_errors.inc();
             return Err(None);
         }
+        if let Err(limit) = limits.topics.check(&will.topic) {
+            broker.stats.limit_refused(limit.into());
+            return Err(None);
+        }
+    }
+    if connect.client_id.len() > limits.max_client_id_length {
+        broker.stats.limit_refused(LimitReason::ClientIdLength);
+        return Err(Some(ConnackCode::IdentifierRejected));
     }
     if connect.client_id.is_empty() {
         if !connect.clean_session || connect.protocol_level == 3 {
@@ -205,7 +220,7 @@ async fn establish(
     let claim = match broker.store.claim_session(&request).await {
         Ok(claim) => claim,
         Err(error) => {
-            tracing::warn!(%error, %client_id, "session not claimed: store unavailable");
+            tracing::warn!(%error, client_id = %untrusted(&client_id), "session not claimed: store unavailable");
             broker.registry.remove(&client_id, handle.connection_id);
             broker.stats.refused(Refusal::ServerUnavailable);
             encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
@@ -237,12 +252,12 @@ async fn take_over(broker: &Broker, client_id: &ClientId, handle: &SessionHandle
             Ok(()) => return true,
             Err(existing) => existing,
         };
-        tracing::debug!(%client_id, "taking over a connected session");
+        tracing::debug!(client_id = %untrusted(client_id), "taking over a connected session");
         existing.kick.notify_one();
         let mut finished = existing.finished.clone();
         let ended = tokio::time::timeout(TAKEOVER_TIMEOUT, finished.wait_for(|done| *done)).await;
         if !matches!(ended, Ok(Ok(_))) {
-            tracing::warn!(%client_id, "old session did not end; refusing the new connection");
+            tracing::warn!(client_id = %untrusted(client_id), "old session did not end; refusing the new connection");
             return false;
         }
         // The old session removes itself before it reports finished; loop in

@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use astramq_shared::log_text::untrusted;
+
 use super::acks::Settled;
 use super::active::{ActiveSession, End};
 use super::state::IncomingQos2;
@@ -13,11 +15,17 @@ use crate::cluster::Durability;
 use crate::message::{Delivery, Message, Qos};
 use crate::protocol::codec::{encode_ack, encode_suback, Ack, PublishPacket};
 use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
+use crate::stats::LimitReason;
 
 impl ActiveSession {
     pub(super) async fn on_publish(&mut self, publish: PublishPacket) -> Option<End> {
         if !is_valid_topic_name(&publish.topic) {
-            return Some(self.protocol_error(format!("invalid topic name {:?}", publish.topic)));
+            let topic = untrusted(&publish.topic);
+            return Some(self.protocol_error(format!("invalid topic name {topic:?}")));
+        }
+        if let Err(limit) = self.broker.limits.topics.check(&publish.topic) {
+            self.broker.stats.limit_refused(limit.into());
+            return Some(self.protocol_error(format!("PUBLISH {limit}")));
         }
         let stats = &self.broker.stats;
         stats.received(publish.qos, publish.payload.len());
@@ -102,7 +110,7 @@ impl ActiveSession {
         let mut granted = Vec::with_capacity(filters.len());
         let mut accepted: Vec<(String, Qos)> = Vec::with_capacity(filters.len());
         for (filter, requested) in filters {
-            if !is_valid_filter(&filter) {
+            if !is_valid_filter(&filter) || !self.within_limits(&filter) {
                 granted.push(None);
                 continue;
             }
@@ -120,9 +128,34 @@ impl ActiveSession {
         self.queue_retained(&accepted).await;
     }
 
+    /// True when this session may hold `filter`: within the topic limits
+    /// and, if new to it, within `max-subscriptions-per-client`. A refusal
+    /// is counted.
+    fn within_limits(&self, filter: &str) -> bool {
+        let limits = &self.broker.limits;
+        let refused = match limits.topics.check(filter) {
+            Err(limit) => limit.into(),
+            Ok(())
+                if !self.subscriptions.contains_key(filter)
+                    && self.subscriptions.len() >= limits.max_subscriptions_per_client =>
+            {
+                LimitReason::SubscriptionsPerClient
+            }
+            Ok(()) => return true,
+        };
+        self.broker.stats.limit_refused(refused);
+        false
+    }
+
     pub(super) async fn on_unsubscribe(&mut self, filters: Vec<String>) {
-        // An invalid filter was never subscribed: nothing to remove.
-        let valid = filters.iter().filter(|f| is_valid_filter(f));
+        // An invalid filter was never subscribed: nothing to remove. One
+        // over the topic limits cannot have been, unless the session holds it
+        // from before the limits were lowered.
+        let valid = filters.iter().filter(|f| {
+            is_valid_filter(f)
+                && (self.broker.limits.topics.check(f).is_ok()
+                    || self.subscriptions.contains_key(*f))
+        });
         self.broker
             .unsubscribe(&self.client_id, valid.map(String::as_str))
             .await;
@@ -143,7 +176,7 @@ impl ActiveSession {
             .update_subscriptions(&self.owner, added, removed)
             .await
         {
-            tracing::warn!(%error, client_id = %self.client_id, "subscription change not persisted");
+            tracing::warn!(%error, client_id = %untrusted(&self.client_id), "subscription change not persisted");
         }
     }
 

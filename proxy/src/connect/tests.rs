@@ -187,6 +187,31 @@ async fn read_connect_names_eof_and_silence() {
     assert_eq!(got, Err(Reject::Timeout));
 }
 
+/// Junk is refused on its first byte while the client keeps the socket
+/// open: the reader does not wait for more bytes or for the timeout.
+#[tokio::test]
+async fn read_connect_refuses_junk_at_once() {
+    use tokio::io::AsyncWriteExt;
+    for (junk, expected) in [
+        (&b"GET / HTTP/1.1\r\n"[..], Reject::NotConnect(b'G')),
+        (&[0xFF][..], Reject::NotConnect(0xFF)),
+        // A TLS ClientHello starts 0x16: CONNECT's type with reserved flags.
+        (
+            &[0x16, 0x03, 0x01][..],
+            Reject::Malformed("reserved fixed-header flags set"),
+        ),
+    ] {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(junk).await.unwrap();
+        let mut buf = Vec::new();
+        let started = std::time::Instant::now();
+        let got = read_connect(&mut server, &mut buf, 65536, Duration::from_secs(30)).await;
+        assert_eq!(got, Err(expected));
+        assert!(started.elapsed() < Duration::from_secs(1));
+        drop(client);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4096))]
 

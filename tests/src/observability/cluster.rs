@@ -139,7 +139,7 @@ impl Cluster {
 }
 
 /// Reads the metrics address the node printed before its readiness line.
-fn node_metrics_addr(node: &NodeProcess) -> Result<SocketAddr> {
+pub fn node_metrics_addr(node: &NodeProcess) -> Result<SocketAddr> {
     let log = node.log_tail();
     log.lines()
         .find_map(|line| line.strip_prefix(NODE_METRICS_PREFIX))

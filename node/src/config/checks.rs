@@ -1,0 +1,166 @@
+//! Start-up checks of the settings: values that would make the node
+//! misbehave later (a zero interval panics inside a timer task, a zero
+//! timeout refuses every client) are refused before anything starts, with
+//! the setting's name in the message. `main` exits with code 2 on them.
+//!
+//! Checked: every value that is given, against the smallest (and, where
+//! the protocol sets one, largest) value that makes sense. Not checked:
+//! whether addresses can be bound or Redis reached (start-up reports those).
+
+use super::{Settings, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TTL_MS};
+use crate::router::topic::MAX_TOPIC_LEN;
+
+/// Shortest client id a 3.1.1 server must accept (MQTT-3.1.3-5).
+const MIN_CLIENT_ID_LENGTH: u64 = 23;
+
+/// A setting whose value makes no sense.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{setting}: {problem}")]
+pub struct InvalidSetting {
+    /// The flag name (the TOML key), without `--`.
+    pub setting: &'static str,
+    /// What is wrong with its value.
+    pub problem: String,
+}
+
+/// Refuses `value` of `setting` unless it lies in `min..=max`.
+fn within(
+    setting: &'static str,
+    value: Option<impl TryInto<u64>>,
+    min: u64,
+    max: u64,
+) -> Result<(), InvalidSetting> {
+    let Some(value) = value else {
+        return Ok(());
+    };
+    let value: u64 = value.try_into().unwrap_or(u64::MAX);
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    let problem = if max == u64::MAX {
+        format!("{value} is too small; it must be at least {min}")
+    } else {
+        format!("{value} is out of range; it must be between {min} and {max}")
+    };
+    Err(InvalidSetting { setting, problem })
+}
+
+/// Refuses `value` of `setting` when it is below `min`.
+fn at_least(
+    setting: &'static str,
+    value: Option<impl TryInto<u64>>,
+    min: u64,
+) -> Result<(), InvalidSetting> {
+    within(setting, value, min, u64::MAX)
+}
+
+/// Checks every given setting; the first problem found is returned.
+pub fn check(s: &Settings) -> Result<(), InvalidSetting> {
+    at_least("redis-timeout-ms", s.redis_timeout_ms, 1)?;
+    at_least("stream-maxlen", s.stream_maxlen, 1)?;
+    at_least("heartbeat-interval-ms", s.heartbeat_interval_ms, 1)?;
+    at_least("heartbeat-ttl-ms", s.heartbeat_ttl_ms, 1)?;
+    let interval = s
+        .heartbeat_interval_ms
+        .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_MS);
+    let ttl = s.heartbeat_ttl_ms.unwrap_or(DEFAULT_HEARTBEAT_TTL_MS);
+    if ttl <= interval {
+        return Err(InvalidSetting {
+            setting: "heartbeat-ttl-ms",
+            problem: format!(
+                "{ttl} must be greater than heartbeat-interval-ms ({interval}), \
+                 or every node is declared dead between two heartbeats"
+            ),
+        });
+    }
+    at_least("max-packet-size", s.max_packet_size, 16)?;
+    within("max-inflight", s.max_inflight, 1, 65_535)?;
+    at_least("max-queued-messages", s.max_queued_messages, 1)?;
+    at_least("max-connections", s.max_connections, 1)?;
+    within(
+        "max-topic-length",
+        s.max_topic_length,
+        1,
+        MAX_TOPIC_LEN as u64,
+    )?;
+    at_least("max-topic-levels", s.max_topic_levels, 1)?;
+    at_least(
+        "max-client-id-length",
+        s.max_client_id_length,
+        MIN_CLIENT_ID_LENGTH,
+    )?;
+    at_least(
+        "max-subscriptions-per-client",
+        s.max_subscriptions_per_client,
+        1,
+    )?;
+    at_least("connect-timeout", s.connect_timeout, 1)?;
+    at_least("write-timeout", s.write_timeout, 1)?;
+    at_least("threads", s.threads, 1)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problem(s: Settings) -> &'static str {
+        check(&s).expect_err("refused").setting
+    }
+
+    #[test]
+    fn defaults_pass() {
+        assert_eq!(check(&Settings::default()), Ok(()));
+    }
+
+    #[test]
+    fn zero_intervals_timeouts_and_limits_are_refused() {
+        let zero = |f: fn(&mut Settings)| {
+            let mut s = Settings::default();
+            f(&mut s);
+            problem(s)
+        };
+        assert_eq!(
+            zero(|s| s.heartbeat_interval_ms = Some(0)),
+            "heartbeat-interval-ms"
+        );
+        assert_eq!(zero(|s| s.redis_timeout_ms = Some(0)), "redis-timeout-ms");
+        assert_eq!(zero(|s| s.connect_timeout = Some(0)), "connect-timeout");
+        assert_eq!(zero(|s| s.write_timeout = Some(0)), "write-timeout");
+        assert_eq!(zero(|s| s.threads = Some(0)), "threads");
+        assert_eq!(zero(|s| s.max_topic_levels = Some(0)), "max-topic-levels");
+        assert_eq!(zero(|s| s.max_topic_length = Some(0)), "max-topic-length");
+        assert_eq!(
+            zero(|s| s.max_subscriptions_per_client = Some(0)),
+            "max-subscriptions-per-client"
+        );
+        assert_eq!(
+            zero(|s| s.max_client_id_length = Some(22)),
+            "max-client-id-length"
+        );
+        assert_eq!(
+            zero(|s| s.max_topic_length = Some(65_536)),
+            "max-topic-length"
+        );
+    }
+
+    #[test]
+    fn ttl_must_exceed_the_interval() {
+        let s = Settings {
+            heartbeat_interval_ms: Some(1000),
+            heartbeat_ttl_ms: Some(1000),
+            ..Settings::default()
+        };
+        let err = check(&s).unwrap_err();
+        assert_eq!(err.setting, "heartbeat-ttl-ms");
+        assert!(err
+            .to_string()
+            .contains("greater than heartbeat-interval-ms"));
+        // The default TTL (2000) against a longer interval.
+        let s = Settings {
+            heartbeat_interval_ms: Some(5000),
+            ..Settings::default()
+        };
+        assert_eq!(problem(s), "heartbeat-ttl-ms");
+    }
+}
