@@ -65,6 +65,16 @@ impl RedisProcess {
                 "--appendfsync",
                 "everysec",
             ])
+            // Without a password Redis refuses non-loopback clients in
+            // protected mode; the extra binds exist to serve exactly those.
+            .args([
+                "--protected-mode",
+                if self.extra_binds.is_empty() {
+                    "yes"
+                } else {
+                    "no"
+                },
+            ])
             .arg("--dir")
             .arg(&self.dir)
             .stdin(Stdio::null())

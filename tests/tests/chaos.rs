@@ -10,8 +10,7 @@ use anyhow::Result;
 use astramq_tests::chaos::{self, ChaosConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acknowledged_messages_survive_kills_freezes_redis_restarts_and_partitions() -> Result<()>
-{
+async fn acknowledged_messages_survive_kills_freezes_redis_restarts_and_partitions() -> Result<()> {
     let config = ChaosConfig::short();
     println!("chaos: {config:?}");
     let report = chaos::run(&config).await?;

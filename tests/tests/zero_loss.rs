@@ -59,6 +59,16 @@ enum Withhold {
     Alternate,
 }
 
+/// When the subscriber reconnects after the kill.
+#[derive(Debug, Clone, Copy)]
+enum Resume {
+    /// Once a survivor has logged that it recovered node A: isolates the
+    /// loss from the resume-before-recovery race.
+    AfterRecovery,
+    /// At once, retrying until node B accepts (as a real client would).
+    AtOnce,
+}
+
 /// One run of the bug's recipe.
 struct Scenario {
     /// Node the publisher connects to: 0 is the subscriber's node A.
@@ -66,6 +76,7 @@ struct Scenario {
     /// QoS of the publish and of the subscription.
     qos: u8,
     withhold: Withhold,
+    resume: Resume,
 }
 
 /// The subscriber, across its two connections.
@@ -87,6 +98,7 @@ async fn qos1_acknowledged_messages_survive_the_subscriber_node_dying_publisher_
         publisher_node: 0,
         qos: 1,
         withhold: Withhold::FirstAck,
+        resume: Resume::AfterRecovery,
     })
     .await
 }
@@ -98,6 +110,7 @@ async fn qos1_acknowledged_messages_survive_the_subscriber_node_dying_publisher_
         publisher_node: 2,
         qos: 1,
         withhold: Withhold::FirstAck,
+        resume: Resume::AfterRecovery,
     })
     .await
 }
@@ -109,6 +122,7 @@ async fn qos2_messages_arrive_once_when_pubrec_was_withheld_publisher_on_other_n
         publisher_node: 2,
         qos: 2,
         withhold: Withhold::FirstAck,
+        resume: Resume::AfterRecovery,
     })
     .await
 }
@@ -120,6 +134,7 @@ async fn qos2_messages_arrive_once_when_pubcomp_was_withheld_publisher_on_same_n
         publisher_node: 0,
         qos: 2,
         withhold: Withhold::Pubcomp,
+        resume: Resume::AfterRecovery,
     })
     .await
 }
@@ -131,6 +146,19 @@ async fn qos2_messages_arrive_once_with_acks_withheld_at_mixed_stages_publisher_
         publisher_node: 2,
         qos: 2,
         withhold: Withhold::Alternate,
+        resume: Resume::AfterRecovery,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_acknowledged_messages_survive_an_immediate_resume_publisher_on_other_node(
+) -> Result<()> {
+    run(Scenario {
+        publisher_node: 2,
+        qos: 1,
+        withhold: Withhold::FirstAck,
+        resume: Resume::AtOnce,
     })
     .await
 }
@@ -160,13 +188,14 @@ async fn run(scenario: Scenario) -> Result<()> {
     cluster.kill(0)?;
     drop(sub_conn);
     drop(publisher);
-    // Reconnecting only after a survivor has recovered the dead node keeps
-    // this test about the loss, not about the resume-before-recovery race.
-    let recovered = cluster.wait_for_recovery_of(&dead, FAILOVER).await;
+    let recovered = match scenario.resume {
+        Resume::AfterRecovery => cluster.wait_for_recovery_of(&dead, FAILOVER).await.is_ok(),
+        Resume::AtOnce => false,
+    };
     let mut resumed = subscriber.resume(cluster.node_addr(1)?).await?;
     subscriber.collect_acking(&mut resumed, &acked).await?;
 
-    subscriber.judge(&scenario, &acked, recovered.is_ok())
+    subscriber.judge(&scenario, &acked, recovered)
 }
 
 impl Subscriber {
@@ -297,12 +326,13 @@ impl Subscriber {
     fn judge(&self, scenario: &Scenario, acked: &BTreeSet<u64>, recovered: bool) -> Result<()> {
         let before: BTreeSet<u64> = self.before_kill.keys().copied().collect();
         let context = format!(
-            "[QoS {} publisher on node {}, withheld {:?}] {} of {MESSAGES} publishes acknowledged; \
-             before the kill the subscriber received {} (seq {}) without completing them; \
-             survivor logged recovery of node A: {recovered}",
+            "[QoS {} publisher on node {}, withheld {:?}, resumed {:?}] {} of {MESSAGES} publishes \
+             acknowledged; before the kill the subscriber received {} (seq {}) without completing \
+             them; survivor logged recovery of node A before the resume: {recovered}",
             scenario.qos,
             ["A", "B", "C"][scenario.publisher_node],
             scenario.withhold,
+            scenario.resume,
             acked.len(),
             before.len(),
             ranges(&before),
@@ -332,7 +362,8 @@ impl Subscriber {
 /// Connects the publisher and sends QoS 0 probes until the subscriber sees
 /// one: its subscription has reached the publisher's node.
 async fn await_route(addr: SocketAddr, topic: &str, sub: &mut RawClient) -> Result<RawClient> {
-    let (mut publisher, _) = RawClient::connected(addr, &Connect::new(&unique_id("zl-pub"))).await?;
+    let (mut publisher, _) =
+        RawClient::connected(addr, &Connect::new(&unique_id("zl-pub"))).await?;
     within_for(
         FAILOVER,
         "the subscription to reach the publisher's node",
@@ -360,7 +391,11 @@ async fn publish_all(publisher: &mut RawClient, topic: &str, qos: u8) -> Result<
     let mut bytes = Vec::new();
     for seq in 1..=MESSAGES {
         let id = u16::try_from(seq).context("packet id")?;
-        bytes.extend(Publish::new(topic, qos, seq.to_string().as_bytes()).with_packet_id(id).encode());
+        bytes.extend(
+            Publish::new(topic, qos, seq.to_string().as_bytes())
+                .with_packet_id(id)
+                .encode(),
+        );
     }
     publisher.send(&bytes).await?;
     let mut acked = BTreeSet::new();

@@ -18,7 +18,9 @@ pub type SharedLedger = Arc<Mutex<Ledger>>;
 /// Locks the ledger; a poisoned lock (a panicked task) still yields it, the
 /// data being plain records.
 pub fn lock(ledger: &SharedLedger) -> MutexGuard<'_, Ledger> {
-    ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    ledger
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What one publisher got acknowledged.
@@ -207,7 +209,13 @@ pub fn ranges(numbers: &BTreeSet<u64>) -> String {
     let shown: Vec<String> = spans
         .iter()
         .take(20)
-        .map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}..{b}") })
+        .map(|&(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}..{b}")
+            }
+        })
         .collect();
     let mut text = shown.join(", ");
     if spans.len() > 20 {

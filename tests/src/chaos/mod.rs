@@ -139,9 +139,7 @@ impl ChaosConfig {
         let mut config = Self::short();
         let mut args = args.into_iter();
         while let Some(flag) = args.next() {
-            let value = args
-                .next()
-                .ok_or_else(|| anyhow!("{flag} needs a value"))?;
+            let value = args.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
             let number: u64 = value
                 .parse()
                 .with_context(|| format!("{flag} {value}: not a number"))?;
@@ -201,7 +199,9 @@ pub async fn run(config: &ChaosConfig) -> Result<Report> {
     cluster.collect_panics();
     cluster.sample_rss();
     for node in &cluster.nodes {
-        report.nodes.push((node.id.clone(), node.peak_rss_kib, node.incarnations));
+        report
+            .nodes
+            .push((node.id.clone(), node.peak_rss_kib, node.incarnations));
         for line in &node.panics {
             report.panics.push((node.id.clone(), line.clone()));
         }
@@ -232,7 +232,14 @@ async fn run_faults(
         sleep_sampling(cluster, due).await;
         match faults::inject(cluster, kind, &subscribers, rng).await {
             Ok(fault) => {
-                println!("chaos: {:>5.1}s {} on {:?}, out {:.1?}, affected {:?}", phase_start.elapsed().as_secs_f64(), kind, fault.node, fault.outage, fault.affected);
+                println!(
+                    "chaos: {:>5.1}s {} on {:?}, out {:.1?}, affected {:?}",
+                    phase_start.elapsed().as_secs_f64(),
+                    kind,
+                    fault.node,
+                    fault.outage,
+                    fault.affected
+                );
                 report.faults.push(fault);
             }
             Err(e) => report.notes.push(format!("{kind} failed to inject: {e:#}")),
@@ -271,7 +278,10 @@ impl Workload {
             let topic = format!("chaos/{run_tag}/q{qos}/t{n}");
             for slow in [false, true] {
                 let spec = SubscriberSpec {
-                    client_id: format!("sub-t{n}-q{qos}-{}-{run_tag}", if slow { "slow" } else { "fast" }),
+                    client_id: format!(
+                        "sub-t{n}-q{qos}-{}-{run_tag}",
+                        if slow { "slow" } else { "fast" }
+                    ),
                     topic: topic.clone(),
                     qos,
                     slow,

@@ -41,7 +41,9 @@ impl NetnsLink {
         match Self::create() {
             Ok(link) => Some(link),
             Err(e) => {
-                println!("chaos: partition fault skipped: cannot create a network namespace: {e:#}");
+                println!(
+                    "chaos: partition fault skipped: cannot create a network namespace: {e:#}"
+                );
                 None
             }
         }
@@ -94,7 +96,14 @@ impl NetnsLink {
     pub fn set_up(&self, up: bool) -> Result<()> {
         let state = if up { "up" } else { "down" };
         ip(&[
-            "netns", "exec", &self.name, "ip", "link", "set", &self.ns_if, state,
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "link",
+            "set",
+            &self.ns_if,
+            state,
         ])
     }
 }

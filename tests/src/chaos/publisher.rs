@@ -74,13 +74,13 @@ async fn publish_on_one_connection(
         let seq = *next_seq;
         *next_seq += 1;
         lock(ledger).publisher(&spec.topic, spec.qos).sent += 1;
-        if publish(&mut conn, &spec.topic, spec.qos, seq, false).await? {
-            lock(ledger)
-                .publisher(&spec.topic, spec.qos)
-                .acked
-                .insert(seq);
-        }
-        if seq % spec.retain_every == 0 && publish(&mut conn, &spec.retained_topic, 1, seq, true).await? {
+        publish(&mut conn, &spec.topic, spec.qos, seq, false).await?;
+        lock(ledger)
+            .publisher(&spec.topic, spec.qos)
+            .acked
+            .insert(seq);
+        if seq.is_multiple_of(spec.retain_every) {
+            publish(&mut conn, &spec.retained_topic, 1, seq, true).await?;
             let mut ledger = lock(ledger);
             let last = ledger
                 .retained_acked
@@ -95,9 +95,9 @@ async fn publish_on_one_connection(
 }
 
 /// Sends one message with payload `seq` and completes its exchange.
-/// Returns `true` once it is acknowledged; fails (so the caller
-/// reconnects) if it is not.
-async fn publish(conn: &mut RawClient, topic: &str, qos: u8, seq: u64, retain: bool) -> Result<bool> {
+/// Returns once it is acknowledged; fails (so the caller reconnects) if it
+/// is not.
+async fn publish(conn: &mut RawClient, topic: &str, qos: u8, seq: u64, retain: bool) -> Result<()> {
     let id = packet_id(seq);
     let mut message = Publish::new(topic, qos, seq.to_string().as_bytes()).with_packet_id(id);
     if retain {
@@ -114,7 +114,7 @@ async fn publish(conn: &mut RawClient, topic: &str, qos: u8, seq: u64, retain: b
         // PUBCOMP never comes; a dead connection shows on the next publish.
         await_ack(conn, kind::PUBCOMP, id).await?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Waits up to [`ACK_LIMIT`] for an acknowledgement of type `ack_kind` for

@@ -29,16 +29,23 @@ const RETAINED_QUIET: Duration = Duration::from_secs(1);
 /// One subscriber's line of the summary.
 #[derive(Debug, Clone)]
 pub struct SubscriberLine {
+    /// Its fixed client id.
     pub client_id: String,
+    /// Subscription QoS.
     pub qos: u8,
+    /// Whether it stalled its acks (full in-flight window).
     pub slow: bool,
     /// "sub@n1 pub@n2" at the start of the run.
     pub placement: String,
     /// Whether it started on its publisher's node.
     pub shares_publisher_node: bool,
+    /// Acknowledged vs received.
     pub verdict: Verdict,
+    /// Connections it opened over the run.
     pub connections: usize,
+    /// Reconnects that found no session.
     pub sessions_lost: u32,
+    /// Messages on topics it did not subscribe to.
     pub foreign: usize,
 }
 
@@ -54,16 +61,21 @@ pub struct RetainedCheck {
 /// Everything a run found.
 #[derive(Debug, Clone, Default)]
 pub struct Report {
+    /// Seed of the fault schedule (`--seed` repeats it).
     pub seed: u64,
+    /// Wall time of the whole run, startup included.
     pub wall: Duration,
+    /// One line per subscriber.
     pub subscribers: Vec<SubscriberLine>,
     /// (topic, QoS, sent, acknowledged, connections) per publisher.
     pub publishers: Vec<(String, u8, u64, usize, u32)>,
+    /// Every fault, in order.
     pub faults: Vec<InjectedFault>,
     /// Kill / freeze / partition to first delivery to an affected subscriber.
     pub failover: Vec<Duration>,
     /// Affected subscribers that got nothing after their fault.
     pub failover_unmeasured: usize,
+    /// Retained state per node.
     pub retained: RetainedCheck,
     /// (node id, panic line).
     pub panics: Vec<(String, String)>,
@@ -105,7 +117,11 @@ impl Report {
     }
 
     fn measure_failover(&mut self, ledger: &Ledger) {
-        for fault in self.faults.iter().filter(|f| f.kind != FaultKind::RedisRestart) {
+        for fault in self
+            .faults
+            .iter()
+            .filter(|f| f.kind != FaultKind::RedisRestart)
+        {
             for id in &fault.affected {
                 let Some(sub) = ledger.subscribers.get(id) else {
                     continue;
@@ -130,7 +146,12 @@ impl Report {
         let mut found = Vec::new();
         for s in &self.subscribers {
             if !s.verdict.missing.is_empty() {
-                found.push(format!("{} (QoS {}): {}", s.client_id, s.qos, s.verdict.describe()));
+                found.push(format!(
+                    "{} (QoS {}): {}",
+                    s.client_id,
+                    s.qos,
+                    s.verdict.describe()
+                ));
             }
             if s.qos == 2 && s.verdict.duplicates > 0 {
                 found.push(format!(
@@ -167,17 +188,20 @@ impl Report {
             return Ok(());
         }
         bail!(
-            "{} guarantee(s) broken:\n  {}\n{}",
+            "{} guarantee(s) broken (summary above):\n  {}",
             violations.len(),
-            violations.join("\n  "),
-            self.summary()
+            violations.join("\n  ")
         )
     }
 
     /// The summary block, ready to paste into a closing note.
     pub fn summary(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "=== AstraMQ chaos run (seed {}, {:.0?}) ===", self.seed, self.wall);
+        let _ = writeln!(
+            out,
+            "=== AstraMQ chaos run (seed {}, {:.0?}) ===",
+            self.seed, self.wall
+        );
         self.write_faults(&mut out);
         self.write_publishers(&mut out);
         self.write_subscribers(&mut out);
@@ -211,7 +235,10 @@ impl Report {
     }
 
     fn write_publishers(&self, out: &mut String) {
-        let _ = writeln!(out, "publishers (topic, QoS, sent, acknowledged, connections):");
+        let _ = writeln!(
+            out,
+            "publishers (topic, QoS, sent, acknowledged, connections):"
+        );
         for (topic, qos, sent, acked, conns) in &self.publishers {
             let _ = writeln!(out, "  {topic:<40} q{qos} {sent:>6} {acked:>6} {conns:>4}");
         }
@@ -235,7 +262,11 @@ impl Report {
                 s.sessions_lost
             );
         }
-        let shared = self.subscribers.iter().filter(|s| s.shares_publisher_node).count();
+        let shared = self
+            .subscribers
+            .iter()
+            .filter(|s| s.shares_publisher_node)
+            .count();
         let _ = writeln!(
             out,
             "  placement: {shared} of {} subscribers started on their publisher's node",
@@ -248,14 +279,20 @@ impl Report {
             .subscribers
             .iter()
             .filter(|s| s.qos == 1)
-            .fold((0, 0), |(n, d), s| (n + s.verdict.received, d + s.verdict.duplicates));
+            .fold((0, 0), |(n, d), s| {
+                (n + s.verdict.received, d + s.verdict.duplicates)
+            });
         let q2_dups: u64 = self
             .subscribers
             .iter()
             .filter(|s| s.qos == 2)
             .map(|s| s.verdict.duplicates)
             .sum();
-        let lost: usize = self.subscribers.iter().map(|s| s.verdict.missing.len()).sum();
+        let lost: usize = self
+            .subscribers
+            .iter()
+            .map(|s| s.verdict.missing.len())
+            .sum();
         let ratio = if q1_first == 0 {
             0.0
         } else {
@@ -303,7 +340,10 @@ impl RetainedCheck {
     fn violations(&self) -> Vec<String> {
         let mut found = Vec::new();
         if !self.identical() {
-            found.push(format!("retained state differs between nodes: {:?}", self.per_node));
+            found.push(format!(
+                "retained state differs between nodes: {:?}",
+                self.per_node
+            ));
         }
         for (node, view) in &self.per_node {
             for (topic, acked) in &self.acked {
@@ -342,7 +382,9 @@ pub async fn read_retained(addr: SocketAddr, filter: &str) -> Result<BTreeMap<St
 
 /// "sub@n1 pub@n1" names one node twice.
 fn shares_node(placement: &str) -> bool {
-    let mut nodes = placement.split(' ').filter_map(|p| p.split_once('@').map(|(_, n)| n));
+    let mut nodes = placement
+        .split(' ')
+        .filter_map(|p| p.split_once('@').map(|(_, n)| n));
     matches!((nodes.next(), nodes.next()), (Some(a), Some(b)) if a == b && a != "?")
 }
 
