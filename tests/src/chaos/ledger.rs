@@ -130,6 +130,16 @@ impl Ledger {
             .max()
     }
 
+    /// Whether every subscriber has received every acknowledged message
+    /// of its topic (the drain can end early).
+    pub fn nothing_missing(&self) -> bool {
+        self.subscribers.values().all(|sub| {
+            self.publishers
+                .get(&sub.topic)
+                .is_none_or(|p| p.acked.iter().all(|seq| sub.deliveries.contains_key(seq)))
+        })
+    }
+
     /// A publisher's record, created on first use.
     pub fn publisher(&mut self, topic: &str, qos: u8) -> &mut PublisherRecord {
         let record = self.publishers.entry(topic.to_owned()).or_default();

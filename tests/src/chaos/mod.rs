@@ -111,6 +111,9 @@ const RETAINED_FILTER: &str = "chaos/retained/#";
 /// Subscribers quiet this long are drained.
 const DRAIN_QUIET: Duration = Duration::from_secs(4);
 
+/// A drain with messages still missing lasts at least this long.
+const DRAIN_MIN: Duration = Duration::from_secs(12);
+
 /// How long every subscriber may take to connect first.
 const FIRST_CONNECT: Duration = Duration::from_secs(20);
 
@@ -335,6 +338,21 @@ impl Workload {
         bail!("not every subscriber connected within {FIRST_CONNECT:?}")
     }
 
+    /// Whether the drain begun at `started` is over: nothing is missing,
+    /// or something is but subscribers have been silent for
+    /// [`DRAIN_QUIET`] and late redeliveries (reconnects after the last
+    /// fault, recovery of a dead node) have had [`DRAIN_MIN`].
+    fn drained(&self, started: Instant) -> bool {
+        let ledger = lock(&self.ledger);
+        if ledger.nothing_missing() {
+            return true;
+        }
+        let silent = ledger
+            .last_delivery()
+            .is_none_or(|t| t.elapsed() >= DRAIN_QUIET);
+        silent && started.elapsed() >= DRAIN_MIN
+    }
+
     /// Stops the publishers, waits until subscribers are quiet (bounded),
     /// stops them. Returns whether they went quiet in time.
     async fn drain(&mut self, limit: Duration) -> bool {
@@ -342,11 +360,10 @@ impl Workload {
         for task in self.publisher_tasks.drain(..) {
             let _ = task.await;
         }
-        let deadline = Instant::now() + limit;
+        let started = Instant::now();
         let mut quiet = false;
-        while Instant::now() < deadline {
-            let last = lock(&self.ledger).last_delivery();
-            if last.is_none_or(|t| t.elapsed() >= DRAIN_QUIET) {
+        while started.elapsed() < limit {
+            if self.drained(started) {
                 quiet = true;
                 break;
             }
