@@ -62,15 +62,22 @@ pub fn workspace_root() -> PathBuf {
 
 /// The target profile directory (`target/debug`) this test binary runs from.
 ///
-/// Test executables live in `<target>/<profile>/deps/`, so walking up from
-/// the running executable finds the right directory even when the target
-/// dir was moved with `CARGO_TARGET_DIR` or the run used `--release`.
+/// Test executables live in `<target>/<profile>/deps/` and this crate's own
+/// binaries (`chaos`) in `<target>/<profile>/`, so walking up from the
+/// running executable finds the right directory even when the target dir
+/// was moved with `CARGO_TARGET_DIR` or the run used `--release`.
 fn profile_dir() -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the test executable")?;
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .ok_or_else(|| anyhow!("unexpected test executable path {}", exe.display()))
+    let dir = exe
+        .parent()
+        .ok_or_else(|| anyhow!("unexpected test executable path {}", exe.display()))?;
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        return dir
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| anyhow!("unexpected test executable path {}", exe.display()));
+    }
+    Ok(dir.to_path_buf())
 }
 
 /// Runs `cargo build -q -p astramq-node -p astramq-proxy` in the workspace.

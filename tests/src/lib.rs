@@ -17,10 +17,13 @@
 //!   library cannot express (malformed input, withheld acks, duplicates).
 //! - [`proxy`]: [`proxy::ProxyProcess`], the same for `astramq-proxy`.
 //! - [`redis`]: [`RedisProcess`], a private `redis-server` for cluster tests.
+//! - [`chaos`]: a fault-injecting cluster harness (kill, freeze, Redis
+//!   restart, partition) with a workload and a zero-loss checker.
 //! - [`client`]: [`TestClient`], a wrapper around the independent `rumqttc`
 //!   client that turns its event loop into awaitable, bounded steps.
 
 pub mod binary;
+pub mod chaos;
 pub mod client;
 pub mod node;
 pub mod observability;

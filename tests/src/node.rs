@@ -59,9 +59,36 @@ impl NodeProcess {
     /// under the same id) and extra flags.
     pub fn start_named(node_id: &str, flags: &[(&str, &str)]) -> Result<Self> {
         let binary = node_binary()?;
-        let mut command = Command::new(&binary);
+        Self::spawn(Command::new(&binary), "127.0.0.1:0", node_id, flags)
+    }
+
+    /// Starts a node inside the network namespace `netns` (via `ip netns
+    /// exec`, which execs the node, so [`NodeProcess::pid`] is the node's),
+    /// listening on `listen_ip` there. Chaos tests partition such a node by
+    /// taking its namespace's link down.
+    pub fn start_in_netns(
+        netns: &str,
+        listen_ip: std::net::IpAddr,
+        node_id: &str,
+        flags: &[(&str, &str)],
+    ) -> Result<Self> {
+        let binary = node_binary()?;
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", netns]).arg(&binary);
+        let listen = SocketAddr::new(listen_ip, 0).to_string();
+        Self::spawn(command, &listen, node_id, flags)
+    }
+
+    /// Spawns `command` (the node binary, perhaps behind a launcher) with
+    /// the harness's fixed flags and `flags`, and waits for readiness.
+    fn spawn(
+        mut command: Command,
+        listen: &str,
+        node_id: &str,
+        flags: &[(&str, &str)],
+    ) -> Result<Self> {
         command
-            .args(["--listen", "127.0.0.1:0", "--node-id", node_id])
+            .args(["--listen", listen, "--node-id", node_id])
             // Plain log lines: they end up in failure reports, not a terminal.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -73,7 +100,7 @@ impl NodeProcess {
         clear_node_environment(&mut command);
         let child = command
             .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
+            .with_context(|| format!("spawning {:?}", command.get_program()))?;
         Self::wait_until_ready(child)
     }
 
@@ -165,6 +192,12 @@ impl NodeProcess {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// All of the node's output still kept (the last 64–128 KiB), for
+    /// checks that scan the log, such as "no panic".
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// The tail of the node's stdout and stderr, for failure messages.

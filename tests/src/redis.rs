@@ -6,7 +6,7 @@
 //! everysec` does in production).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,11 +24,20 @@ pub struct RedisProcess {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Addresses besides 127.0.0.1 the server listens on (a chaos test's
+    /// network-namespace link), kept for restarts.
+    extra_binds: Vec<IpAddr>,
 }
 
 impl RedisProcess {
     /// Starts a server on a free loopback port.
     pub fn start() -> Result<Self> {
+        Self::start_bound(&[])
+    }
+
+    /// Starts a server on a free port of 127.0.0.1 and of each of
+    /// `extra_binds` (local addresses that must already exist).
+    pub fn start_bound(extra_binds: &[IpAddr]) -> Result<Self> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(unique_id("astramq-redis"));
         std::fs::create_dir_all(&dir).context("creating the Redis data directory")?;
@@ -36,14 +45,18 @@ impl RedisProcess {
             child: None,
             port,
             dir,
+            extra_binds: extra_binds.to_vec(),
         };
         redis.spawn()?;
         Ok(redis)
     }
 
     fn spawn(&mut self) -> Result<()> {
+        let mut binds = vec!["127.0.0.1".to_owned()];
+        binds.extend(self.extra_binds.iter().map(ToString::to_string));
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--port", &self.port.to_string(), "--bind"])
+            .args(&binds)
             .args([
                 "--save",
                 "",
@@ -51,6 +64,16 @@ impl RedisProcess {
                 "yes",
                 "--appendfsync",
                 "everysec",
+            ])
+            // Without a password Redis refuses non-loopback clients in
+            // protected mode; the extra binds exist to serve exactly those.
+            .args([
+                "--protected-mode",
+                if self.extra_binds.is_empty() {
+                    "yes"
+                } else {
+                    "no"
+                },
             ])
             .arg("--dir")
             .arg(&self.dir)
@@ -85,6 +108,20 @@ impl RedisProcess {
     pub fn restart(&mut self) -> Result<()> {
         self.stop()?;
         self.spawn()
+    }
+
+    /// Starts a server stopped by [`RedisProcess::stop`] again, on the same
+    /// port with the same data (a no-op while it runs).
+    pub fn resume(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        self.spawn()
+    }
+
+    /// The port, for URLs on the extra bind addresses.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Runs one command with `redis-cli` and returns its output.

@@ -455,8 +455,12 @@ impl RawPacket {
 
 impl fmt::Debug for RawPacket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Ok(publish) = self.publish() {
-            return publish.fmt(f);
+        // Only a PUBLISH is decoded: `publish()` on another kind fails with
+        // a message that formats this packet, which would recurse.
+        if self.kind() == kind::PUBLISH {
+            if let Ok(publish) = self.publish() {
+                return publish.fmt(f);
+            }
         }
         write!(
             f,
@@ -500,6 +504,13 @@ mod tests {
         let (packet, used) = RawPacket::parse(&bytes).unwrap().unwrap();
         assert_eq!(used, bytes.len());
         assert_eq!(packet.publish().unwrap(), sent);
+    }
+
+    #[test]
+    fn a_non_publish_formats_without_recursing() {
+        let (pingresp, _) = RawPacket::parse(&[0xD0, 0x00]).unwrap().unwrap();
+        assert!(pingresp.publish().is_err());
+        assert!(format!("{pingresp:?}").contains("type=13"));
     }
 
     #[test]
