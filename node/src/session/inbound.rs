@@ -55,7 +55,11 @@ impl ActiveSession {
                 // fan-out: run it again under the same publish id, which
                 // every queue and node that has it refuses.
                 Some(IncomingQos2 { publish_id, .. }) => message.publish_id = publish_id.clone(),
-                None if self.durable => message.publish_id = Some(self.broker.new_publish_id()),
+                // Every QoS 2 publish in a cluster gets an id, so a node that
+                // re-reads an inbox entry (after a death) cannot queue it twice.
+                None if self.broker.cluster.is_some() => {
+                    message.publish_id = Some(self.broker.new_publish_id())
+                }
                 None => {}
             }
             if self.durable {
