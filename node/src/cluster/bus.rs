@@ -308,9 +308,10 @@ impl Forwarder {
             }
             let mut retry: Vec<(usize, Vec<ClientId>)> = Vec::new();
             for &i in &pending {
-                let nodes = cluster
-                    .routes
-                    .remote_nodes(&batch[i].message.topic, &cluster.node_id);
+                // This node included: it may be the one that adopted the
+                // sessions, and its own inbox reader then queues for them
+                // (a QoS 2 copy it queued already is refused by publish id).
+                let nodes = cluster.routes.remote_nodes(&batch[i].message.topic, "");
                 let nodes: Vec<ClientId> = nodes
                     .into_iter()
                     .filter(|n| !excluded.contains(n))

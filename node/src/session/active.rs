@@ -155,8 +155,8 @@ pub struct ActiveSession {
     pub(super) released_qos2: Vec<u16>,
     /// Entries acknowledged lately (see [`RecentlyAcknowledged`]).
     pub(super) acknowledged: RecentlyAcknowledged,
-    /// Queue entries the claim handed over, until the late drain: the same
-    /// entries may also have been posted to the mailbox meanwhile.
+    /// Queue entries the claim handed over, until the mailbox is first
+    /// read: the same entries may also have been posted to it meanwhile.
     pub(super) restored: HashSet<QueueId>,
     /// Deliveries taken from the mailbox (or resumed) but not yet sent
     /// because the in-flight window is full.
@@ -354,7 +354,6 @@ impl ActiveSession {
                     }
                     if late_drain.is_some_and(|at| now >= at) {
                         late_drain = None;
-                        self.restored.clear();
                         Box::pin(self.drain_stragglers()).await;
                     }
                     timer.as_mut().reset(next_due(last_read, keep_alive, late_drain));
@@ -470,9 +469,8 @@ impl ActiveSession {
         let Some(queued) = entry.delivery.queued else {
             return;
         };
-        if entry.delivery.qos == Qos::ExactlyOnce {
-            self.progress.completed.push(entry.packet_id);
-        }
+        // Its in-flight record (QoS 2 stages, or a parked QoS 1 id) is done.
+        self.progress.completed.push(entry.packet_id);
         self.acknowledged.insert(queued.clone());
         self.progress.acknowledged.push(queued);
     }

@@ -19,7 +19,8 @@ impl ActiveSession {
                 if !self.restored.is_empty() {
                     // Posted between this connection's registration and its
                     // claim, so also read back from the queue by the claim.
-                    let restored = &self.restored;
+                    // All such posts are in this first take: forget the set.
+                    let restored = std::mem::take(&mut self.restored);
                     self.pending
                         .retain(|d| d.queued.as_ref().is_none_or(|id| !restored.contains(id)));
                 }

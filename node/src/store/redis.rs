@@ -115,6 +115,18 @@ impl RedisStore {
                 crate::cluster::bus::send_release(&mut con, &owner, client_id).await?;
                 told = Some(owner.clone());
             }
+            // An owner without a heartbeat is dead or cut off: it cannot
+            // park, and need not: everything the session has not had
+            // acknowledged is in Redis already, and the old owner's writes
+            // are fenced by the epoch this claim takes.
+            let alive: bool = redis::cmd("EXISTS")
+                .arg(keys::node_alive(&owner))
+                .query_async(&mut con)
+                .await?;
+            if !alive {
+                tracing::debug!(%client_id, %owner, "owner has no heartbeat; claiming without waiting");
+                return Ok(());
+            }
             if connected.as_deref() != Some("1") {
                 return Ok(());
             }

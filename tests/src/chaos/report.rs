@@ -73,6 +73,8 @@ pub struct Report {
     pub faults: Vec<InjectedFault>,
     /// Kill / freeze / partition to first delivery to an affected subscriber.
     pub failover: Vec<Duration>,
+    /// The same times by the kind of fault that caused them.
+    pub failover_by_kind: BTreeMap<FaultKind, Vec<Duration>>,
     /// Affected subscribers that got nothing after their fault.
     pub failover_unmeasured: usize,
     /// Retained state per node.
@@ -133,12 +135,19 @@ impl Report {
                     .find_map(|c| c.first_delivery);
                 let any_later = sub.delivery_times.iter().find(|t| **t > fault.at).copied();
                 match on_new_connection.or(any_later) {
-                    Some(served) => self.failover.push(served - fault.at),
+                    Some(served) => {
+                        self.failover.push(served - fault.at);
+                        let by_kind = self.failover_by_kind.entry(fault.kind).or_default();
+                        by_kind.push(served - fault.at);
+                    }
                     None => self.failover_unmeasured += 1,
                 }
             }
         }
         self.failover.sort();
+        self.failover_by_kind
+            .values_mut()
+            .for_each(|times| times.sort());
     }
 
     /// Every broken guarantee, one line each.
@@ -312,6 +321,15 @@ impl Report {
             percentile(&self.failover, 50),
             percentile(&self.failover, 99)
         );
+        for (kind, times) in &self.failover_by_kind {
+            let _ = writeln!(
+                out,
+                "  after {kind:?}: {} measured, p50 {} p99 {}",
+                times.len(),
+                percentile(times, 50),
+                percentile(times, 99)
+            );
+        }
         let _ = writeln!(
             out,
             "retained state identical on every node: {} ({} topics)",
