@@ -25,12 +25,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use std::time::Instant;
 
 use crate::cluster::bus::{Qos2Origin, QueueTarget};
-use crate::cluster::{Cluster, Durability};
+use crate::cluster::{Cluster, Durability, LocalNode};
 use crate::config::Limits;
 use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::registry::mailbox::Refused;
+use crate::registry::{Kick, Registry};
 use crate::router::SubscriptionTree;
-use crate::session::mailbox::Refused;
-use crate::session::registry::{Kick, Registry};
 use crate::stats::{DropReason, Stats};
 use crate::store::{QueueOutcome, Store};
 
@@ -43,24 +43,24 @@ pub struct PublishError(&'static str);
 /// Everything sessions on this node share.
 pub struct Broker {
     /// This node's id, for logs and assigned client ids.
-    pub node_id: Arc<str>,
+    node_id: Arc<str>,
     /// Bounds applied to every connection.
-    pub limits: Limits,
+    limits: Limits,
     /// Connected sessions by client id.
-    pub registry: Registry,
+    registry: Registry,
     /// Subscriptions of this node's sessions (online and offline).
     router: RwLock<SubscriptionTree>,
     /// Filters of persistent sessions this node owns while their clients
     /// are away, so they can be removed if another node claims the session.
     offline_sessions: Mutex<HashMap<ClientId, Vec<String>>>,
     /// Sessions, retained messages and offline queues.
-    pub store: Arc<dyn Store>,
+    store: Arc<dyn Store>,
     /// The cluster this node belongs to, if any.
-    pub cluster: Option<Arc<Cluster>>,
+    cluster: Option<Arc<Cluster>>,
     /// Counters for `$SYS` and metrics.
-    pub stats: Stats,
+    stats: Stats,
     /// When the node started, for `$SYS/broker/uptime`.
-    pub started: Instant,
+    started: Instant,
     /// Source of unique connection ids and assigned client ids.
     next_id: AtomicU64,
     /// Tells QoS 2 publish ids apart across restarts of this node.
@@ -135,6 +135,41 @@ impl Broker {
     /// A cluster-unique id for a QoS 2 publish (see `Message::publish_id`).
     pub fn new_publish_id(&self) -> Arc<str> {
         format!("{}-{}-{}", self.node_id, self.incarnation, self.unique_id()).into()
+    }
+
+    /// This node's id, for logs and assigned client ids.
+    pub fn node_id(&self) -> &Arc<str> {
+        &self.node_id
+    }
+
+    /// Bounds applied to every connection.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Connected sessions by client id.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Sessions, retained messages and offline queues.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The cluster this node belongs to, if any.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// Counters for `$SYS` and metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// When the node started, for `$SYS/broker/uptime`.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// A number never handed out before by this node.
@@ -318,13 +353,6 @@ impl Broker {
         }
     }
 
-    /// Routes a message another node forwarded to local sessions only
-    /// (never forwarded again). Returns what must be queued in Redis before
-    /// it is posted: the inbox entry may be trimmed only after that.
-    pub fn deliver_from_cluster(&self, message: &Arc<Message>) -> Vec<QueueTarget> {
-        self.route(message).queue
-    }
-
     /// Posts deliveries that live in memory; returns those that must be
     /// written first (cluster: QoS 1/2 to persistent sessions; embedded
     /// store: offline sessions).
@@ -411,5 +439,168 @@ impl Broker {
                 Err(PublishError("offline queue unavailable"))
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl LocalNode for Broker {
+    async fn release_session(&self, client_id: &ClientId) {
+        Broker::release_session(self, client_id).await
+    }
+
+    fn drain_session(&self, client_id: &ClientId) {
+        Broker::drain_session(self, client_id)
+    }
+
+    fn deliver_from_cluster(&self, message: &Arc<Message>) -> Vec<QueueTarget> {
+        self.route(message).queue
+    }
+
+    async fn publish_will(&self, will: Arc<Message>) {
+        if let Err(error) = self.publish_and_wait(will).await {
+            tracing::warn!(%error, "will of a dead node's client not published");
+        }
+    }
+
+    async fn adopt_offline_session(&self, client_id: &ClientId, subscriptions: Vec<(String, Qos)>) {
+        Broker::adopt_offline_session(self, client_id, subscriptions).await
+    }
+
+    async fn fence(&self) {
+        Broker::fence(self).await
+    }
+
+    fn local_filters(&self) -> Vec<String> {
+        Broker::local_filters(self)
+    }
+
+    async fn queue_for_sessions(
+        &self,
+        batch: Vec<(ClientId, Delivery)>,
+    ) -> Result<QueueOutcome, crate::store::StoreError> {
+        self.store.enqueue_offline(batch).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use tokio::sync::{watch, Notify};
+
+    use super::*;
+    use crate::registry::mailbox::Mailbox;
+    use crate::registry::SessionHandle;
+    use crate::store::memory::MemoryStore;
+    use crate::store::ClaimRequest;
+
+    fn broker() -> Broker {
+        let store = Arc::new(MemoryStore::new(10));
+        Broker::new("n1", Limits::default(), store, None, Stats::default())
+    }
+
+    fn connect(broker: &Broker, client_id: &str, persistent: bool) -> Arc<Mailbox> {
+        let mailbox = Arc::new(Mailbox::default());
+        let handle = SessionHandle {
+            connection_id: broker.unique_id(),
+            mailbox: mailbox.clone(),
+            kick: Arc::new(Notify::new()),
+            kick_reason: Arc::default(),
+            finished: watch::channel(false).1,
+            persistent,
+        };
+        let registered = broker.registry().register(&client_id.into(), handle);
+        assert!(registered.is_ok());
+        mailbox
+    }
+
+    fn message(topic: &str, qos: Qos) -> Arc<Message> {
+        Arc::new(Message::new(topic, Bytes::from_static(b"p"), qos, false))
+    }
+
+    #[tokio::test]
+    async fn a_publish_reaches_each_matching_connected_session_once_at_the_granted_qos() {
+        let broker = broker();
+        let a = connect(&broker, "a", false);
+        let b = connect(&broker, "b", true);
+        broker.subscribe(&"a".into(), "t/+", Qos::AtMostOnce).await;
+        broker.subscribe(&"b".into(), "t/#", Qos::ExactlyOnce).await;
+        broker.subscribe(&"b".into(), "t/x", Qos::AtLeastOnce).await;
+        let durability = broker.publish(message("t/x", Qos::ExactlyOnce), None).await;
+        assert!(matches!(durability, Ok(Durability::Done)));
+        let to_a: Vec<Qos> = a.take_all().into_iter().map(|d| d.qos).collect();
+        let to_b: Vec<Qos> = b.take_all().into_iter().map(|d| d.qos).collect();
+        assert_eq!(to_a, vec![Qos::AtMostOnce]);
+        assert_eq!(
+            to_b,
+            vec![Qos::ExactlyOnce],
+            "overlapping filters: one copy, best QoS"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_offline_persistent_session_gets_its_messages_from_the_store() {
+        let broker = broker();
+        let request = ClaimRequest {
+            client_id: "p".into(),
+            clean_session: false,
+            will: None,
+        };
+        let claim = broker.store().claim_session(&request).await.unwrap();
+        broker.subscribe(&"p".into(), "t", Qos::AtLeastOnce).await;
+        broker.session_parked(&"p".into(), vec!["t".into()]);
+        broker
+            .store()
+            .park_session(&claim.owner, Default::default())
+            .await
+            .unwrap();
+        broker
+            .publish(message("t", Qos::AtLeastOnce), None)
+            .await
+            .unwrap();
+        broker
+            .publish(message("t", Qos::AtMostOnce), None)
+            .await
+            .unwrap();
+        let resumed = broker.store().claim_session(&request).await.unwrap();
+        let pending = resumed.previous.map(|s| s.pending.len());
+        assert_eq!(pending, Some(1), "QoS 1 queued, QoS 0 not kept offline");
+    }
+
+    #[tokio::test]
+    async fn a_release_from_another_node_forgets_a_parked_session() {
+        let broker = broker();
+        broker.subscribe(&"p".into(), "t", Qos::AtLeastOnce).await;
+        broker.session_parked(&"p".into(), vec!["t".into()]);
+        assert_eq!(broker.subscription_count(), 1);
+        broker.release_session(&"p".into()).await;
+        assert_eq!(broker.subscription_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn fencing_kicks_every_session_and_forgets_parked_ones() {
+        let broker = broker();
+        let _mailbox = connect(&broker, "c", true);
+        broker.subscribe(&"p".into(), "t", Qos::AtLeastOnce).await;
+        broker.session_parked(&"p".into(), vec!["t".into()]);
+        broker.fence().await;
+        assert_eq!(broker.subscription_count(), 0);
+        let handles = broker.registry().handles();
+        assert_eq!(handles.len(), 1);
+        assert_eq!(handles[0].kick_reason(), Kick::Fenced);
+    }
+
+    #[test]
+    fn publish_ids_are_unique_and_recent_ones_are_remembered_boundedly() {
+        let broker = broker();
+        let (a, b) = (broker.new_publish_id(), broker.new_publish_id());
+        assert_ne!(a, b);
+        let mut recent = RecentIds::default();
+        assert!(recent.insert(&a));
+        assert!(!recent.insert(&a));
+        for i in 0..RECENT_PUBLISHES {
+            recent.insert(&Arc::from(i.to_string()));
+        }
+        assert!(recent.insert(&a), "the oldest id was forgotten");
+        assert!(recent.ids.len() <= RECENT_PUBLISHES);
     }
 }

@@ -33,8 +33,11 @@ pub mod listener;
 pub mod message;
 pub mod ops;
 pub mod protocol;
+pub mod redis_model;
+pub mod registry;
 pub mod router;
 pub mod session;
+pub mod session_state;
 pub mod stats;
 pub mod store;
 pub mod sys;
@@ -90,7 +93,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let membership = match &config.gossip {
         Some(options) => {
             let membership = gossip::join(&config.node_id, options, local, metrics_addr).await?;
-            let gauge = Arc::new(gossip::GossipGauge::new(&broker.stats));
+            let gauge = Arc::new(gossip::GossipGauge::new(broker.stats()));
             tokio::spawn(gossip::follow(membership.clone(), cluster.clone(), gauge));
             Some(membership)
         }

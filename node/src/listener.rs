@@ -26,7 +26,7 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
-    let limit = Arc::new(Semaphore::new(broker.limits.max_connections));
+    let limit = Arc::new(Semaphore::new(broker.limits().max_connections));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -43,10 +43,10 @@ pub async fn serve(
                 };
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, "connection refused: max-connections reached");
-                    broker.stats.refused(Refusal::MaxConnections);
+                    broker.stats().refused(Refusal::MaxConnections);
                     continue;
                 };
-                broker.stats.connections_total.inc();
+                broker.stats().connections_total.inc();
                 let _ = stream.set_nodelay(true);
                 let task = session::serve(broker.clone(), stream, peer, stop_rx.clone(), done_tx.clone());
                 tokio::spawn(async move {

@@ -25,14 +25,14 @@ impl NodeOps {
 impl OpsSource for NodeOps {
     fn metrics_text(&self) -> String {
         self.broker.refresh_gauges();
-        let families = self.broker.stats.registry.gather();
+        let families = self.broker.stats().registry.gather();
         prometheus::TextEncoder::new()
             .encode_to_string(&families)
             .unwrap_or_else(|error| format!("# metrics encoding failed: {error}\n"))
     }
 
     fn readiness(&self) -> Result<(), String> {
-        match &self.broker.cluster {
+        match &self.broker.cluster() {
             Some(cluster) if cluster.metrics.redis_up.get() == 0 => Err("Redis unreachable".into()),
             _ => Ok(()),
         }
@@ -44,8 +44,8 @@ pub async fn refresh_slow_gauges(broker: Arc<Broker>) {
     let mut ticker = tokio::time::interval(SLOW_GAUGE_PERIOD);
     loop {
         ticker.tick().await;
-        if let Ok(count) = broker.store.retained_count().await {
-            broker.stats.retained_messages.set(count as i64);
+        if let Ok(count) = broker.store().retained_count().await {
+            broker.stats().retained_messages.set(count as i64);
         }
     }
 }

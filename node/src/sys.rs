@@ -23,8 +23,8 @@ pub async fn publish_periodically(broker: Arc<Broker>, interval: Duration) {
 }
 
 async fn snapshot(broker: &Broker) -> Vec<(String, String)> {
-    let s = &broker.stats;
-    let retained = broker.store.retained_count().await.unwrap_or(0);
+    let s = broker.stats();
+    let retained = broker.store().retained_count().await.unwrap_or(0);
     let counters = [
         ("clients/connected", s.clients_connected.get() as u64),
         ("clients/total", s.connections_total.get()),
@@ -35,7 +35,7 @@ async fn snapshot(broker: &Broker) -> Vec<(String, String)> {
         ("bytes/sent", s.payload_bytes_sent.get()),
         ("subscriptions/count", broker.subscription_count() as u64),
         ("retained messages/count", retained as u64),
-        ("uptime", broker.started.elapsed().as_secs()),
+        ("uptime", broker.started().elapsed().as_secs()),
     ];
     let mut out: Vec<(String, String)> = counters
         .into_iter()

@@ -34,14 +34,17 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tokio::sync::{mpsc, oneshot};
 
-use super::metrics::RedisOp;
-use super::redis_value::{self as rv, StreamEntry};
-use super::{keys, wire, Cluster, Mode};
-use crate::broker::Broker;
+use super::{Cluster, LocalNode, Mode};
 use crate::message::{ClientId, Delivery, Message};
-use crate::session::mailbox::Mailbox;
-use crate::store::redis::{enqueue_cmd, parse_enqueued, qos2_record, qos2_record_cmd, Enqueued};
-use crate::store::redis_scripts::{evalsha, query_pipeline};
+use crate::redis_model::inbox::{FIELD_DRAIN, FIELD_MESSAGES, FIELD_ORIGIN, FIELD_RELEASE};
+use crate::redis_model::metrics::RedisOp;
+use crate::redis_model::queue::{
+    enqueue_cmd, parse_enqueued, qos2_record, qos2_record_cmd, Enqueued,
+};
+use crate::redis_model::scripts::{evalsha, query_pipeline};
+use crate::redis_model::value::{self as rv, StreamEntry};
+use crate::redis_model::{keys, wire};
+use crate::registry::mailbox::Mailbox;
 use crate::store::SessionOwner;
 
 /// Most publishes packed into one pipeline.
@@ -54,15 +57,6 @@ const TRIM_EVERY_ENTRIES: usize = 1024;
 const TRIM_EVERY: Duration = Duration::from_millis(100);
 /// How long a blocking read waits before looping (and noticing shutdown).
 pub const READ_BLOCK: Duration = Duration::from_millis(1000);
-
-/// Field of a stream entry holding a batch of messages.
-const FIELD_MESSAGES: &str = "m";
-/// Field of a stream entry naming the node that wrote it (broadcast).
-const FIELD_ORIGIN: &str = "o";
-/// Field of an inbox entry asking the node to release a client's session.
-const FIELD_RELEASE: &str = "release";
-/// Field of an inbox entry asking the node to drain a client's queue.
-const FIELD_DRAIN: &str = "drain";
 
 /// How often the forwarder re-reads the route table when a destination's
 /// inbox is fenced, and how long it waits in between at first.
@@ -392,40 +386,6 @@ fn origin_cmd(cluster: &Cluster, forward: &Forward, done: bool) -> Option<redis:
     ))
 }
 
-/// Asks `owner` to release `client_id`'s session (another node claims it).
-pub async fn send_release(
-    con: &mut ConnectionManager,
-    owner: &str,
-    client_id: &str,
-) -> redis::RedisResult<()> {
-    send_control(con, owner, FIELD_RELEASE, client_id).await
-}
-
-/// Tells `owner` that messages were queued for its connected `client_id`.
-pub async fn send_drain(
-    con: &mut ConnectionManager,
-    owner: &str,
-    client_id: &str,
-) -> redis::RedisResult<()> {
-    send_control(con, owner, FIELD_DRAIN, client_id).await
-}
-
-async fn send_control(
-    con: &mut ConnectionManager,
-    owner: &str,
-    field: &str,
-    client_id: &str,
-) -> redis::RedisResult<()> {
-    redis::cmd("XADD")
-        .arg(keys::inbox(owner))
-        .arg("*")
-        .arg(field)
-        .arg(client_id)
-        .query_async::<redis::Value>(con)
-        .await
-        .map(|_| ())
-}
-
 /// Where the reader has got to in each stream it follows.
 struct Cursors {
     inbox: String,
@@ -437,7 +397,7 @@ struct Cursors {
 /// broadcast mode the shared stream) and acts on what it finds.
 pub struct InboxReader {
     cluster: Arc<Cluster>,
-    broker: Arc<Broker>,
+    broker: Arc<dyn LocalNode>,
     client: redis::Client,
     /// For trimming and cursor writes, off the blocking connection.
     writer: ConnectionManager,
@@ -452,7 +412,7 @@ impl InboxReader {
     /// A reader starting after the given route-log and bus positions.
     pub fn new(
         cluster: Arc<Cluster>,
-        broker: Arc<Broker>,
+        broker: Arc<dyn LocalNode>,
         client: redis::Client,
         writer: ConnectionManager,
         route_position: String,

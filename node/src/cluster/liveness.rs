@@ -18,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 
-use super::metrics::RedisOp;
-use super::{keys, recovery, Cluster};
-use crate::broker::Broker;
-use crate::store::redis_scripts::{evalsha, query_pipeline};
+use super::{recovery, Cluster, LocalNode};
+use crate::redis_model::keys;
+use crate::redis_model::metrics::RedisOp;
+use crate::redis_model::scripts::{evalsha, query_pipeline};
 
 /// How often the route cache is reloaded and this node's route set
 /// reconciled, in case a change was missed.
@@ -89,7 +89,7 @@ async fn silent_nodes(con: &mut ConnectionManager, me: &str) -> redis::RedisResu
 }
 
 /// Runs the heartbeat and dead-node checks until the process ends.
-pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
+pub async fn run(cluster: Arc<Cluster>, broker: Arc<dyn LocalNode>) {
     let mut con = cluster.connection();
     let mut ticker = tokio::time::interval(cluster.options.heartbeat_interval);
     let mut last_reconcile = tokio::time::Instant::now();
@@ -139,7 +139,7 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
         }
         if last_reconcile.elapsed() >= RECONCILE_EVERY {
             last_reconcile = tokio::time::Instant::now();
-            reconcile(&cluster, &broker, &mut con).await;
+            reconcile(&cluster, broker.as_ref(), &mut con).await;
         }
     }
 }
@@ -148,7 +148,7 @@ pub async fn run(cluster: Arc<Cluster>, broker: Arc<Broker>) {
 /// node is running already.
 fn spawn_recovery(
     cluster: &Arc<Cluster>,
-    broker: &Arc<Broker>,
+    broker: &Arc<dyn LocalNode>,
     recovering: &Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     node: String,
 ) {
@@ -213,7 +213,7 @@ impl Suspects {
 
 /// Reloads the route cache and repairs this node's route set from the
 /// filters its sessions actually hold.
-async fn reconcile(cluster: &Cluster, broker: &Broker, con: &mut ConnectionManager) {
+async fn reconcile(cluster: &Cluster, broker: &dyn LocalNode, con: &mut ConnectionManager) {
     let result: redis::RedisResult<()> = async {
         let stored: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys::node_routes(&cluster.node_id))

@@ -35,13 +35,12 @@
 //!   log (milliseconds after SUBACK), not atomically with SUBACK.
 
 pub mod bus;
-pub mod keys;
 pub mod liveness;
-pub mod metrics;
+mod local;
 pub mod recovery;
-pub mod redis_value;
 pub mod routes;
-pub mod wire;
+
+pub use local::LocalNode;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,11 +50,11 @@ use astramq_shared::log_text::redact_url;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
-use crate::broker::Broker;
 use crate::message::{Message, Qos};
-use crate::store::redis_scripts::Scripts;
+use crate::redis_model::keys;
+use crate::redis_model::metrics::ClusterMetrics;
+use crate::redis_model::scripts::Scripts;
 use bus::{Qos2Origin, QueueTarget};
-use metrics::ClusterMetrics;
 use routes::RouteCache;
 
 /// How publishes travel between nodes.
@@ -200,7 +199,7 @@ impl Cluster {
 
     /// Cleans up after this node's previous run, registers it, loads the
     /// route table and starts the background tasks.
-    pub async fn start(self: &Arc<Self>, broker: Arc<Broker>) -> anyhow::Result<()> {
+    pub async fn start(self: &Arc<Self>, broker: Arc<dyn LocalNode>) -> anyhow::Result<()> {
         let mut con = self.connection();
         recovery::rejoin(self, &broker)
             .await
@@ -279,7 +278,7 @@ impl Cluster {
     /// Called when a heartbeat found this node fenced (declared dead while
     /// it was frozen or cut off): drops every client and session here and
     /// rejoins as if restarted. Runs once at a time.
-    pub fn start_rejoin(self: &Arc<Self>, broker: Arc<Broker>) {
+    pub fn start_rejoin(self: &Arc<Self>, broker: Arc<dyn LocalNode>) {
         use std::sync::atomic::Ordering;
         if self.rejoining.swap(true, Ordering::AcqRel) {
             return;
@@ -347,7 +346,7 @@ async fn stream_end(con: &mut ConnectionManager, stream: &str) -> anyhow::Result
         .arg(1)
         .query_async(con)
         .await?;
-    Ok(redis_value::stream_entries(&reply)
+    Ok(crate::redis_model::value::stream_entries(&reply)
         .ok()
         .and_then(|e| e.first().map(|e| e.id.clone()))
         .unwrap_or_else(|| "0-0".into()))

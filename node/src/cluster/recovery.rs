@@ -40,12 +40,13 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::Value;
 
-use super::redis_value::{self as rv, StreamEntry};
-use super::{keys, liveness, wire, Cluster, Mode};
-use crate::broker::Broker;
+use super::{liveness, Cluster, LocalNode, Mode};
 use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::redis_model::inbox::send_drain;
+use crate::redis_model::scripts::{evalsha, query_cmd};
+use crate::redis_model::value::{self as rv, StreamEntry};
+use crate::redis_model::{keys, wire};
 use crate::router::SubscriptionTree;
-use crate::store::redis_scripts::{evalsha, query_cmd};
 
 /// How long the lock lives without renewal, should its holder die.
 const LOCK_TTL: Duration = Duration::from_secs(15);
@@ -164,7 +165,7 @@ struct DeadSession {
 /// Recovers `dead` if this node wins its lock (and it is still dead).
 pub async fn recover(
     cluster: &Arc<Cluster>,
-    broker: &Arc<Broker>,
+    broker: &Arc<dyn LocalNode>,
     dead: &str,
 ) -> Result<(), RecoveryError> {
     let mut con = cluster.connection();
@@ -179,7 +180,10 @@ pub async fn recover(
 /// Starts (or restarts) this node in the cluster: waits until nobody is
 /// recovering it, lifts its fence, takes over its previous run's state and
 /// writes its heartbeat, all under its own recovery lock.
-pub async fn rejoin(cluster: &Arc<Cluster>, broker: &Arc<Broker>) -> Result<(), RecoveryError> {
+pub async fn rejoin(
+    cluster: &Arc<Cluster>,
+    broker: &Arc<dyn LocalNode>,
+) -> Result<(), RecoveryError> {
     let mut con = cluster.connection();
     let me = cluster.node_id.clone();
     let lock = loop {
@@ -206,7 +210,7 @@ pub async fn rejoin(cluster: &Arc<Cluster>, broker: &Arc<Broker>) -> Result<(), 
 
 async fn recover_dead(
     cluster: &Arc<Cluster>,
-    broker: &Arc<Broker>,
+    broker: &Arc<dyn LocalNode>,
     dead: &str,
     con: &mut ConnectionManager,
     lock: &Lock,
@@ -234,7 +238,7 @@ async fn recover_dead(
 /// this node), drops its routes and queues what its inbox still holds.
 async fn take_over(
     cluster: &Arc<Cluster>,
-    broker: &Arc<Broker>,
+    broker: &Arc<dyn LocalNode>,
     node: &str,
     con: &mut ConnectionManager,
     lock: &Lock,
@@ -258,7 +262,16 @@ async fn take_over(
                     adopted.subscribe(&filter, &session.client_id, qos);
                 }
             }
-            (true, None) => adopt(cluster, broker, con, &session.client_id, &mut adopted).await?,
+            (true, None) => {
+                adopt(
+                    cluster,
+                    broker.as_ref(),
+                    con,
+                    &session.client_id,
+                    &mut adopted,
+                )
+                .await?
+            }
             (false, None) => delete_session(con, &session.client_id).await?,
             (false, Some(_)) => {}
         }
@@ -272,11 +285,12 @@ async fn take_over(
         drop_routes(con, node).await?;
     }
     for will in wills {
-        let _ = broker.publish_and_wait(Arc::new(will)).await;
+        broker.publish_will(Arc::new(will)).await;
     }
     lock.check()?;
-    let (queued_for, drained_to) = queue_unread(cluster, broker, con, node, &adopted).await?;
-    notify_connected_owners(cluster, broker, con, queued_for).await?;
+    let (queued_for, drained_to) =
+        queue_unread(cluster, broker.as_ref(), con, node, &adopted).await?;
+    notify_connected_owners(cluster, broker.as_ref(), con, queued_for).await?;
     let mut pipe = redis::pipe();
     pipe.cmd("DEL")
         .arg(keys::node_clients(node))
@@ -352,7 +366,7 @@ async fn read_sessions(
 /// Makes this node the owner of an offline persistent session.
 async fn adopt(
     cluster: &Cluster,
-    broker: &Broker,
+    broker: &dyn LocalNode,
     con: &mut ConnectionManager,
     client_id: &ClientId,
     adopted: &mut SubscriptionTree,
@@ -393,7 +407,7 @@ async fn adopt(
 /// reconnect.
 async fn notify_connected_owners(
     cluster: &Cluster,
-    broker: &Broker,
+    broker: &dyn LocalNode,
     con: &mut ConnectionManager,
     queued_for: HashSet<ClientId>,
 ) -> Result<(), RecoveryError> {
@@ -408,7 +422,7 @@ async fn notify_connected_owners(
             (Some(owner), Some("1")) if owner == *cluster.node_id => {
                 broker.drain_session(&client_id)
             }
-            (Some(owner), Some("1")) => super::bus::send_drain(con, &owner, &client_id).await?,
+            (Some(owner), Some("1")) => send_drain(con, &owner, &client_id).await?,
             _ => {}
         }
     }
@@ -450,7 +464,7 @@ async fn delete_session(con: &mut ConnectionManager, client_id: &str) -> Result<
 /// Queues the messages the dead node never read for the adopted sessions.
 async fn queue_unread(
     cluster: &Cluster,
-    broker: &Broker,
+    broker: &dyn LocalNode,
     con: &mut ConnectionManager,
     dead: &str,
     adopted: &SubscriptionTree,
@@ -491,7 +505,7 @@ async fn queue_unread(
         queued += batch.len();
         queued_for.extend(batch.iter().map(|(client_id, _)| client_id.clone()));
         if !batch.is_empty() {
-            let outcome = broker.store.enqueue_offline(batch).await.map_err(|error| {
+            let outcome = broker.queue_for_sessions(batch).await.map_err(|error| {
                 redis::RedisError::from((
                     redis::ErrorKind::IoError,
                     "queueing a dead node's inbox",

@@ -13,9 +13,9 @@ use std::sync::{Arc, RwLock};
 use redis::aio::ConnectionManager;
 use redis::Value;
 
-use super::keys;
-use super::redis_value::StreamEntry;
 use crate::message::{ClientId, Qos};
+use crate::redis_model::keys;
+use crate::redis_model::value::StreamEntry;
 use crate::router::SubscriptionTree;
 
 /// How the route log is capped (approximate, `MAXLEN ~`).

@@ -11,8 +11,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::acks::OwedAcks;
-use super::registry::{Kick, SessionHandle};
-use super::state::{IncomingQos2, OutgoingInflight, OutgoingStage, Progress, SessionState};
 use super::window::{AckOutcome, OutgoingWindow};
 use super::ShutdownSignal;
 use crate::broker::Broker;
@@ -22,6 +20,8 @@ use crate::protocol::codec::{
     encode_ack, encode_connack, encode_pingresp, encode_publish, Ack, ConnackCode,
 };
 use crate::protocol::{decode, FrameHeader, Inbound};
+use crate::registry::{Kick, SessionHandle};
+use crate::session_state::{IncomingQos2, OutgoingInflight, OutgoingStage, Progress, SessionState};
 use crate::stats::Stats;
 use crate::store::{SessionClaim, SessionOwner};
 
@@ -194,15 +194,15 @@ impl ActiveSession {
         setup: SessionSetup,
     ) -> (ActiveSession, Option<SessionState>, watch::Sender<bool>) {
         broker.session_resumed(&setup.client_id);
-        broker.stats.clients_connected.inc();
-        let durable = !setup.clean_session && broker.cluster.is_some();
+        broker.stats().clients_connected.inc();
+        let durable = !setup.clean_session && broker.cluster().is_some();
         let session = ActiveSession {
             durable,
             progress: Progress::default(),
             released_qos2: Vec::new(),
             acknowledged: RecentlyAcknowledged::default(),
             restored: HashSet::new(),
-            window: OutgoingWindow::new(broker.limits.max_inflight),
+            window: OutgoingWindow::new(broker.limits().max_inflight),
             broker,
             connection,
             client_id: setup.client_id,
@@ -248,7 +248,7 @@ impl ActiveSession {
         }
         self.subscriptions = state.subscriptions;
         self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
-        if let Some(cluster) = &self.broker.cluster {
+        if let Some(cluster) = &self.broker.cluster() {
             let resent = state.outgoing.len() + state.pending.len();
             cluster.metrics.redeliveries.inc_by(resent as u64);
         }
@@ -260,7 +260,7 @@ impl ActiveSession {
             .filter_map(|d| d.queued.clone())
             .collect();
         self.broker
-            .stats
+            .stats()
             .inflight_messages
             .add(state.outgoing.len() as i64);
         self.window.restore(state.outgoing);
@@ -317,7 +317,7 @@ impl ActiveSession {
             }
             if let Err(error) = self
                 .connection
-                .flush(self.broker.limits.write_timeout)
+                .flush(self.broker.limits().write_timeout)
                 .await
             {
                 tracing::debug!(%error, "write failed");
@@ -396,7 +396,7 @@ impl ActiveSession {
     /// until this connection claimed it (they were routed before the
     /// ownership change reached every node).
     async fn drain_stragglers(&mut self) {
-        let deliveries = match self.broker.store.drain_offline(&self.owner).await {
+        let deliveries = match self.broker.store().drain_offline(&self.owner).await {
             Ok(deliveries) => deliveries,
             Err(error) => {
                 tracing::debug!(%error, "late queue drain failed");
@@ -433,7 +433,7 @@ impl ActiveSession {
         }
         if !self.released_qos2.is_empty() {
             let released = std::mem::take(&mut self.released_qos2);
-            let store = &self.broker.store;
+            let store = &self.broker.store();
             if let Err(error) = store.release_incoming_qos2(&self.owner, &released).await {
                 return Some(End::StoreUnavailable(error.to_string()));
             }
@@ -444,7 +444,7 @@ impl ActiveSession {
         let progress = std::mem::take(&mut self.progress);
         match self
             .broker
-            .store
+            .store()
             .record_progress(&self.owner, &progress)
             .await
         {
@@ -464,7 +464,7 @@ impl ActiveSession {
 
     /// An outgoing message the client has fully acknowledged.
     fn completed(&mut self, entry: Option<OutgoingInflight>) {
-        count_completion(&self.broker.stats, &entry);
+        count_completion(self.broker.stats(), &entry);
         let Some(entry) = entry else { return };
         let Some(queued) = entry.delivery.queued else {
             return;
@@ -476,7 +476,7 @@ impl ActiveSession {
     }
 
     pub(super) fn protocol_error(&self, reason: String) -> End {
-        self.broker.stats.protocol_errors.inc();
+        self.broker.stats().protocol_errors.inc();
         End::ProtocolError(reason)
     }
 
@@ -551,12 +551,12 @@ impl ActiveSession {
             let _ = self.report_progress().await;
         }
         // Best effort: a client that does not read must not hold up takeover.
-        let timeout = self.broker.limits.write_timeout.min(CLOSE_TIMEOUT);
+        let timeout = self.broker.limits().write_timeout.min(CLOSE_TIMEOUT);
         self.connection.close(timeout).await;
         // Deliveries posted from now on are refused and go to the store.
         let leftovers = self.handle.mailbox.close();
         let inflight = self.window.len() as i64;
-        self.broker.stats.inflight_messages.sub(inflight);
+        self.broker.stats().inflight_messages.sub(inflight);
         let result = if self.clean_session || end == End::Fenced {
             // Fenced: the session belongs to a survivor now; forget it here
             // and write nothing (the epoch is stale anyway).
@@ -564,7 +564,7 @@ impl ActiveSession {
             self.broker.unsubscribe(&self.client_id, filters).await;
             match end {
                 End::Fenced => Ok(()),
-                _ => self.broker.store.discard_session(&self.owner).await,
+                _ => self.broker.store().discard_session(&self.owner).await,
             }
         } else {
             let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
@@ -583,7 +583,7 @@ impl ActiveSession {
                 incoming_qos2: self.incoming_qos2.drain().collect(),
                 pending: std::mem::take(&mut self.pending),
             };
-            self.broker.store.park_session(&self.owner, state).await
+            self.broker.store().park_session(&self.owner, state).await
         };
         if let Err(error) = result {
             tracing::warn!(%error, client_id = %untrusted(&self.client_id), "session state not saved");
@@ -591,8 +591,8 @@ impl ActiveSession {
         // Only now may a new connection with this client id register: it
         // must find the state parked, not race the park.
         self.broker
-            .registry
+            .registry()
             .remove(&self.client_id, self.handle.connection_id);
-        self.broker.stats.clients_connected.dec();
+        self.broker.stats().clients_connected.dec();
     }
 }

@@ -10,14 +10,14 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
 
 use super::active::{ActiveSession, SessionSetup};
-use super::mailbox::Mailbox;
-use super::registry::SessionHandle;
 use super::ShutdownSignal;
 use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionError};
 use crate::message::{ClientId, Message};
 use crate::protocol::codec::{encode_connack, ConnackCode, ConnectPacket};
 use crate::protocol::{decode, Inbound, ProtocolError};
+use crate::registry::mailbox::Mailbox;
+use crate::registry::SessionHandle;
 use crate::router::topic::is_valid_topic_name;
 use crate::stats::{LimitReason, Refusal};
 use crate::store::ClaimRequest;
@@ -57,24 +57,24 @@ async fn handshake(
     stream: TcpStream,
     peer: SocketAddr,
 ) -> Option<(Connection, SessionSetup, SocketAddr)> {
-    let mut connection = Connection::new(stream, broker.limits.max_packet_size);
+    let mut connection = Connection::new(stream, broker.limits().max_packet_size);
     let client_addr = client_address(broker, &mut connection, peer).await?;
     let Some(connect) = read_connect(broker, &mut connection).await else {
-        connection.close(broker.limits.write_timeout).await;
+        connection.close(broker.limits().write_timeout).await;
         return None;
     };
     let client_id = match admit(broker, &connect) {
         Ok(id) => id,
         Err(answer) => {
             tracing::debug!(client_id = %untrusted(&connect.client_id), ?answer, "connection refused");
-            broker.stats.refused(match answer {
+            broker.stats().refused(match answer {
                 Some(_) => Refusal::IdentifierRejected,
                 None => Refusal::BadConnect,
             });
             if let Some(code) = answer {
                 encode_connack(connection.output(), false, code);
             }
-            connection.close(broker.limits.write_timeout).await;
+            connection.close(broker.limits().write_timeout).await;
             return None;
         }
     };
@@ -89,11 +89,11 @@ async fn client_address(
     connection: &mut Connection,
     peer: SocketAddr,
 ) -> Option<SocketAddr> {
-    if !broker.limits.trusted_proxies.contains(&peer.ip()) {
+    if !broker.limits().trusted_proxies.contains(&peer.ip()) {
         return Some(peer);
     }
     let header = tokio::time::timeout(
-        broker.limits.connect_timeout,
+        broker.limits().connect_timeout,
         connection.read_proxy_header(),
     )
     .await;
@@ -101,11 +101,11 @@ async fn client_address(
         Ok(Ok(source)) => Some(source.unwrap_or(peer)),
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "trusted proxy sent no valid PROXY header");
-            broker.stats.refused(Refusal::BadConnect);
+            broker.stats().refused(Refusal::BadConnect);
             None
         }
         Err(_) => {
-            broker.stats.refused(Refusal::BadConnect);
+            broker.stats().refused(Refusal::BadConnect);
             None
         }
     }
@@ -115,7 +115,7 @@ async fn client_address(
 /// well-formed CONNECT.
 async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<ConnectPacket> {
     let frame = tokio::time::timeout(
-        broker.limits.connect_timeout,
+        broker.limits().connect_timeout,
         connection.read_connect_frame(),
     )
     .await;
@@ -131,18 +131,18 @@ async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<Co
         Ok(Err(ConnectionError::Protocol(error))) => error,
         Err(_) => {
             tracing::debug!("no CONNECT within the connect timeout");
-            broker.stats.refused(Refusal::BadConnect);
+            broker.stats().refused(Refusal::BadConnect);
             return None;
         }
         Ok(Ok(None)) | Ok(Err(_)) => {
-            broker.stats.refused(Refusal::BadConnect);
+            broker.stats().refused(Refusal::BadConnect);
             return None;
         }
     };
-    broker.stats.protocol_errors.inc();
+    broker.stats().protocol_errors.inc();
     if let ProtocolError::UnsupportedProtocol { name, level } = &error {
         tracing::debug!(name = %untrusted(name), level, "unsupported protocol");
-        broker.stats.refused(Refusal::UnsupportedProtocol);
+        broker.stats().refused(Refusal::UnsupportedProtocol);
         encode_connack(
             connection.output(),
             false,
@@ -150,7 +150,7 @@ async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<Co
         );
     } else {
         tracing::debug!(%error, "refused first packet");
-        broker.stats.refused(Refusal::BadConnect);
+        broker.stats().refused(Refusal::BadConnect);
     }
     None
 }
@@ -159,26 +159,26 @@ async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<Co
 /// or the CONNACK code to refuse with (`None`: close without answering,
 /// for a protocol violation).
 fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<ConnackCode>> {
-    let limits = &broker.limits;
+    let limits = &broker.limits();
     if let Some(will) = &connect.will {
         if !is_valid_topic_name(&will.topic) {
-            broker.stats.protocol_errors.inc();
+            broker.stats().protocol_errors.inc();
             return Err(None);
         }
         if let Err(limit) = limits.topics.check(&will.topic) {
-            broker.stats.limit_refused(limit.into());
+            broker.stats().limit_refused(limit.into());
             return Err(None);
         }
     }
     if connect.client_id.len() > limits.max_client_id_length {
-        broker.stats.limit_refused(LimitReason::ClientIdLength);
+        broker.stats().limit_refused(LimitReason::ClientIdLength);
         return Err(Some(ConnackCode::IdentifierRejected));
     }
     if connect.client_id.is_empty() {
         if !connect.clean_session || connect.protocol_level == 3 {
             return Err(Some(ConnackCode::IdentifierRejected));
         }
-        return Ok(format!("astramq-{}-{}", broker.node_id, broker.unique_id()).into());
+        return Ok(format!("astramq-{}-{}", broker.node_id(), broker.unique_id()).into());
     }
     if connect.protocol_level == 3 && connect.client_id.len() > MQTT31_MAX_CLIENT_ID {
         return Err(Some(ConnackCode::IdentifierRejected));
@@ -204,9 +204,9 @@ async fn establish(
         persistent: !connect.clean_session,
     };
     if !take_over(broker, &client_id, &handle).await {
-        broker.stats.refused(Refusal::ServerUnavailable);
+        broker.stats().refused(Refusal::ServerUnavailable);
         encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
-        connection.close(broker.limits.write_timeout).await;
+        connection.close(broker.limits().write_timeout).await;
         return None;
     }
     let will = connect
@@ -217,14 +217,14 @@ async fn establish(
         clean_session: connect.clean_session,
         will: will.clone(),
     };
-    let claim = match broker.store.claim_session(&request).await {
+    let claim = match broker.store().claim_session(&request).await {
         Ok(claim) => claim,
         Err(error) => {
             tracing::warn!(%error, client_id = %untrusted(&client_id), "session not claimed: store unavailable");
-            broker.registry.remove(&client_id, handle.connection_id);
-            broker.stats.refused(Refusal::ServerUnavailable);
+            broker.registry().remove(&client_id, handle.connection_id);
+            broker.stats().refused(Refusal::ServerUnavailable);
             encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
-            connection.close(broker.limits.write_timeout).await;
+            connection.close(broker.limits().write_timeout).await;
             return None;
         }
     };
@@ -248,7 +248,7 @@ async fn establish(
 /// the id (MQTT-3.1.4-2). Returns false if the old session would not end.
 async fn take_over(broker: &Broker, client_id: &ClientId, handle: &SessionHandle) -> bool {
     loop {
-        let existing = match broker.registry.register(client_id, handle.clone()) {
+        let existing = match broker.registry().register(client_id, handle.clone()) {
             Ok(()) => return true,
             Err(existing) => existing,
         };
@@ -262,6 +262,6 @@ async fn take_over(broker: &Broker, client_id: &ClientId, handle: &SessionHandle
         }
         // The old session removes itself before it reports finished; loop in
         // case yet another connection registered meanwhile.
-        broker.registry.remove(client_id, existing.connection_id);
+        broker.registry().remove(client_id, existing.connection_id);
     }
 }

@@ -9,12 +9,12 @@ use astramq_shared::log_text::untrusted;
 
 use super::acks::Settled;
 use super::active::{ActiveSession, End};
-use super::state::IncomingQos2;
 use crate::cluster::bus::Qos2Origin;
 use crate::cluster::Durability;
 use crate::message::{Delivery, Message, Qos};
 use crate::protocol::codec::{encode_ack, encode_suback, Ack, PublishPacket};
 use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
+use crate::session_state::IncomingQos2;
 use crate::stats::LimitReason;
 
 impl ActiveSession {
@@ -23,11 +23,11 @@ impl ActiveSession {
             let topic = untrusted(&publish.topic);
             return Some(self.protocol_error(format!("invalid topic name {topic:?}")));
         }
-        if let Err(limit) = self.broker.limits.topics.check(&publish.topic) {
-            self.broker.stats.limit_refused(limit.into());
+        if let Err(limit) = self.broker.limits().topics.check(&publish.topic) {
+            self.broker.stats().limit_refused(limit.into());
             return Some(self.protocol_error(format!("PUBLISH {limit}")));
         }
-        let stats = &self.broker.stats;
+        let stats = self.broker.stats();
         stats.received(publish.qos, publish.payload.len());
         let mut message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain);
         let (ack, id) = match (publish.qos, publish.packet_id) {
@@ -57,7 +57,7 @@ impl ActiveSession {
                 Some(IncomingQos2 { publish_id, .. }) => message.publish_id = publish_id.clone(),
                 // Every QoS 2 publish in a cluster gets an id, so a node that
                 // re-reads an inbox entry (after a death) cannot queue it twice.
-                None if self.broker.cluster.is_some() => {
+                None if self.broker.cluster().is_some() => {
                     message.publish_id = Some(self.broker.new_publish_id())
                 }
                 None => {}
@@ -136,7 +136,7 @@ impl ActiveSession {
     /// and, if new to it, within `max-subscriptions-per-client`. A refusal
     /// is counted.
     fn within_limits(&self, filter: &str) -> bool {
-        let limits = &self.broker.limits;
+        let limits = &self.broker.limits();
         let refused = match limits.topics.check(filter) {
             Err(limit) => limit.into(),
             Ok(())
@@ -147,7 +147,7 @@ impl ActiveSession {
             }
             Ok(()) => return true,
         };
-        self.broker.stats.limit_refused(refused);
+        self.broker.stats().limit_refused(refused);
         false
     }
 
@@ -157,7 +157,7 @@ impl ActiveSession {
         // from before the limits were lowered.
         let valid = filters.iter().filter(|f| {
             is_valid_filter(f)
-                && (self.broker.limits.topics.check(f).is_ok()
+                && (self.broker.limits().topics.check(f).is_ok()
                     || self.subscriptions.contains_key(*f))
         });
         self.broker
@@ -175,7 +175,7 @@ impl ActiveSession {
         if self.clean_session {
             return;
         }
-        let store = &self.broker.store;
+        let store = &self.broker.store();
         if let Err(error) = store
             .update_subscriptions(&self.owner, added, removed)
             .await
@@ -191,7 +191,7 @@ impl ActiveSession {
             return;
         }
         let filters: Vec<&str> = accepted.iter().map(|(f, _)| f.as_str()).collect();
-        let retained = match self.broker.store.retained_matching(&filters).await {
+        let retained = match self.broker.store().retained_matching(&filters).await {
             Ok(retained) => retained,
             Err(error) => {
                 tracing::warn!(%error, "retained messages not read");

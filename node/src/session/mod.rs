@@ -16,10 +16,7 @@ pub mod acks;
 pub mod active;
 pub mod handshake;
 mod inbound;
-pub mod mailbox;
 mod outbound;
-pub mod registry;
-pub mod state;
 pub mod window;
 
 pub use handshake::serve;

@@ -2,9 +2,9 @@
 //! and mailbox, within the in-flight window.
 
 use super::active::ActiveSession;
-use super::state::OutgoingStage;
 use crate::message::{unix_millis, Delivery, Qos};
 use crate::protocol::codec::encode_publish;
+use crate::session_state::OutgoingStage;
 use crate::stats::DropReason;
 
 impl ActiveSession {
@@ -39,7 +39,7 @@ impl ActiveSession {
                 return;
             };
             if delivery.message.is_expired(now_ms) {
-                self.broker.stats.dropped(DropReason::Expired, 1);
+                self.broker.stats().dropped(DropReason::Expired, 1);
                 continue;
             }
             self.send(delivery);
@@ -50,7 +50,7 @@ impl ActiveSession {
         let packet_id = match delivery.qos {
             Qos::AtMostOnce => None,
             _ => {
-                self.broker.stats.inflight_messages.inc();
+                self.broker.stats().inflight_messages.inc();
                 let packet_id = self.window.start(delivery.clone());
                 // Exactly once across a failover: the packet id is in Redis
                 // before the PUBLISH leaves, so a survivor re-sends it
@@ -76,7 +76,9 @@ impl ActiveSession {
             delivery.retain,
         ) {
             Ok(()) => {
-                self.broker.stats.sent(delivery.qos, message.payload.len());
+                self.broker
+                    .stats()
+                    .sent(delivery.qos, message.payload.len());
             }
             Err(error) => tracing::warn!(%error, "delivery not encoded"),
         }

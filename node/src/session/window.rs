@@ -3,8 +3,8 @@
 
 use std::collections::VecDeque;
 
-use super::state::{OutgoingInflight, OutgoingStage};
 use crate::message::{Delivery, Qos, QueueId};
+use crate::session_state::{OutgoingInflight, OutgoingStage};
 
 /// Unacknowledged outgoing messages, bounded by the configured window.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::router::topic::filter_matches;
-use crate::session::state::{Progress, SessionState};
+use crate::session_state::{Progress, SessionState};
 
 /// A persistent session as the memory store holds it.
 #[derive(Debug, Default)]

@@ -23,23 +23,14 @@
 
 pub mod memory;
 pub mod redis;
-pub mod redis_scripts;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::message::{ClientId, Delivery, Message, Qos};
-use crate::session::state::{Progress, SessionState};
-
-/// Proof that this node owns a session: checked on every write to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionOwner {
-    /// The session's client id.
-    pub client_id: ClientId,
-    /// Increases on every claim; writes with an older epoch are ignored.
-    pub epoch: u64,
-}
+pub use crate::session_state::SessionOwner;
+use crate::session_state::{Progress, SessionState};
 
 /// What a connecting client asks of the store.
 #[derive(Debug, Clone)]

@@ -32,21 +32,23 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Value;
 
-use super::redis_scripts::{evalsha, query_cmd, query_pipeline, Scripts};
 use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
-use crate::cluster::metrics::{ClusterMetrics, RedisOp};
-use crate::cluster::{keys, redis_value as rv, wire};
-use crate::message::{unix_millis, ClientId, Delivery, Message, Qos, QueueId};
+use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::redis_model::metrics::{ClusterMetrics, RedisOp};
+use crate::redis_model::queue::{enqueue_cmd, parse_enqueued, qos2_record_cmd, Enqueued};
+use crate::redis_model::scripts::{evalsha, query_cmd, query_pipeline, Scripts};
+use crate::redis_model::{keys, value as rv, wire};
 use crate::router::topic::filter_matches;
-use crate::session::state::{IncomingQos2, OutgoingInflight, Progress, SessionState};
-
-/// How long a session remembers the QoS 2 publish ids queued for it: a
-/// re-run of an unfinished QoS 2 fan-out within this window is not queued
-/// twice.
-pub const SEEN_WINDOW: Duration = Duration::from_secs(3600);
+use crate::session_state::{IncomingQos2, OutgoingInflight, Progress, SessionState};
 
 impl From<redis::RedisError> for StoreError {
     fn from(error: redis::RedisError) -> StoreError {
+        StoreError::Unavailable(error.to_string())
+    }
+}
+
+impl From<rv::UnexpectedReply> for StoreError {
+    fn from(error: rv::UnexpectedReply) -> StoreError {
         StoreError::Unavailable(error.to_string())
     }
 }
@@ -112,7 +114,7 @@ impl RedisStore {
                 return Ok(());
             };
             if told.as_deref() != Some(owner.as_str()) {
-                crate::cluster::bus::send_release(&mut con, &owner, client_id).await?;
+                crate::redis_model::inbox::send_release(&mut con, &owner, client_id).await?;
                 told = Some(owner.clone());
             }
             // An owner without a heartbeat is dead or cut off: it cannot
@@ -152,77 +154,6 @@ fn session_keys(client_id: &str) -> [String; 6] {
 
 fn key_refs(keys: &[String]) -> Vec<&str> {
     keys.iter().map(String::as_str).collect()
-}
-
-/// What queueing one delivery for a persistent session did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Enqueued {
-    /// Queued under this entry id.
-    Queued(QueueId),
-    /// Its publish id was queued for the session already (exactly once).
-    Duplicate,
-    /// The session's queue holds its bound: dropped and counted.
-    Full,
-    /// QoS 0: not queued.
-    Qos0,
-    /// The client has no persistent session (anymore).
-    NoSession,
-}
-
-/// The command that queues `delivery` for `client_id`'s persistent session.
-pub fn enqueue_cmd(
-    scripts: &Scripts,
-    max_queued: usize,
-    client_id: &str,
-    delivery: &Delivery,
-) -> redis::Cmd {
-    let session = keys::session(client_id);
-    let queue = keys::queue(client_id);
-    let seen = keys::seen(client_id);
-    let mut cmd = evalsha(&scripts.enqueue, &[&session, &queue, &seen]);
-    let publish_id = match delivery.qos {
-        Qos::ExactlyOnce => delivery.message.publish_id.as_deref().unwrap_or(""),
-        _ => "",
-    };
-    cmd.arg(max_queued)
-        .arg(delivery.qos.as_u8())
-        .arg(publish_id)
-        .arg(wire::encode_delivery(delivery).as_ref())
-        .arg(unix_millis())
-        .arg(SEEN_WINDOW.as_millis() as u64);
-    cmd
-}
-
-/// Reads the reply of an [`enqueue_cmd`].
-pub fn parse_enqueued(reply: &Value) -> Enqueued {
-    match rv::bulk(reply).as_deref() {
-        Some(b"d") => Enqueued::Duplicate,
-        Some(b"f") => Enqueued::Full,
-        Some(b"z") => Enqueued::Qos0,
-        Some(b"n") | None => Enqueued::NoSession,
-        Some(id) => Enqueued::Queued(String::from_utf8_lossy(id).into()),
-    }
-}
-
-/// The command that records a publisher's incoming QoS 2 message
-/// (`record` empty: forgets it).
-pub fn qos2_record_cmd(
-    scripts: &Scripts,
-    owner: &SessionOwner,
-    packet_id: u16,
-    record: &str,
-) -> redis::Cmd {
-    let session = keys::session(&owner.client_id);
-    let qos2 = keys::incoming_qos2(&owner.client_id);
-    let mut cmd = evalsha(&scripts.qos2_record, &[&session, &qos2]);
-    cmd.arg(owner.epoch).arg(packet_id).arg(record);
-    cmd
-}
-
-/// The `qos2` hash value of an incoming QoS 2 message whose fan-out is
-/// `done` (or may be unfinished).
-pub fn qos2_record(publish_id: &str, done: bool) -> String {
-    format!("{}:{publish_id}", if done { "d" } else { "p" })
 }
 
 fn parse_qos2_record(raw: &[u8]) -> IncomingQos2 {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::message::{Delivery, Message, Properties, Qos};
-use crate::session::state::OutgoingStage;
+use crate::session_state::OutgoingStage;
 
 /// First byte of every encoded record.
 pub const VERSION: u8 = 2;

@@ -3,18 +3,10 @@
 use bytes::Bytes;
 use redis::Value;
 
-use crate::store::StoreError;
-
 /// A reply that did not have the expected shape.
 #[derive(Debug, thiserror::Error)]
 #[error("unexpected Redis reply: {0}")]
 pub struct UnexpectedReply(pub &'static str);
-
-impl From<UnexpectedReply> for StoreError {
-    fn from(error: UnexpectedReply) -> StoreError {
-        StoreError::Unavailable(error.to_string())
-    }
-}
 
 /// The elements of an array reply (`Nil` reads as empty).
 pub fn array(value: Value) -> Result<Vec<Value>, UnexpectedReply> {

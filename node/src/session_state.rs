@@ -4,7 +4,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::message::{Delivery, Qos, QueueId};
+use crate::message::{ClientId, Delivery, Qos, QueueId};
 
 /// Where an outgoing QoS 1/2 message stands in its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,4 +80,13 @@ impl Progress {
     pub fn gates_output(&self) -> bool {
         !self.stages.is_empty()
     }
+}
+
+/// Proof that this node owns a session: checked on every write to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOwner {
+    /// The session's client id.
+    pub client_id: ClientId,
+    /// Increases on every claim; writes with an older epoch are ignored.
+    pub epoch: u64,
 }

@@ -10,8 +10,10 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::{watch, Notify};
 
-use super::mailbox::Mailbox;
+pub mod mailbox;
+
 use crate::message::ClientId;
+use mailbox::Mailbox;
 
 /// How other tasks reach a running session.
 #[derive(Debug, Clone)]
