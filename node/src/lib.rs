@@ -12,11 +12,15 @@
 //!   no buffers held while idle.
 //! - [`protocol`]: framing, bounds-checked validation and the mqttrs codec.
 //! - [`broker`]: the publish path: route, post to mailboxes, queue offline.
+//! - [`registry`]: connected sessions by client id, and their mailboxes.
 //! - [`router`]: topic validation and the subscription tree.
 //! - [`store`]: sessions, retained messages and offline queues behind one
 //!   trait; an embedded memory backend, and Redis for clusters.
 //! - [`cluster`]: nodes sharing state through Redis: routes, inter-node
-//!   streams, heartbeats, and taking over from a dead node.
+//!   streams, heartbeats, and taking over from a dead node; it reaches the
+//!   node only through [`cluster::LocalNode`].
+//! - [`redis_model`]: the Redis data model shared by store and cluster.
+//! - [`session_state`]: what store and sessions share about a session.
 //! - [`message`]: the shared message model (MQTT 5-ready).
 //! - [`sys`], [`stats`], [`ops`]: `$SYS` topics, Prometheus metrics, and
 //!   the `/metrics`, `/healthz`, `/readyz` endpoint.

@@ -8,9 +8,10 @@
 //!   client's publishes and subscriptions, `outbound` sends deliveries;
 //! - [`acks`] holds the acknowledgements owed to a publisher until its
 //!   messages are safe in Redis;
-//! - [`window`] is the outgoing QoS 1/2 state machine, [`state`] what a
-//!   persistent session keeps while offline, [`mailbox`] and [`registry`]
-//!   how the rest of the node reaches a connected session.
+//! - [`window`] is the outgoing QoS 1/2 state machine. What a persistent
+//!   session keeps is in [`crate::session_state`] (shared with the store),
+//!   and how the rest of the node reaches a connected session in
+//!   [`crate::registry`].
 
 pub mod acks;
 pub mod active;

@@ -19,7 +19,7 @@
 //!   `...:seen`: QoS 2 publish ids already queued (exactly once);
 //! - `astramq:retained` (hash): topic → retained message.
 //!
-//! Claims, parks and discards are Lua scripts (see `redis_scripts`), each
+//! Claims, parks and discards are Lua scripts (see `redis_model::scripts`), each
 //! checking the epoch in the same step as its write; no claim deletes a
 //! queued message. A claim for a session another node owns first asks that
 //! node (through its inbox) to let go and, if the client is connected
