@@ -75,6 +75,13 @@ def scenarios(quick=False):
             "fanin-qos1-overload", f"fan-in {fan}→1 wildcard QoS 1, flat out, open loop (overload)",
             kind="overload", args=fan_in, **load,
         ),
+        # The same fixed rate with persistent subscribers: in a cluster every
+        # delivery is queued in Redis before the publisher's PUBACK.
+        Scenario(
+            "p2p-qos1-persistent-20k", f"p2p {p2p}→{p2p} QoS 1, 20k msg/s total, persistent subscribers",
+            kind="fixed-rate",
+            args=[*p2p_shape, "-q", "1", "-r", per_pub_20k, "--persistent-subscribers"], **load,
+        ),
         Scenario(
             "latency-qos1-20k", f"p2p {p2p}→{p2p} QoS 1, 20k msg/s total (latency)", kind="fixed-rate",
             args=[*p2p_shape, "-q", "1", "-r", per_pub_20k], **load,

@@ -17,7 +17,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from . import procs
 
@@ -33,6 +33,7 @@ class Context:
     target_dir: Path  # cargo's target directory
     workdir: Path  # configs and logs of this run
     install: bool = True  # install missing peers (apt-get, cargo install)
+    baseline: Optional[Path] = None  # an older astramq-node to compare with (--baseline)
     started: int = 0  # counter for unique log names
 
     def log(self, name):
@@ -76,10 +77,10 @@ def prepare_astramq(ctx):
         raise RuntimeError(f"{astramq_binary(ctx)} is missing (build failed?)")
 
 
-def start_astramq_node(ctx, extra_args=(), name="astramq"):
+def start_astramq_node(ctx, extra_args=(), name="astramq", binary=None):
     """One node on an ephemeral loopback port; returns (proc, 'host:port')."""
     argv = [
-        str(astramq_binary(ctx)),
+        str(binary or astramq_binary(ctx)),
         "--listen", "127.0.0.1:0",
         "--sys-interval", "0",
         "--max-inflight", str(MAX_INFLIGHT),
@@ -129,7 +130,7 @@ def prepare_redis(ctx):
         raise RuntimeError("redis-server is not installed (scripts/test installs it)")
 
 
-def start_astramq_cluster(ctx, nodes, mode):
+def start_astramq_cluster(ctx, nodes, mode, binary=None):
     """Redis plus `nodes` AstraMQ nodes. With several nodes, publishers use
     node 1 and subscribers node 2: every delivery crosses nodes. The cost
     is every process's CPU, Redis included."""
@@ -139,7 +140,7 @@ def start_astramq_cluster(ctx, nodes, mode):
     try:
         for i in range(nodes):
             args = ["--redis", url, "--cluster-mode", mode, "--node-id", f"bench-{mode}-{i}"]
-            proc, addr = start_astramq_node(ctx, args, name=f"astramq-{mode}-{i}")
+            proc, addr = start_astramq_node(ctx, args, name=f"astramq-{mode}-{i}", binary=binary)
             started.append(proc)
             addrs.append(addr)
     except Exception:
@@ -160,6 +161,27 @@ def start_astramq_routed(ctx):
 
 def start_astramq_broadcast(ctx):
     return start_astramq_cluster(ctx, 3, "broadcast")
+
+
+# --- An older AstraMQ, for before/after comparisons in one run ----------------
+
+
+def prepare_baseline(ctx):
+    prepare_redis(ctx)
+    if ctx.baseline is None or not ctx.baseline.exists():
+        raise RuntimeError("no --baseline binary given")
+
+
+def start_baseline_redis(ctx):
+    return start_astramq_cluster(ctx, 1, "routed", binary=ctx.baseline)
+
+
+def start_baseline_routed(ctx):
+    return start_astramq_cluster(ctx, 3, "routed", binary=ctx.baseline)
+
+
+def start_baseline_broadcast(ctx):
+    return start_astramq_cluster(ctx, 3, "broadcast", binary=ctx.baseline)
 
 
 # --- AstraMQ behind the proxy -------------------------------------------------
@@ -311,6 +333,9 @@ TARGETS = {
         Target("astramq-routed", "AstraMQ 3 nodes routed, cross-node", prepare_redis, start_astramq_routed, peer=False),
         Target("astramq-broadcast", "AstraMQ 3 nodes broadcast, cross-node", prepare_redis, start_astramq_broadcast, peer=False),
         Target("astramq-proxy", "AstraMQ behind astramq-proxy", prepare_astramq_proxy, start_astramq_proxy, peer=False),
+        Target("baseline-redis", "baseline: 1 node on Redis", prepare_baseline, start_baseline_redis, peer=False),
+        Target("baseline-routed", "baseline: 3 nodes routed", prepare_baseline, start_baseline_routed, peer=False),
+        Target("baseline-broadcast", "baseline: 3 nodes broadcast", prepare_baseline, start_baseline_broadcast, peer=False),
         Target("mosquitto", "Mosquitto", prepare_mosquitto, start_mosquitto, peer=True),
         Target("rumqttd", "rumqttd", prepare_rumqttd, start_rumqttd, peer=True),
     ]

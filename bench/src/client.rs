@@ -38,6 +38,7 @@ impl Connection {
         source: Option<IpAddr>,
         client_id: &str,
         keep_alive: u16,
+        clean_session: bool,
     ) -> Result<Connection> {
         ensure!(addr.ip().is_loopback(), "{addr} is not a loopback address");
         let socket = match addr {
@@ -59,7 +60,7 @@ impl Connection {
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(READ_CHUNK),
         };
-        mqtt::encode_connect(&mut conn.wbuf, client_id, keep_alive, true);
+        mqtt::encode_connect(&mut conn.wbuf, client_id, keep_alive, clean_session);
         conn.flush().await?;
         let code = conn
             .expect(|p| match p {

@@ -66,7 +66,7 @@ pub async fn run(plan: ConnPlan) -> Result<ConnReport> {
         set.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let t0 = Instant::now();
-            let conn = Connection::open(addr, Some(source), &id, keep_alive).await?;
+            let conn = Connection::open(addr, Some(source), &id, keep_alive, true).await?;
             anyhow::Ok((conn.stream, t0.elapsed()))
         });
     }

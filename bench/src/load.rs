@@ -45,6 +45,8 @@ pub struct LoadPlan {
     pub topic_prefix: String,
     pub keep_alive: u16,
     pub connect_concurrency: usize,
+    /// Subscribers keep persistent sessions (clean session = 0).
+    pub persistent_subscribers: bool,
     pub pids: Vec<u32>,
     pub label: String,
 }
@@ -107,8 +109,9 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport> {
             wildcard.clone()
         };
         let (qos, keep_alive) = (plan.qos, plan.keep_alive);
+        let clean = !plan.persistent_subscribers;
         async move {
-            let mut conn = Connection::open(addr, None, &id, keep_alive).await?;
+            let mut conn = Connection::open(addr, None, &id, keep_alive, clean).await?;
             conn.subscribe(&[filter], qos).await?;
             Ok(conn)
         }
@@ -124,7 +127,7 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport> {
         let addr = plan.pub_addrs[i % plan.pub_addrs.len()];
         let id = format!("bench-{run_tag}-p{i}");
         let keep_alive = plan.keep_alive;
-        async move { Connection::open(addr, None, &id, keep_alive).await }
+        async move { Connection::open(addr, None, &id, keep_alive, true).await }
     })
     .await
     .context("connecting publishers")?;

@@ -121,6 +121,10 @@ struct LoadArgs {
     /// Connections opened at once while setting up.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
+    /// Subscribers keep persistent sessions (clean session = 0), so QoS 1/2
+    /// deliveries take the durable path of a cluster.
+    #[arg(long)]
+    persistent_subscribers: bool,
 }
 
 #[derive(Args)]
@@ -231,6 +235,7 @@ fn load_plan(a: LoadArgs) -> Result<load::LoadPlan> {
         topic_prefix: a.topic_prefix.unwrap_or_else(|| format!("bench/{tag}")),
         keep_alive: a.common.keep_alive,
         connect_concurrency: a.connect_concurrency,
+        persistent_subscribers: a.persistent_subscribers,
         pids: a.common.pid,
         label: a.common.label,
     })

@@ -68,7 +68,15 @@ pub struct Broker {
     /// QoS 2 publishes recently posted to clean sessions here, so a
     /// re-run of the same publish is not posted twice.
     recent_publishes: Mutex<RecentIds>,
+    /// Sessions another node claimed, still subscribed here until the
+    /// given time (see [`RELEASE_GRACE`]).
+    released: Mutex<Vec<(tokio::time::Instant, ClientId, Vec<String>)>>,
 }
+
+/// How long a node goes on queueing (in Redis) for a session another node
+/// has claimed: other nodes may still route its messages here by a route
+/// table a moment old. The new owner reads its queue again after it.
+pub const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A bounded set of recently seen publish ids (oldest forgotten first).
 #[derive(Default)]
@@ -129,6 +137,7 @@ impl Broker {
             next_id: AtomicU64::new(1),
             incarnation: crate::message::unix_millis(),
             recent_publishes: Mutex::new(RecentIds::default()),
+            released: Mutex::new(Vec::new()),
         }
     }
 
@@ -287,8 +296,46 @@ impl Broker {
         }
         let parked = self.offline_sessions().remove(client_id);
         if let Some(filters) = parked {
-            self.unsubscribe(client_id, filters.iter().map(String::as_str))
-                .await;
+            self.session_released(client_id, filters);
+        }
+    }
+
+    /// A session another node claimed: its subscriptions stay here for
+    /// [`RELEASE_GRACE`] (what still arrives is queued in Redis for it),
+    /// then are dropped unless the client came back to this node.
+    pub fn session_released(&self, client_id: &ClientId, filters: Vec<String>) {
+        let until = tokio::time::Instant::now() + RELEASE_GRACE;
+        let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+        released.push((until, client_id.clone(), filters));
+    }
+
+    /// Drops the subscriptions of released sessions whose grace is over.
+    pub async fn forget_released(&self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<(ClientId, Vec<String>)> = {
+            let mut released = self.released.lock().unwrap_or_else(|p| p.into_inner());
+            let (due, kept) = std::mem::take(&mut *released)
+                .into_iter()
+                .partition(|(until, _, _)| *until <= now);
+            *released = kept;
+            due.into_iter().map(|(_, c, f)| (c, f)).collect()
+        };
+        for (client_id, filters) in due {
+            let back = self.registry.read().contains_key(&client_id)
+                || self.offline_sessions().contains_key(&client_id);
+            if !back {
+                self.unsubscribe(&client_id, filters.iter().map(String::as_str))
+                    .await;
+            }
+        }
+    }
+
+    /// Runs [`Self::forget_released`] every second until the node stops.
+    pub async fn forget_released_periodically(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            self.forget_released().await;
         }
     }
 
@@ -573,6 +620,12 @@ mod tests {
         broker.session_parked(&"p".into(), vec!["t".into()]);
         assert_eq!(broker.subscription_count(), 1);
         broker.release_session(&"p".into()).await;
+        assert_eq!(broker.subscription_count(), 1, "kept through the grace");
+        broker.forget_released().await;
+        assert_eq!(broker.subscription_count(), 1);
+        tokio::time::pause();
+        tokio::time::advance(RELEASE_GRACE).await;
+        broker.forget_released().await;
         assert_eq!(broker.subscription_count(), 0);
     }
 

@@ -115,11 +115,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         }
     };
     let gauges_task = tokio::spawn(ops::refresh_slow_gauges(broker.clone()));
+    let released_task = tokio::spawn(broker.clone().forget_released_periodically());
     let sys_task = config
         .sys_interval
         .map(|every| tokio::spawn(sys::publish_periodically(broker.clone(), every)));
     listener::serve(broker, listener, shutdown, config.shutdown_timeout).await;
     gauges_task.abort();
+    released_task.abort();
     if let Some(task) = sys_task {
         task.abort();
     }

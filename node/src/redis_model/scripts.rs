@@ -98,8 +98,9 @@ return 1
 /// A connected session's outgoing progress: in-flight records set and
 /// removed, and acknowledged queue entries deleted.
 /// KEYS: session, inflight, queue.
-/// ARGV: epoch, n set, (packet id, record)*, n removed, packet id*,
-/// acknowledged entry id*.
+/// ARGV: epoch, n removed, packet id*, n set, (packet id, record)*,
+/// acknowledged entry id*. Removals go first: a packet id completed and
+/// reused in the same report keeps its new record.
 /// Returns 1, or 0 when the epoch is stale (then only the acknowledged
 /// entries are deleted: the client has them, whoever owns the session).
 pub const SESSION_PROGRESS: &str = r#"
@@ -107,13 +108,13 @@ local current = redis.call('HGET', KEYS[1], 'epoch') == ARGV[1]
 local i = 2
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  if current then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-  i = i + 2
+  if current then redis.call('HDEL', KEYS[2], ARGV[i]) end
+  i = i + 1
 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  if current then redis.call('HDEL', KEYS[2], ARGV[i]) end
-  i = i + 1
+  if current then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  i = i + 2
 end
 if i <= #ARGV then redis.call('XDEL', KEYS[3], unpack(ARGV, i)) end
 return current and 1 or 0

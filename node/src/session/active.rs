@@ -26,8 +26,10 @@ use crate::stats::Stats;
 use crate::store::{SessionClaim, SessionOwner};
 
 /// When a resumed session looks once more for messages queued by the
-/// node that owned it before.
+/// node that owned it before, and looks again after the old owner's grace
+/// ([`crate::broker::RELEASE_GRACE`]) is over.
 const LATE_DRAIN_AFTER: Duration = Duration::from_secs(1);
+const LAST_DRAIN_AFTER: Duration = Duration::from_secs(5);
 
 /// Longest wait for pending bytes to leave when a connection is closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -158,6 +160,8 @@ pub struct ActiveSession {
     /// Queue entries the claim handed over, until the mailbox is first
     /// read: the same entries may also have been posted to it meanwhile.
     pub(super) restored: HashSet<QueueId>,
+    /// Late drains still to schedule after the next one.
+    pub(super) late_drains: u8,
     /// Deliveries taken from the mailbox (or resumed) but not yet sent
     /// because the in-flight window is full.
     pub(super) pending: VecDeque<Delivery>,
@@ -202,6 +206,7 @@ impl ActiveSession {
             released_qos2: Vec::new(),
             acknowledged: RecentlyAcknowledged::default(),
             restored: HashSet::new(),
+            late_drains: 1,
             window: OutgoingWindow::new(broker.limits().max_inflight),
             broker,
             connection,
@@ -353,7 +358,11 @@ impl ActiveSession {
                         return End::KeepAliveTimeout;
                     }
                     if late_drain.is_some_and(|at| now >= at) {
-                        late_drain = None;
+                        late_drain = match self.late_drains {
+                            0 => None,
+                            _ => Some(now + LAST_DRAIN_AFTER - LATE_DRAIN_AFTER),
+                        };
+                        self.late_drains = self.late_drains.saturating_sub(1);
                         Box::pin(self.drain_stragglers()).await;
                     }
                     timer.as_mut().reset(next_due(last_read, keep_alive, late_drain));
@@ -569,10 +578,9 @@ impl ActiveSession {
         } else {
             let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
             if end == End::Released {
-                // Claimed by another node: it queues for the session now.
-                self.broker
-                    .unsubscribe(&self.client_id, filters.iter().map(String::as_str))
-                    .await;
+                // Claimed by another node, which queues for it now; what
+                // still reaches this node is queued in Redis for a while.
+                self.broker.session_released(&self.client_id, filters);
             } else {
                 self.broker.session_parked(&self.client_id, filters);
             }

@@ -318,14 +318,14 @@ impl Store for RedisStore {
             &self.scripts.session_progress,
             &[&session, &inflight, &queue],
         );
-        cmd.arg(owner.epoch).arg(progress.stages.len());
+        cmd.arg(owner.epoch).arg(progress.completed.len());
+        for packet_id in &progress.completed {
+            cmd.arg(*packet_id);
+        }
+        cmd.arg(progress.stages.len());
         for (packet_id, stage, queued) in &progress.stages {
             cmd.arg(*packet_id)
                 .arg(wire::encode_inflight(*stage, queued));
-        }
-        cmd.arg(progress.completed.len());
-        for packet_id in &progress.completed {
-            cmd.arg(*packet_id);
         }
         for queued in &progress.acknowledged {
             cmd.arg(&**queued);
