@@ -267,6 +267,7 @@ async fn take_over(
                     cluster,
                     broker.as_ref(),
                     con,
+                    node,
                     &session.client_id,
                     &mut adopted,
                 )
@@ -368,6 +369,7 @@ async fn adopt(
     cluster: &Cluster,
     broker: &dyn LocalNode,
     con: &mut ConnectionManager,
+    dead: &str,
     client_id: &ClientId,
     adopted: &mut SubscriptionTree,
 ) -> Result<(), RecoveryError> {
@@ -375,28 +377,19 @@ async fn adopt(
     for (filter, qos) in &filters {
         adopted.subscribe(filter, client_id, *qos);
     }
-    redis::pipe()
-        .cmd("HSET")
-        .arg(keys::session(client_id))
-        .arg("owner")
-        .arg(&*cluster.node_id)
-        .arg("connected")
-        .arg("0")
-        .ignore()
-        .cmd("HDEL")
-        .arg(keys::session(client_id))
-        .arg("will")
-        .ignore()
-        .cmd("HINCRBY")
-        .arg(keys::session(client_id))
-        .arg("epoch")
-        .arg(1)
-        .ignore()
-        .cmd("SADD")
+    let session = keys::session(client_id);
+    let mut take = evalsha(&cluster.scripts.adopt, &[&session]);
+    take.arg(dead).arg(&*cluster.node_id);
+    let epoch: i64 = query_cmd(&cluster.scripts, con, &take).await?;
+    if epoch == 0 {
+        // Claimed by its client on another node meanwhile: that node owns
+        // it; only what the dead inbox holds for it is queued (above).
+        return Ok(());
+    }
+    redis::cmd("SADD")
         .arg(keys::node_clients(&cluster.node_id))
         .arg(&**client_id)
-        .ignore()
-        .query_async::<()>(con)
+        .query_async::<Value>(con)
         .await?;
     broker.adopt_offline_session(client_id, filters).await;
     Ok(())

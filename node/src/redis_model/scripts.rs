@@ -53,6 +53,17 @@ for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
 return 1
 "#;
 
+/// A survivor takes over a dead node's session, unless its client has
+/// claimed it elsewhere meanwhile.
+/// KEYS: session. ARGV: dead owner, new owner.
+/// Returns the new epoch, or 0 when the dead node no longer owns it.
+pub const ADOPT: &str = r#"
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'connected', '0')
+redis.call('HDEL', KEYS[1], 'will')
+return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+"#;
+
 /// Forgets a clean session that ended.
 /// KEYS: session, subs, inflight, qos2, queue, seen. ARGV: epoch.
 pub const DISCARD: &str = r#"
@@ -177,6 +188,8 @@ pub struct Scripts {
     pub park: redis::Script,
     /// [`DISCARD`].
     pub discard: redis::Script,
+    /// [`ADOPT`].
+    pub adopt: redis::Script,
     /// [`ENQUEUE`].
     pub enqueue: redis::Script,
     /// [`QOS2_RECORD`].
@@ -201,6 +214,7 @@ impl Default for Scripts {
             claim: redis::Script::new(CLAIM),
             park: redis::Script::new(PARK),
             discard: redis::Script::new(DISCARD),
+            adopt: redis::Script::new(ADOPT),
             enqueue: redis::Script::new(ENQUEUE),
             qos2_record: redis::Script::new(QOS2_RECORD),
             session_progress: redis::Script::new(SESSION_PROGRESS),
@@ -224,10 +238,11 @@ impl Scripts {
     }
 }
 
-const SOURCES: [&str; 11] = [
+const SOURCES: [&str; 12] = [
     CLAIM,
     PARK,
     DISCARD,
+    ADOPT,
     ENQUEUE,
     QOS2_RECORD,
     SESSION_PROGRESS,
