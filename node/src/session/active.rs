@@ -444,7 +444,7 @@ impl ActiveSession {
             let released = std::mem::take(&mut self.released_qos2);
             let store = &self.broker.store();
             if let Err(error) = store.release_incoming_qos2(&self.owner, &released).await {
-                return Some(End::StoreUnavailable(error.to_string()));
+                return Some(self.unrecorded(End::StoreUnavailable(error.to_string())));
             }
         }
         if self.progress.is_empty() {
@@ -458,8 +458,10 @@ impl ActiveSession {
             .await
         {
             Ok(true) => None,
-            Ok(false) => Some(End::Fenced),
-            Err(error) if progress.gates_output() => Some(End::StoreUnavailable(error.to_string())),
+            Ok(false) => Some(self.unrecorded(End::Fenced)),
+            Err(error) if progress.gates_output() => {
+                Some(self.unrecorded(End::StoreUnavailable(error.to_string())))
+            }
             Err(error) => {
                 // Only acknowledgements: the entries are sent again after a
                 // failover (QoS 1 duplicates), never lost.
@@ -469,6 +471,14 @@ impl ActiveSession {
                 None
             }
         }
+    }
+
+    /// Ends the session after a write that gates output failed: what this
+    /// turn encoded (PUBLISH, PUBREL, PUBCOMP whose state is not in Redis)
+    /// must not leave, not even when the connection is closed.
+    fn unrecorded(&mut self, end: End) -> End {
+        self.connection.output().clear();
+        end
     }
 
     /// An outgoing message the client has fully acknowledged.
