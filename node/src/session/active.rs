@@ -58,14 +58,22 @@ fn next_due(
     last_read: Instant,
     keep_alive: Option<Duration>,
     late_drain: Option<Instant>,
+    progress_due: Option<Instant>,
 ) -> Instant {
     let keep_alive_due = keep_alive.map(|limit| last_read + limit);
-    match (keep_alive_due, late_drain) {
-        (Some(a), Some(b)) => a.min(b),
-        (Some(due), None) | (None, Some(due)) => due,
-        (None, None) => last_read + Duration::from_secs(86_400 * 365),
-    }
+    [keep_alive_due, late_drain, progress_due]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(last_read + Duration::from_secs(86_400 * 365))
 }
+
+/// Acknowledged queue entries are deleted in Redis in batches: when this
+/// many are waiting, or this long after the first of them, whichever comes
+/// first (a packet that must not leave before its state is in Redis is
+/// never held back by this).
+const ACK_BATCH: usize = 64;
+const ACK_LINGER: Duration = Duration::from_millis(20);
 
 /// Queue entries acknowledged lately, remembered so a drain that reads
 /// them before their deletion reached Redis does not send them again.
@@ -162,6 +170,8 @@ pub struct ActiveSession {
     pub(super) restored: HashSet<QueueId>,
     /// Late drains still to schedule after the next one.
     pub(super) late_drains: u8,
+    /// Since when acknowledged entries wait to be deleted in Redis.
+    pub(super) progress_since: Option<Instant>,
     /// Deliveries taken from the mailbox (or resumed) but not yet sent
     /// because the in-flight window is full.
     pub(super) pending: VecDeque<Delivery>,
@@ -207,6 +217,7 @@ impl ActiveSession {
             acknowledged: RecentlyAcknowledged::default(),
             restored: HashSet::new(),
             late_drains: 1,
+            progress_since: None,
             window: OutgoingWindow::new(broker.limits().max_inflight),
             broker,
             connection,
@@ -304,7 +315,7 @@ impl ActiveSession {
         // One timer for keep-alive and the late drain, re-armed only when it
         // fires: resetting it on every packet would cost a timer-wheel update
         // per packet.
-        let timer = tokio::time::sleep_until(next_due(last_read, keep_alive, late_drain));
+        let timer = tokio::time::sleep_until(next_due(last_read, keep_alive, late_drain, None));
         // Created once, not per turn of the loop: kicked and shut down end
         // the session, and a new wait for the mailbox starts only after the
         // previous one fired.
@@ -317,8 +328,15 @@ impl ActiveSession {
                 return end;
             }
             self.send_pending();
-            if let Some(end) = self.report_progress().await {
+            if let Some(end) = self.report_progress(false).await {
                 return end;
+            }
+            // Acknowledgements held back for a batch: make sure the timer
+            // fires for them.
+            if let Some(due) = self.progress_since.map(|at| at + ACK_LINGER) {
+                if timer.deadline() > due {
+                    timer.as_mut().reset(due);
+                }
             }
             if let Err(error) = self
                 .connection
@@ -365,7 +383,10 @@ impl ActiveSession {
                         self.late_drains = self.late_drains.saturating_sub(1);
                         Box::pin(self.drain_stragglers()).await;
                     }
-                    timer.as_mut().reset(next_due(last_read, keep_alive, late_drain));
+                    let progress_due = self.progress_since.map(|at| at + ACK_LINGER);
+                    timer
+                        .as_mut()
+                        .reset(next_due(last_read, keep_alive, late_drain, progress_due));
                 }
             }
         }
@@ -436,10 +457,22 @@ impl ActiveSession {
     /// leave: QoS 2 stages before their PUBLISH/PUBREL, released incoming
     /// QoS 2 ids before their PUBCOMP, and acknowledged entries. Ends the
     /// session if Redis is unreachable or the session is owned elsewhere.
-    async fn report_progress(&mut self) -> Option<End> {
+    async fn report_progress(&mut self, force: bool) -> Option<End> {
         if !self.durable {
             return None;
         }
+        let batch_due = self.progress.acknowledged.len() >= ACK_BATCH
+            || self
+                .progress_since
+                .is_some_and(|at| at.elapsed() >= ACK_LINGER);
+        let must_write = force || batch_due || self.progress.gates_output();
+        if !must_write && self.released_qos2.is_empty() {
+            if !self.progress.is_empty() && self.progress_since.is_none() {
+                self.progress_since = Some(Instant::now());
+            }
+            return None;
+        }
+        self.progress_since = None;
         if !self.released_qos2.is_empty() {
             let released = std::mem::take(&mut self.released_qos2);
             let store = &self.broker.store();
@@ -567,7 +600,7 @@ impl ActiveSession {
         }
         if end != End::Fenced {
             // What the client acknowledged before going away.
-            let _ = self.report_progress().await;
+            let _ = self.report_progress(true).await;
         }
         // Best effort: a client that does not read must not hold up takeover.
         let timeout = self.broker.limits().write_timeout.min(CLOSE_TIMEOUT);
