@@ -179,9 +179,7 @@ fuzz_target!(|input: Input| {
                 let awaiting = in_flight
                     .iter()
                     .position(|&e| e == (id, OutgoingStage::AwaitingPubrec));
-                let released = in_flight
-                    .iter()
-                    .any(|&e| e == (id, OutgoingStage::AwaitingPubcomp));
+                let released = in_flight.contains(&(id, OutgoingStage::AwaitingPubcomp));
                 if let Some(index) = awaiting {
                     in_flight[index].1 = OutgoingStage::AwaitingPubcomp;
                 }
