@@ -37,7 +37,6 @@ mod app;
 mod backends;
 mod balance;
 mod config;
-mod connect;
 mod control;
 mod listener;
 mod metrics;
@@ -48,6 +47,7 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 
 use anyhow::Context;
+use astramq_proxy::connect;
 use astramq_shared::membership::{MembershipConfig, Role};
 use async_trait::async_trait;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
