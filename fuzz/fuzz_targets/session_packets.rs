@@ -219,19 +219,23 @@ fuzz_target!(|input: Input| {
                     continue;
                 }
                 let index = usize::from(*which) % senders.len();
-                if let Sender::Waiting(tx) = std::mem::replace(&mut senders[index], Sender::Dropped)
-                {
-                    senders[index] = match settlement {
-                        Settlement::Written | Settlement::Failed => {
-                            let written = matches!(settlement, Settlement::Written);
-                            // An owed ack is popped only once settled, so its
-                            // receiver is still there: the send cannot fail.
-                            assert!(tx.send(written).is_ok());
-                            Sender::Sent(written)
-                        }
-                        Settlement::Dropped => Sender::Dropped,
-                    };
+                if !matches!(senders[index], Sender::Waiting(_)) {
+                    continue; // already settled: a write settles once
                 }
+                let Sender::Waiting(tx) = std::mem::replace(&mut senders[index], Sender::Dropped)
+                else {
+                    unreachable!("checked above");
+                };
+                senders[index] = match settlement {
+                    Settlement::Written | Settlement::Failed => {
+                        let written = matches!(settlement, Settlement::Written);
+                        // An owed ack is popped only once settled, so its
+                        // receiver is still there: the send cannot fail.
+                        assert!(tx.send(written).is_ok());
+                        Sender::Sent(written)
+                    }
+                    Settlement::Dropped => Sender::Dropped,
+                };
             }
             Step::PopSettled => {
                 let expected = owed_model.front().and_then(|(ack, id, write)| {
