@@ -289,11 +289,8 @@ pub async fn query_cmd<T: redis::FromRedisValue>(
     con: &mut (impl redis::aio::ConnectionLike + Send),
     cmd: &redis::Cmd,
 ) -> redis::RedisResult<T> {
-    match cmd.query_async(con).await {
-        Err(error) if is_noscript(&error) => {
-            scripts.load(con).await?;
-            cmd.query_async(con).await
-        }
-        other => other,
-    }
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd.clone());
+    let (reply,): (T,) = query_pipeline(scripts, con, &pipe).await?;
+    Ok(reply)
 }
