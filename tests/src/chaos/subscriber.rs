@@ -27,11 +27,8 @@ const TICK: Duration = Duration::from_millis(100);
 const PING_EVERY: Duration = Duration::from_millis(500);
 
 /// A connection silent for this long (no PINGRESP either) is abandoned:
-/// its node is frozen or cut off. A client's own detection bounds the
-/// failover time it sees after a freeze or partition (a killed node's
-/// connections close at once): this is an eager client, as IoT clients
-/// with a short keep-alive are.
-const SILENCE_LIMIT: Duration = Duration::from_secs(2);
+/// its node is frozen or cut off.
+const SILENCE_LIMIT: Duration = super::GIVE_UP_AFTER;
 
 /// Pause before a new connection attempt.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
