@@ -36,10 +36,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Cluster, LocalNode, Mode};
 use crate::message::{ClientId, Delivery, Message};
+use crate::redis_model::inbox::send_drain;
 use crate::redis_model::inbox::{FIELD_DRAIN, FIELD_MESSAGES, FIELD_ORIGIN, FIELD_RELEASE};
+use crate::redis_model::metrics::ClusterMetrics;
 use crate::redis_model::metrics::RedisOp;
 use crate::redis_model::queue::{
-    enqueue_cmd, parse_enqueued, qos2_record, qos2_record_cmd, Enqueued,
+    enqueue_cmd, parse_enqueue_reply, qos2_record, qos2_record_cmd, Enqueued,
 };
 use crate::redis_model::scripts::{evalsha, query_pipeline};
 use crate::redis_model::value::{self as rv, StreamEntry};
@@ -96,6 +98,51 @@ impl QueueTarget {
             let mut delivery = self.delivery;
             delivery.queued = Some(queued);
             mailbox.post_queued(delivery);
+        }
+    }
+}
+
+/// What queueing deliveries left to do: sessions connected to another
+/// node get their entries only if that node is told to read its queue
+/// (it did not post them to itself), and a local session whose QoS 2
+/// copy was refused as queued already (another node queued it first, and
+/// did not post it here) must read its queue too.
+#[derive(Default)]
+struct Elsewhere {
+    /// (node, client id) pairs to send a drain request to.
+    owners: Vec<(ClientId, ClientId)>,
+}
+
+impl Elsewhere {
+    /// Posts a queued delivery to its local session, or notes who must
+    /// read it.
+    fn settle(&mut self, target: QueueTarget, reply: &redis::Value, metrics: &ClusterMetrics) {
+        let (enqueued, owner) = parse_enqueue_reply(reply);
+        if let Some(owner) = owner {
+            let pair = (owner, target.client_id.clone());
+            if !self.owners.contains(&pair) {
+                self.owners.push(pair);
+            }
+        }
+        match enqueued {
+            Enqueued::Queued(id) => target.post(id),
+            Enqueued::Full => metrics.queue_full.inc(),
+            Enqueued::Duplicate => {
+                if let Some(mailbox) = &target.mailbox {
+                    mailbox.request_drain();
+                }
+            }
+            Enqueued::Qos0 | Enqueued::NoSession => {}
+        }
+    }
+
+    /// Sends the drain requests (best effort: the session's late drains
+    /// and its next claim read the queue anyway).
+    async fn notify(self, con: &mut ConnectionManager) {
+        for (owner, client_id) in self.owners {
+            if let Err(error) = send_drain(con, &owner, &client_id).await {
+                tracing::debug!(%error, %owner, "drain request not sent");
+            }
         }
     }
 }
@@ -163,6 +210,7 @@ impl Forwarder {
                 pipe.add_command(enqueue_cmd(
                     scripts,
                     cluster.max_queued,
+                    &cluster.node_id,
                     &target.client_id,
                     &target.delivery,
                 ));
@@ -202,16 +250,14 @@ impl Forwarder {
                 }
             }
         }
+        let mut elsewhere = Elsewhere::default();
         for forward in batch.iter_mut() {
             for target in std::mem::take(&mut forward.queue) {
                 let reply = replies.next().unwrap_or(redis::Value::Nil);
-                match parse_enqueued(&reply) {
-                    Enqueued::Queued(id) => target.post(id),
-                    Enqueued::Full => metrics.queue_full.inc(),
-                    Enqueued::Duplicate | Enqueued::Qos0 | Enqueued::NoSession => {}
-                }
+                elsewhere.settle(target, &reply, metrics);
             }
         }
+        elsewhere.notify(&mut self.connection).await;
         // The "done" records' replies need no reading: a failed one only
         // makes a re-send re-run a fan-out that dedupes itself.
         if !fenced.is_empty() {
@@ -589,19 +635,18 @@ impl InboxReader {
             pipe.add_command(enqueue_cmd(
                 &cluster.scripts,
                 cluster.max_queued,
+                &cluster.node_id,
                 &target.client_id,
                 &target.delivery,
             ));
         }
         let queued = query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.writer, &pipe);
         let replies = cluster.metrics.timed(RedisOp::Enqueue, queued).await?;
+        let mut elsewhere = Elsewhere::default();
         for (target, reply) in targets.into_iter().zip(replies) {
-            match parse_enqueued(&reply) {
-                Enqueued::Queued(id) => target.post(id),
-                Enqueued::Full => cluster.metrics.queue_full.inc(),
-                Enqueued::Duplicate | Enqueued::Qos0 | Enqueued::NoSession => {}
-            }
+            elsewhere.settle(target, &reply, &cluster.metrics);
         }
+        elsewhere.notify(&mut self.writer).await;
         Ok(())
     }
 

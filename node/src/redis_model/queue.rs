@@ -8,7 +8,7 @@ use redis::Value;
 
 use super::scripts::{evalsha, Scripts};
 use super::{keys, value as rv, wire};
-use crate::message::{unix_millis, Delivery, Qos, QueueId};
+use crate::message::{unix_millis, ClientId, Delivery, Qos, QueueId};
 use crate::session_state::SessionOwner;
 
 /// How long a session remembers the QoS 2 publish ids queued for it: a
@@ -35,6 +35,7 @@ pub enum Enqueued {
 pub fn enqueue_cmd(
     scripts: &Scripts,
     max_queued: usize,
+    node_id: &str,
     client_id: &str,
     delivery: &Delivery,
 ) -> redis::Cmd {
@@ -55,12 +56,35 @@ pub fn enqueue_cmd(
         .arg(publish_id)
         .arg(wire::encode_delivery(delivery).as_ref())
         .arg(unix_millis())
-        .arg(SEEN_WINDOW.as_millis() as u64);
+        .arg(SEEN_WINDOW.as_millis() as u64)
+        .arg(node_id);
     cmd
 }
 
 /// Reads the reply of an [`enqueue_cmd`].
 pub fn parse_enqueued(reply: &Value) -> Enqueued {
+    parse_enqueue_reply(reply).0
+}
+
+/// Reads the reply of an [`enqueue_cmd`], with the node the session is
+/// connected to when that is not the queueing node: that node must be
+/// told (`send_drain`), or its client gets the entry only at its next
+/// claim.
+pub fn parse_enqueue_reply(reply: &Value) -> (Enqueued, Option<ClientId>) {
+    match reply {
+        Value::Array(parts) => {
+            let enqueued = parts.first().map_or(Enqueued::NoSession, parse_status);
+            let owner = parts
+                .get(1)
+                .and_then(rv::bulk)
+                .map(|o| ClientId::from(String::from_utf8_lossy(&o).as_ref()));
+            (enqueued, owner)
+        }
+        other => (parse_status(other), None),
+    }
+}
+
+fn parse_status(reply: &Value) -> Enqueued {
     match rv::bulk(reply).as_deref() {
         Some(b"d") => Enqueued::Duplicate,
         Some(b"f") => Enqueued::Full,
@@ -89,4 +113,36 @@ pub fn qos2_record_cmd(
 /// `done` (or may be unfinished).
 pub fn qos2_record(publish_id: &str, done: bool) -> String {
     format!("{}:{publish_id}", if done { "d" } else { "p" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_plain_reply_names_no_other_node() {
+        assert_eq!(
+            parse_enqueue_reply(&bulk("5-1")),
+            (Enqueued::Queued("5-1".into()), None)
+        );
+        assert_eq!(parse_enqueue_reply(&bulk("d")), (Enqueued::Duplicate, None));
+        assert_eq!(
+            parse_enqueue_reply(&Value::Nil),
+            (Enqueued::NoSession, None)
+        );
+    }
+
+    #[test]
+    fn an_entry_for_a_session_connected_elsewhere_names_that_node() {
+        let reply = Value::Array(vec![bulk("7-0"), bulk("node-b")]);
+        assert_eq!(
+            parse_enqueue_reply(&reply),
+            (Enqueued::Queued("7-0".into()), Some("node-b".into()))
+        );
+        assert_eq!(parse_enqueued(&reply), Enqueued::Queued("7-0".into()));
+    }
 }

@@ -75,11 +75,14 @@ return 1
 /// Queues one delivery for a persistent session (connected or not).
 /// KEYS: session, queue, seen.
 /// ARGV: max queue length, qos, publish id ("" for none), record, now
-/// (ms), how long publish ids are remembered (ms).
+/// (ms), how long publish ids are remembered (ms), the queueing node.
 /// Returns the new entry id, or 'n' (no persistent session), 'z' (QoS 0:
-/// not queued), 'd' (this publish id is queued already), 'f' (queue full).
+/// not queued), 'd' (this publish id is queued already), 'f' (queue full);
+/// when a new entry is for a session connected to another node, returns
+/// {entry id, that node} instead: the caller tells that node to read it.
 pub const ENQUEUE: &str = r#"
-if redis.call('HGET', KEYS[1], 'persistent') ~= '1' then return 'n' end
+local session = redis.call('HMGET', KEYS[1], 'persistent', 'owner', 'connected')
+if session[1] ~= '1' then return 'n' end
 if ARGV[2] == '0' then return 'z' end
 local publish_id = ARGV[3]
 if publish_id ~= '' and redis.call('ZSCORE', KEYS[3], publish_id) then return 'd' end
@@ -89,6 +92,9 @@ if publish_id ~= '' then
   local now = tonumber(ARGV[5])
   redis.call('ZADD', KEYS[3], now, publish_id)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
+end
+if session[3] == '1' and session[2] and session[2] ~= ARGV[7] then
+  return {id, session[2]}
 end
 return id
 "#;

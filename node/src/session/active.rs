@@ -427,7 +427,9 @@ impl ActiveSession {
     /// until this connection claimed it (they were routed before the
     /// ownership change reached every node).
     async fn drain_stragglers(&mut self) {
-        let deliveries = match self.broker.store().drain_offline(&self.owner).await {
+        let after = self.read_mark.highest().cloned();
+        let store = self.broker.store();
+        let deliveries = match store.drain_offline(&self.owner, after.as_deref()).await {
             Ok(deliveries) => deliveries,
             Err(error) => {
                 tracing::debug!(%error, "late queue drain failed");

@@ -18,7 +18,7 @@ impl ActiveSession {
                 self.pending = self.handle.mailbox.take_all();
                 // Entries the claim or a late drain read back from the
                 // queue already (their posts raced the read).
-                let mark = self.read_mark;
+                let mark = &self.read_mark;
                 self.pending
                     .retain(|d| d.queued.as_ref().is_none_or(|id| !mark.covers(id)));
                 if self.pending.is_empty() {

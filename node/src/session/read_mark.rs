@@ -37,25 +37,37 @@ impl StreamId {
 }
 
 /// The highest queue entry id this connection has read from Redis.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct ReadMark {
-    highest: Option<StreamId>,
+    highest: Option<(StreamId, QueueId)>,
 }
 
 impl ReadMark {
     /// Moves the mark past every id in `ids` (entries a read returned).
     pub fn advance<'a>(&mut self, ids: impl IntoIterator<Item = &'a QueueId>) {
-        let read = ids.into_iter().filter_map(|id| StreamId::parse(id));
-        self.highest = self.highest.into_iter().chain(read).max();
+        for id in ids {
+            let Some(parsed) = StreamId::parse(id) else {
+                continue;
+            };
+            if self.highest.as_ref().is_none_or(|(h, _)| parsed > *h) {
+                self.highest = Some((parsed, id.clone()));
+            }
+        }
     }
 
     /// True when the entry `id` was returned by a read already (or deleted
     /// before it): a post of it is a repeat.
     pub fn covers(&self, id: &QueueId) -> bool {
-        match (self.highest, StreamId::parse(id)) {
-            (Some(highest), Some(id)) => id <= highest,
+        match (&self.highest, StreamId::parse(id)) {
+            (Some((highest, _)), Some(id)) => id <= *highest,
             _ => false,
         }
+    }
+
+    /// The highest id read: the next read need only return what follows
+    /// it (everything up to it was read, and is held or acknowledged).
+    pub fn highest(&self) -> Option<&QueueId> {
+        self.highest.as_ref().map(|(_, id)| id)
     }
 }
 
@@ -98,6 +110,7 @@ mod tests {
         mark.advance([&id("3-0")]);
         mark.advance(std::iter::empty());
         assert!(mark.covers(&id("4-9")));
+        assert_eq!(mark.highest().map(|h| &**h), Some("5-0"));
     }
 
     #[test]

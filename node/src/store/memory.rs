@@ -91,7 +91,11 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn drain_offline(&self, owner: &SessionOwner) -> Result<Vec<Delivery>, StoreError> {
+    async fn drain_offline(
+        &self,
+        owner: &SessionOwner,
+        _after: Option<&str>,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let mut sessions = self.sessions();
         Ok(match sessions.get_mut(&owner.client_id) {
             Some(stored) if stored.epoch == owner.epoch => stored.offline.drain(..).collect(),

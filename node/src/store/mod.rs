@@ -97,7 +97,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deliveries queued for a session this node owns and has connected
     /// (stragglers queued while ownership moved). A durable backend leaves
     /// them queued until acknowledged (the caller skips those it holds).
-    async fn drain_offline(&self, owner: &SessionOwner) -> Result<Vec<Delivery>, StoreError>;
+    /// `after`: only entries after this queue entry id (those up to it
+    /// were read before).
+    async fn drain_offline(
+        &self,
+        owner: &SessionOwner,
+        after: Option<&str>,
+    ) -> Result<Vec<Delivery>, StoreError>;
 
     /// Records a connected persistent session's progress (QoS 2 stages,
     /// completed packet ids, acknowledged queue entries). Returns false

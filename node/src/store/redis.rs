@@ -291,9 +291,14 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn drain_offline(&self, owner: &SessionOwner) -> Result<Vec<Delivery>, StoreError> {
+    async fn drain_offline(
+        &self,
+        owner: &SessionOwner,
+        after: Option<&str>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
         let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(keys::queue(&owner.client_id)).arg("-").arg("+");
+        cmd.arg(keys::queue(&owner.client_id)).arg(start).arg("+");
         let mut con = self.con();
         let read = cmd.query_async::<Value>(&mut con);
         let reply = self.metrics.timed(RedisOp::Session, read).await?;
@@ -416,6 +421,7 @@ impl Store for RedisStore {
             pipe.add_command(enqueue_cmd(
                 &self.scripts,
                 self.max_queued,
+                &self.node_id,
                 client_id,
                 delivery,
             ));
@@ -450,6 +456,7 @@ impl Store for RedisStore {
             pipe.add_command(enqueue_cmd(
                 &self.scripts,
                 self.max_queued,
+                &self.node_id,
                 client_id,
                 &deliveries[i],
             ));
