@@ -214,6 +214,12 @@ def start_astramq_proxy(ctx):
         str(proxy_binary(ctx)),
         "--listen", "127.0.0.1:0",
         "--backends", node_addr,
+        # Every bench client connects from 127.0.0.1, and conn-idle opens
+        # 10k connections at once: the production per-address cap (1000)
+        # and rate (5000/s) would refuse them. The benchmark measures the
+        # relay, not the admission limits.
+        "--max-connections-per-ip", "1000000",
+        "--max-connection-rate", "1000000",
     ]
     if os.environ.get("ASTRAMQ_BENCH_PROXY_THREADS"):
         argv += ["--threads", os.environ["ASTRAMQ_BENCH_PROXY_THREADS"]]

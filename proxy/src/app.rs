@@ -2,6 +2,10 @@
 //!
 //! One connection, start to end ([`MqttProxy::process_new`]):
 //!
+//! 0. **Admit**: before anything is read, the socket must fit under the
+//!    connection caps and rate ([`crate::admission`]); otherwise it is
+//!    closed at once and the refusal counted. The permit is held until the
+//!    connection ends, whatever the stage.
 //! 1. **Accept**: read the first packet within `--connect-timeout` and
 //!    `--max-connect-size`; it must be a well-formed CONNECT
 //!    ([`crate::connect`]), otherwise close (CONNACK 0x01 first for a known
@@ -31,6 +35,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
+use crate::admission::Admission;
 use crate::backends::{Backend, BackendSet};
 use crate::balance::Balancer;
 use crate::connect::{self, ConnectInfo, Reject};
@@ -46,7 +51,9 @@ const CONNACK_BAD_PROTOCOL: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
 /// Per-connection limits and options, from the configuration.
 #[derive(Debug, Clone)]
 pub struct ConnectionOptions {
-    /// Time allowed for the whole first packet.
+    /// Time allowed for the whole first packet, from accept: a deadline,
+    /// not an idle timer, so a client dribbling bytes is cut as surely as
+    /// a silent one.
     pub connect_timeout: Duration,
     /// Largest first packet accepted, in bytes.
     pub max_connect_size: usize,
@@ -58,6 +65,8 @@ pub struct ConnectionOptions {
 
 /// The proxy application: shared by every connection of the service.
 pub struct MqttProxy {
+    /// Connection caps and rate, checked on accept.
+    pub admission: Arc<Admission>,
     /// Where clients may be sent (live brokers or the static list).
     pub backends: Arc<BackendSet>,
     /// In which order to try them.
@@ -90,6 +99,19 @@ impl ServerApp for MqttProxy {
             .as_ref()
             .and_then(|d| d.local_addr())
             .and_then(|a| a.as_inet().copied());
+        let _permit = match self.admission.admit(peer.map(|p| p.ip())) {
+            Ok(permit) => permit,
+            Err(refusal) => {
+                // Debug only: under a flood this would be a line per socket.
+                tracing::debug!(
+                    ?peer,
+                    reason = refusal.reason(),
+                    "client socket refused: {refusal}"
+                );
+                self.metrics.refused(refusal);
+                return None; // dropping `client` closes it
+            }
+        };
         let span = tracing::info_span!("client", peer = peer.map(tracing::field::display));
         let mut shutdown = shutdown.clone();
         let serve = self.serve(client.as_mut(), peer, local).instrument(span);

@@ -11,6 +11,7 @@
 //! - `main` — configuration, logging, the pingora server and its signals.
 //! - [`config`] — flags, `ASTRAMQ_*` environment, TOML file.
 //! - [`listener`] — the MQTT socket, bound here and handed to pingora.
+//! - [`admission`] — connection caps (total, per address) and rate, on accept.
 //! - [`app`] — the pingora `ServerApp`: one client connection end to end.
 //! - [`connect`] — the bounds-checked CONNECT reader.
 //! - [`balance`] — backend order: round-robin, client-id (Ketama), least-connections.
@@ -33,6 +34,7 @@
 //! [`GRACE_PERIOD_SECS`] + [`RUNTIME_STOP_SECS`] (pingora's default grace
 //! period would be 300 s).
 
+mod admission;
 mod app;
 mod backends;
 mod balance;
@@ -58,6 +60,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
+use crate::admission::Admission;
 use crate::app::MqttProxy;
 use crate::backends::BackendSet;
 use crate::balance::Balancer;
@@ -93,6 +96,7 @@ fn main() -> anyhow::Result<()> {
 
     let metrics = Arc::new(ProxyMetrics::new());
     let backends = Arc::new(BackendSet::with_fallback(&config.backends));
+    let admission = Arc::new(Admission::new(config.admission));
     let fatal = Arc::new(Fatal::default());
     let (signals_ready_tx, signals_ready) = watch::channel(false);
 
@@ -122,6 +126,7 @@ fn main() -> anyhow::Result<()> {
         ops: Arc::new(ProxyOps {
             metrics: metrics.clone(),
             backends: backends.clone(),
+            admission: admission.clone(),
         }),
         backends: backends.clone(),
         metrics: metrics.clone(),
@@ -129,6 +134,7 @@ fn main() -> anyhow::Result<()> {
     });
 
     let app = MqttProxy {
+        admission,
         backends,
         balancer: Balancer::new(config.balance),
         metrics,
@@ -154,6 +160,10 @@ fn main() -> anyhow::Result<()> {
         gossip = config.gossip.is_some(),
         static_backends = config.backends.len(),
         proxy_protocol = config.connection.proxy_protocol,
+        max_connections = config.admission.max_connections,
+        max_connections_per_ip = config.admission.max_connections_per_ip,
+        max_connection_rate = config.admission.max_connection_rate,
+        connect_timeout = ?config.connection.connect_timeout,
         threads = config.threads,
         "astramq-proxy starting"
     );

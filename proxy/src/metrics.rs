@@ -6,6 +6,8 @@
 //! | `astramq_proxy_connections_total` | counter: clients proxied | `backend` |
 //! | `astramq_proxy_bytes_total` | counter: bytes relayed | `backend`, `direction` (`upstream` = client→node, `downstream` = node→client) |
 //! | `astramq_proxy_rejects_total` | counter: connections closed without a node | `reason` |
+//! | `astramq_proxy_client_sockets` | gauge: client sockets held now, at any stage (what `--max-connections` caps) | |
+//! | `astramq_proxy_client_addresses` | gauge: client addresses (IPv6: /64s) with a socket open | |
 //! | `astramq_proxy_dial_failures_total` | counter: node connects refused or timed out | `backend` |
 //! | `astramq_proxy_dial_duration_seconds` | histogram: successful node connects | |
 //! | `astramq_proxy_backends` | gauge: backends usable now | |
@@ -22,10 +24,13 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::admission::{Admission, Refusal};
 use crate::backends::BackendSet;
 use crate::connect::Reject;
 
-/// Every reject reason, so each series exists (at 0) from the start.
+/// Every reject reason of the CONNECT reader and `no_backend`, so each
+/// series exists (at 0) from the start; the admission limits' reasons
+/// ([`Refusal::reason`]) are registered beside them.
 pub const REJECT_REASONS: [&str; 6] = [
     "timeout",
     "not_connect",
@@ -64,6 +69,10 @@ pub struct ProxyMetrics {
     pub dial_duration: Histogram,
     /// Size of the usable backend set, refreshed at each scrape.
     pub backends: IntGauge,
+    /// Client sockets held, refreshed at each scrape.
+    pub client_sockets: IntGauge,
+    /// Client addresses with a socket open, refreshed at each scrape.
+    pub client_addresses: IntGauge,
     /// Members per gossip state, kept by the control plane.
     pub members: IntGaugeVec,
 }
@@ -130,7 +139,10 @@ impl ProxyMetrics {
                 &["reason"],
             ),
         );
-        for reason in REJECT_REASONS {
+        for reason in REJECT_REASONS
+            .into_iter()
+            .chain(Refusal::ALL.map(Refusal::reason))
+        {
             rejects.with_label_values(&[reason]);
         }
         let dial_failures = register(
@@ -158,6 +170,20 @@ impl ProxyMetrics {
             IntGauge::new(
                 "astramq_proxy_backends",
                 "Backends new clients can be sent to.",
+            ),
+        );
+        let client_sockets = register(
+            &registry,
+            IntGauge::new(
+                "astramq_proxy_client_sockets",
+                "Client sockets held now, before and after CONNECT (what --max-connections caps).",
+            ),
+        );
+        let client_addresses = register(
+            &registry,
+            IntGauge::new(
+                "astramq_proxy_client_addresses",
+                "Client addresses (IPv6: /64 prefixes) with a socket open now.",
             ),
         );
         let members = register(
@@ -195,12 +221,19 @@ impl ProxyMetrics {
             dial_failures,
             dial_duration,
             backends,
+            client_sockets,
+            client_addresses,
             members,
         }
     }
 
     /// Counts a connection closed without a node.
     pub fn reject(&self, why: &Reject) {
+        self.rejects.with_label_values(&[why.reason()]).inc();
+    }
+
+    /// Counts a socket closed on accept by an admission limit.
+    pub fn refused(&self, why: Refusal) {
         self.rejects.with_label_values(&[why.reason()]).inc();
     }
 
@@ -259,6 +292,8 @@ pub struct ProxyOps {
     pub metrics: Arc<ProxyMetrics>,
     /// The backend set; ready means at least one backend.
     pub backends: Arc<BackendSet>,
+    /// The admission counters behind the client-socket gauges.
+    pub admission: Arc<Admission>,
 }
 
 impl OpsSource for ProxyOps {
@@ -266,6 +301,13 @@ impl OpsSource for ProxyOps {
         self.metrics
             .backends
             .set(self.backends.snapshot().len() as i64);
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics
+            .client_sockets
+            .set(gauge(self.admission.open()));
+        self.metrics
+            .client_addresses
+            .set(gauge(self.admission.addresses()));
         self.metrics.render()
     }
 
@@ -281,6 +323,7 @@ impl OpsSource for ProxyOps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admission::AdmissionLimits;
 
     #[test]
     fn every_documented_series_is_exported() {
@@ -288,11 +331,19 @@ mod tests {
         let (meters, guard) = metrics.routed("n1");
         meters.upstream.inc_by(10);
         metrics.reject(&Reject::Timeout);
+        metrics.refused(Refusal::ConnectionsPerIp);
+        let admission = Arc::new(Admission::new(AdmissionLimits {
+            max_connections: 10,
+            max_connections_per_ip: 10,
+            max_connection_rate: 10,
+        }));
+        let _permit = admission.admit(Some([10, 0, 0, 1].into())).unwrap();
         metrics.dial_duration.observe(0.001);
         metrics.dial_failures.with_label_values(&["n2"]).inc();
         let ops = ProxyOps {
             metrics: metrics.clone(),
             backends: Arc::new(BackendSet::with_fallback(&["127.0.0.1:1".parse().unwrap()])),
+            admission: admission.clone(),
         };
         let text = ops.metrics_text();
         for line in [
@@ -301,6 +352,10 @@ mod tests {
             "astramq_proxy_bytes_total{backend=\"n1\",direction=\"upstream\"} 10",
             "astramq_proxy_rejects_total{reason=\"timeout\"} 1",
             "astramq_proxy_rejects_total{reason=\"no_backend\"} 0",
+            "astramq_proxy_rejects_total{reason=\"connections_per_ip\"} 1",
+            "astramq_proxy_rejects_total{reason=\"connection_rate\"} 0",
+            "astramq_proxy_client_sockets 1",
+            "astramq_proxy_client_addresses 1",
             "astramq_proxy_dial_failures_total{backend=\"n2\"} 1",
             "astramq_proxy_dial_duration_seconds_count 1",
             "astramq_proxy_backends 1",
@@ -319,6 +374,11 @@ mod tests {
         let ops = ProxyOps {
             metrics: Arc::new(ProxyMetrics::new()),
             backends: Arc::new(BackendSet::default()),
+            admission: Arc::new(Admission::new(AdmissionLimits {
+                max_connections: 1,
+                max_connections_per_ip: 1,
+                max_connection_rate: 1,
+            })),
         };
         assert!(ops.readiness().is_err());
     }

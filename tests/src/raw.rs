@@ -4,12 +4,12 @@
 //! hides duplicates; the tests that need to do exactly those things use this
 //! instead. Every read is bounded by a timeout.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::wire::{self, kind, ConnAck, Connect, Publish, RawPacket};
 use crate::{within, within_for, TIMEOUT};
@@ -34,6 +34,23 @@ impl RawClient {
     /// Opens a TCP connection without sending anything.
     pub async fn connect_tcp(addr: SocketAddr) -> Result<Self> {
         let stream = within("TCP connect", TcpStream::connect(addr)).await??;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Opens a TCP connection from the loopback address `source` (any of
+    /// 127.0.0.0/8 works on Linux), so a test can be several clients by
+    /// address; sends nothing.
+    pub async fn connect_tcp_from(addr: SocketAddr, source: IpAddr) -> Result<Self> {
+        let socket = match source {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        let stream = within("TCP connect", socket.connect(addr)).await??;
         stream.set_nodelay(true)?;
         Ok(Self {
             stream,

@@ -115,6 +115,8 @@ pub struct Connect {
     pub will: Option<Will>,
     /// Sets the reserved flag bit 0, which the spec requires to be zero.
     pub reserved_flag: bool,
+    /// Optional user name (no password).
+    pub username: Option<String>,
 }
 
 impl Connect {
@@ -128,6 +130,7 @@ impl Connect {
             keep_alive: 60,
             will: None,
             reserved_flag: false,
+            username: None,
         }
     }
 
@@ -156,6 +159,12 @@ impl Connect {
         self
     }
 
+    /// Sets a user name.
+    pub fn with_username(mut self, username: &str) -> Self {
+        self.username = Some(username.to_owned());
+        self
+    }
+
     /// Sets the reserved flag bit (a protocol violation).
     pub fn with_reserved_flag(mut self) -> Self {
         self.reserved_flag = true;
@@ -168,6 +177,9 @@ impl Connect {
         flags |= u8::from(self.clean_session) << 1;
         if let Some(will) = &self.will {
             flags |= 0x04 | (will.qos << 3) | (u8::from(will.retain) << 5);
+        }
+        if self.username.is_some() {
+            flags |= 0x80;
         }
         flags
     }
@@ -183,6 +195,9 @@ impl Connect {
         if let Some(will) = &self.will {
             put_field(&mut body, will.topic.as_bytes());
             put_field(&mut body, &will.payload);
+        }
+        if let Some(username) = &self.username {
+            put_field(&mut body, username.as_bytes());
         }
         frame(0x10, &body)
     }

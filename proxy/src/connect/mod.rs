@@ -24,8 +24,14 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Largest remaining length the 4-byte variable integer can encode.
 const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
-/// How much is read from the socket at a time while waiting for CONNECT.
+/// Most read from the socket at a time while waiting for CONNECT.
 const READ_CHUNK: usize = 4096;
+
+/// Room for the first read: most CONNECTs fit. The buffer then grows with
+/// what has arrived (at most doubling, up to [`READ_CHUNK`] a read), so a
+/// socket that sends nothing holds this much and one that dribbles a byte
+/// at a time about twice what it sent, never a whole chunk.
+const FIRST_READ: usize = 256;
 
 /// What the proxy learnt from a client's CONNECT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,8 +195,9 @@ pub fn parse_connect(packet: &[u8]) -> Result<ConnectInfo, Reject> {
 ///
 /// Returns the CONNECT and its length: `buf[..len]` is the CONNECT and
 /// anything after it is what the client sent next (clients may send before
-/// CONNACK), to be forwarded too. Bounded by `timeout` as a whole and by
-/// `max_size` (plus one read chunk) in memory.
+/// CONNACK), to be forwarded too. Bounded by `timeout` as a whole — a
+/// deadline from the call, not an idle timer, so bytes trickling in do not
+/// extend it — and by `max_size` (plus one read chunk) in memory.
 pub async fn read_connect<S>(
     stream: &mut S,
     buf: &mut Vec<u8>,
@@ -205,7 +212,7 @@ where
             if let Some(len) = frame_len(buf, max_size)? {
                 return Ok((parse_connect(&buf[..len])?, len));
             }
-            buf.reserve(READ_CHUNK);
+            buf.reserve(buf.len().clamp(FIRST_READ, READ_CHUNK));
             match stream.read_buf(buf).await {
                 Ok(0) | Err(_) if buf.is_empty() => return Err(Reject::Closed),
                 Ok(0) | Err(_) => return Err(Reject::Malformed("connection closed mid-CONNECT")),

@@ -212,6 +212,63 @@ async fn read_connect_refuses_junk_at_once() {
     }
 }
 
+/// A client that dribbles its CONNECT a byte at a time, each byte well
+/// inside any idle timer, is still cut at the deadline: the timeout bounds
+/// the whole CONNECT, and bytes arriving do not extend it.
+#[tokio::test]
+async fn a_dribbled_connect_is_cut_at_the_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let connect = connect(b"MQTT", 4, 0x02, &[b"slowloris-client-id"]);
+    let (mut client, mut server) = tokio::io::duplex(64);
+    let dribble = tokio::spawn(async move {
+        for byte in connect {
+            if client.write_all(&[byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let got = read_connect(&mut server, &mut buf, 65536, Duration::from_millis(600)).await;
+    assert_eq!(got, Err(Reject::Timeout));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_millis(1500),
+        "cut after {took:?}"
+    );
+    // About six of its 30-odd bytes had arrived: it was still sending.
+    assert!((2..20).contains(&buf.len()), "read {} bytes", buf.len());
+    dribble.abort();
+}
+
+/// What a slow or silent client makes the reader hold is about what it
+/// sent, not a whole read chunk.
+#[tokio::test]
+async fn the_buffer_grows_with_what_arrived() {
+    use tokio::io::AsyncWriteExt;
+    let (mut client, mut server) = tokio::io::duplex(64);
+    client.write_all(&[0x10, 0x7F, 0x00]).await.unwrap();
+    let mut buf = Vec::new();
+    let got = read_connect(&mut server, &mut buf, 65536, Duration::from_millis(50)).await;
+    assert_eq!(got, Err(Reject::Timeout));
+    assert_eq!(buf.len(), 3);
+    assert!(buf.capacity() <= 512, "capacity {}", buf.capacity());
+
+    // A large CONNECT still arrives whole, in chunks.
+    let id = vec![b'x'; 20_000];
+    let mut input = connect(b"MQTT", 4, 0x02, &[&id]);
+    let total = input.len();
+    input.extend([0xC0, 0x00]);
+    let mut reader = &input[..];
+    let mut buf = Vec::new();
+    let (info, len) = read_connect(&mut reader, &mut buf, 65536, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!((info.client_id.len(), len), (20_000, total));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4096))]
 

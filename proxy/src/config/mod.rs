@@ -13,8 +13,33 @@ use astramq_shared::config::Layered;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::admission::AdmissionLimits;
 use crate::app::ConnectionOptions;
 use crate::balance::Strategy;
+
+/// `--connect-timeout` default, seconds.
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// Longest `--connect-timeout` accepted: beyond an hour a silent or
+/// dribbling client could hold its socket for as long as it likes.
+pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 3600;
+
+/// `--max-connect-size` default, bytes.
+pub const DEFAULT_MAX_CONNECT_SIZE: usize = 65_536;
+
+/// `--max-connections` default. A relayed connection costs the proxy two
+/// file descriptors and about 40 KiB (two 16 KiB relay buffers plus the
+/// task), so 100,000 is about 4 GiB at the cap.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+
+/// `--max-connections-per-ip` default: room for a NAT gateway with many
+/// devices behind it, far from what one address may take alone.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 1000;
+
+/// `--max-connection-rate` default, per second: a reconnect storm of
+/// [`DEFAULT_MAX_CONNECTIONS`] clients is admitted over 20 s instead of
+/// landing on the brokers (each CONNECT is a session claim in Redis) at once.
+pub const DEFAULT_MAX_CONNECTION_RATE: u32 = 5000;
 
 /// Settings as given; every field optional so the sources can be layered.
 #[derive(Debug, Default, Clone, Parser, Deserialize)]
@@ -74,6 +99,18 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_MAX_CONNECT_SIZE")]
     pub max_connect_size: Option<usize>,
 
+    /// Client sockets held at once, before and after CONNECT; more are closed on accept [default: 100000].
+    #[arg(long, env = "ASTRAMQ_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Client sockets held at once per client address (IPv6: per /64) [default: 1000].
+    #[arg(long, env = "ASTRAMQ_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// New client sockets accepted per second (a burst of one second's worth is allowed) [default: 5000].
+    #[arg(long, env = "ASTRAMQ_MAX_CONNECTION_RATE")]
+    pub max_connection_rate: Option<u32>,
+
     /// Send a PROXY protocol v2 header to brokers so they see client addresses [default: false].
     #[arg(
         long,
@@ -108,6 +145,9 @@ impl Layered for Settings {
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             dial_timeout_ms: self.dial_timeout_ms.or(lower.dial_timeout_ms),
             max_connect_size: self.max_connect_size.or(lower.max_connect_size),
+            max_connections: self.max_connections.or(lower.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
+            max_connection_rate: self.max_connection_rate.or(lower.max_connection_rate),
             proxy_protocol: self.proxy_protocol.or(lower.proxy_protocol),
             threads: self.threads.or(lower.threads),
         }
@@ -142,6 +182,8 @@ pub struct ProxyConfig {
     pub balance: Strategy,
     /// Per-connection limits and options.
     pub connection: ConnectionOptions,
+    /// Which new sockets are taken at all.
+    pub admission: AdmissionLimits,
     /// Threads of the client-traffic runtime.
     pub threads: usize,
 }
@@ -168,22 +210,41 @@ impl ProxyConfig {
             gossip.is_some() || s.join.as_ref().is_none_or(Vec::is_empty),
             "--join needs --gossip-listen"
         );
-        let max_connect_size = s.max_connect_size.unwrap_or(65_536);
-        anyhow::ensure!(
-            max_connect_size >= 16,
-            "max-connect-size must be at least 16 bytes"
-        );
+        let max_connect_size = s.max_connect_size.unwrap_or(DEFAULT_MAX_CONNECT_SIZE);
+        within("max-connect-size", max_connect_size, 16, u64::MAX)?;
         let dial_timeout_ms = s.dial_timeout_ms.unwrap_or(1000);
-        anyhow::ensure!(dial_timeout_ms >= 1, "dial-timeout-ms must be at least 1");
-        let connect_timeout = s.connect_timeout.unwrap_or(10);
-        anyhow::ensure!(
-            connect_timeout >= 1,
-            "connect-timeout must be at least 1 second"
-        );
+        within("dial-timeout-ms", dial_timeout_ms, 1, u64::MAX)?;
+        let connect_timeout = s.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS);
+        within(
+            "connect-timeout",
+            connect_timeout,
+            1,
+            MAX_CONNECT_TIMEOUT_SECS,
+        )?;
+        let admission = AdmissionLimits {
+            max_connections: s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_ip: s
+                .max_connections_per_ip
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_IP),
+            max_connection_rate: s.max_connection_rate.unwrap_or(DEFAULT_MAX_CONNECTION_RATE),
+        };
+        within("max-connections", admission.max_connections, 1, u64::MAX)?;
+        within(
+            "max-connections-per-ip",
+            admission.max_connections_per_ip,
+            1,
+            u64::MAX,
+        )?;
+        within(
+            "max-connection-rate",
+            admission.max_connection_rate,
+            1,
+            u64::MAX,
+        )?;
         let threads = s.threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        anyhow::ensure!(threads >= 1, "threads must be at least 1");
+        within("threads", threads, 1, u64::MAX)?;
         Ok(ProxyConfig {
             listen: s
                 .listen
@@ -199,9 +260,24 @@ impl ProxyConfig {
                 dial_timeout: Duration::from_millis(dial_timeout_ms),
                 proxy_protocol: s.proxy_protocol.unwrap_or(false),
             },
+            admission,
             threads,
         })
     }
+}
+
+/// Refuses `value` of `setting` unless it lies in `min..=max` (`max` of
+/// `u64::MAX`: no upper bound), naming the setting (the flag and TOML key)
+/// in the message; `main` exits with code 2 on it. As the node's checks.
+fn within(setting: &str, value: impl TryInto<u64>, min: u64, max: u64) -> anyhow::Result<()> {
+    let value: u64 = value.try_into().unwrap_or(u64::MAX);
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    if max == u64::MAX {
+        anyhow::bail!("{setting}: {value} is too small; it must be at least {min}")
+    }
+    anyhow::bail!("{setting}: {value} is out of range; it must be between {min} and {max}")
 }
 
 /// A name unique per host and process, so two proxies on one machine (or
@@ -217,87 +293,4 @@ fn default_node_id() -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn flags(args: &[&str]) -> Settings {
-        Settings::try_parse_from(std::iter::once("astramq-proxy").chain(args.iter().copied()))
-            .unwrap()
-    }
-
-    #[test]
-    fn defaults_match_the_documentation() {
-        let c = ProxyConfig::resolve(flags(&["--backends", "127.0.0.1:1883"])).unwrap();
-        assert_eq!(c.listen, "0.0.0.0:1883".parse().unwrap());
-        assert_eq!(c.balance, Strategy::RoundRobin);
-        assert_eq!(c.connection.connect_timeout, Duration::from_secs(10));
-        assert_eq!(c.connection.dial_timeout, Duration::from_millis(1000));
-        assert_eq!(c.connection.max_connect_size, 65_536);
-        assert!(!c.connection.proxy_protocol);
-        assert!(c.gossip.is_none());
-        assert!(c.threads >= 1);
-    }
-
-    #[test]
-    fn flags_override_the_file() {
-        let file: Settings = toml::from_str(
-            "backends = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nbalance = \"client-id\"\n\
-             proxy-protocol = true\ndial-timeout-ms = 50\n",
-        )
-        .unwrap();
-        let given = flags(&["--balance", "least-connections", "--proxy-protocol=false"]);
-        let c = ProxyConfig::resolve(given.or(file)).unwrap();
-        assert_eq!(c.backends.len(), 2);
-        assert_eq!(c.balance, Strategy::LeastConnections);
-        assert!(!c.connection.proxy_protocol);
-        assert_eq!(c.connection.dial_timeout, Duration::from_millis(50));
-    }
-
-    #[test]
-    fn a_bare_proxy_protocol_flag_turns_it_on() {
-        let c = ProxyConfig::resolve(flags(&[
-            "--backends",
-            "127.0.0.1:1,127.0.0.1:2",
-            "--proxy-protocol",
-        ]))
-        .unwrap();
-        assert!(c.connection.proxy_protocol);
-        assert_eq!(c.backends.len(), 2);
-    }
-
-    #[test]
-    fn gossip_is_on_with_a_gossip_address() {
-        let c = ProxyConfig::resolve(flags(&[
-            "--gossip-listen",
-            "127.0.0.1:7946",
-            "--join",
-            "127.0.0.1:7947,127.0.0.1:7948",
-        ]))
-        .unwrap();
-        assert_eq!(c.gossip.unwrap().join.len(), 2);
-    }
-
-    #[test]
-    fn nonsense_is_refused() {
-        assert!(
-            ProxyConfig::resolve(Settings::default()).is_err(),
-            "no backends at all"
-        );
-        assert!(ProxyConfig::resolve(flags(&[
-            "--backends",
-            "127.0.0.1:1",
-            "--join",
-            "127.0.0.1:2"
-        ]))
-        .is_err());
-        assert!(ProxyConfig::resolve(flags(&[
-            "--backends",
-            "127.0.0.1:1",
-            "--max-connect-size",
-            "3"
-        ]))
-        .is_err());
-        assert!(toml::from_str::<Settings>("lisen = \"x\"").is_err());
-        assert!(Settings::try_parse_from(["astramq-proxy", "--balance", "random"]).is_err());
-    }
-}
+mod tests;
