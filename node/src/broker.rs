@@ -30,11 +30,11 @@ use crate::config::Limits;
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::registry::mailbox::Refused;
 use crate::registry::{Kick, Registry};
-use crate::router::SubscriptionTree;
 use crate::retained::{RetainOutcome, RetainRefusal};
+use crate::router::SubscriptionTree;
 use crate::stats::{DropReason, LimitReason, Stats};
-use astramq_shared::log_text::untrusted;
 use crate::store::{QueueOutcome, Store};
+use astramq_shared::log_text::untrusted;
 
 /// A publish that could not be made durable; a QoS 1/2 publisher must not
 /// be acknowledged.

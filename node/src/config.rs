@@ -374,9 +374,7 @@ impl NodeConfig {
                 max_messages: s
                     .max_retained_messages
                     .unwrap_or(defaults.retained.max_messages),
-                max_bytes: s
-                    .max_retained_bytes
-                    .unwrap_or(defaults.retained.max_bytes),
+                max_bytes: s.max_retained_bytes.unwrap_or(defaults.retained.max_bytes),
             },
             max_retained_payload: s
                 .max_retained_payload

@@ -14,8 +14,8 @@ use astramq_tests::observability::cluster::node_metrics_addr;
 use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::wire::{self, Connect, Publish, Will};
 use astramq_tests::{
-    assert_serves_clients, unique_id, within_for, NodeProcess, RawClient, RedisProcess,
-    TestClient, TIMEOUT,
+    assert_serves_clients, unique_id, within_for, NodeProcess, RawClient, RedisProcess, TestClient,
+    TIMEOUT,
 };
 use rumqttc::{QoS, SubscribeReasonCode};
 
@@ -314,11 +314,7 @@ async fn publish_all(client: &mut RawClient, publishes: &[Publish]) -> Result<()
     for publish in publishes {
         bytes.extend(publish.encode());
     }
-    bytes.extend(
-        Publish::new("marker", 1, b"m")
-            .with_packet_id(9)
-            .encode(),
-    );
+    bytes.extend(Publish::new("marker", 1, b"m").with_packet_id(9).encode());
     client.send(&bytes).await?;
     loop {
         // Bounded, generously: thousands of retained writes through Redis
@@ -366,9 +362,11 @@ async fn retained_limits_refuse_new_topics_but_deliver_them() -> Result<()> {
         ("--sys-interval", "0"),
     ])?;
     let mut bystander = Bystander::join(&node).await?;
-    let (mut live, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("live"))).await?;
+    let (mut live, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("live"))).await?;
     ensure!(live.subscribe(1, &[("lim/#", 0)]).await? == [0]);
-    let (mut publisher, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
     let retained = |topic: &str, payload: &[u8]| Publish::new(topic, 0, payload).with_retain();
     publish_all(
         &mut publisher,
@@ -387,10 +385,13 @@ async fn retained_limits_refuse_new_topics_but_deliver_them() -> Result<()> {
     }
     ensure!(limit_refusals(&node, "retained_messages")? == 1.0);
     ensure!(limit_refusals(&node, "retained_payload")? == 1.0);
-    let (mut late, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("late"))).await?;
+    let (mut late, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("late"))).await?;
     let (_, got) = subscribe_retained(&mut late, 1, "lim/#").await?;
-    let mut seen: Vec<(String, Vec<u8>)> =
-        got.iter().map(|p| (p.topic_str(), p.payload.clone())).collect();
+    let mut seen: Vec<(String, Vec<u8>)> = got
+        .iter()
+        .map(|p| (p.topic_str(), p.payload.clone()))
+        .collect();
     seen.sort();
     ensure!(
         seen == [
@@ -402,7 +403,11 @@ async fn retained_limits_refuse_new_topics_but_deliver_them() -> Result<()> {
     );
     // Clearing makes room for a new topic. (A fresh client: `late` now
     // holds a live subscription.)
-    publish_all(&mut publisher, &[retained("lim/2", b""), retained("lim/4", b"now")]).await?;
+    publish_all(
+        &mut publisher,
+        &[retained("lim/2", b""), retained("lim/4", b"now")],
+    )
+    .await?;
     let (mut later, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("l2"))).await?;
     let (_, got) = subscribe_retained(&mut later, 1, "lim/4").await?;
     ensure!(got.len() == 1 && got[0].payload == b"now", "{got:?}");
@@ -415,8 +420,7 @@ async fn retained_limits_refuse_new_topics_but_deliver_them() -> Result<()> {
 #[tokio::test]
 async fn a_too_large_will_payload_closes_the_connection() -> Result<()> {
     let mut node = start_node(&[("--max-will-payload", "1000")])?;
-    let connect =
-        Connect::new(&unique_id("will")).with_will(Will::new("w/topic", &[b'w'; 1001]));
+    let connect = Connect::new(&unique_id("will")).with_will(Will::new("w/topic", &[b'w'; 1001]));
     let mut hostile = RawClient::connect_tcp(node.addr()).await?;
     hostile.send(&connect.encode()).await?;
     let answer = hostile.recv_for(TIMEOUT).await;
@@ -434,7 +438,8 @@ async fn a_too_large_will_payload_closes_the_connection() -> Result<()> {
 async fn twenty_thousand_retained_then_hundreds_of_subscribes() -> Result<()> {
     let mut node = start_node(&[])?;
     let mut bystander = Bystander::join(&node).await?;
-    let (mut publisher, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
     let payload = [b'r'; 100];
     let publishes: Vec<Publish> = (0..20_000)
         .map(|i| Publish::new(&format!("bulk/{}/{}", i / 100, i % 100), 0, &payload).with_retain())
@@ -449,7 +454,9 @@ async fn twenty_thousand_retained_then_hundreds_of_subscribes() -> Result<()> {
             0 => format!("bulk/{}/+", i / 2),
             _ => format!("bulk/{}/{}", i / 2, i % 100),
         };
-        subscriber.send(&wire::subscribe(i + 1, &[(&filter, 0)])).await?;
+        subscriber
+            .send(&wire::subscribe(i + 1, &[(&filter, 0)]))
+            .await?;
         let (acked, codes) = subscriber.recv().await?.suback()?;
         ensure!(acked == i + 1 && codes == [0], "SUBACK {acked} {codes:?}");
         let expected = if i % 30 == 0 { 100 } else { 1 };
@@ -461,7 +468,10 @@ async fn twenty_thousand_retained_then_hundreds_of_subscribes() -> Result<()> {
     subscriber.expect_quiet(astramq_tests::QUIET).await?;
     let took = started.elapsed();
     let after = node.rss_kib()?;
-    ensure!(took < Duration::from_secs(10), "300 SUBSCRIBEs took {took:?}");
+    ensure!(
+        took < Duration::from_secs(10),
+        "300 SUBSCRIBEs took {took:?}"
+    );
     ensure!(
         after < before + 32 * 1024 && after < 256 * 1024,
         "RSS {before} KiB before, {after} KiB after the SUBSCRIBEs"
@@ -505,7 +515,11 @@ async fn connections_beyond_the_rate_are_closed_at_accept() -> Result<()> {
     for _ in 0..10 {
         let mut client = RawClient::connect_tcp(node.addr()).await?;
         // A refused socket may already be closed when we write to it.
-        if client.send(&Connect::new(&unique_id("burst")).encode()).await.is_err() {
+        if client
+            .send(&Connect::new(&unique_id("burst")).encode())
+            .await
+            .is_err()
+        {
             closed += 1;
             continue;
         }
@@ -577,9 +591,11 @@ async fn packets_after_disconnect_are_ignored() -> Result<()> {
     let mut node = start_node(&[])?;
     let mut bystander = Bystander::join(&node).await?;
     let topic = unique_id("after");
-    let (mut watcher, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("w"))).await?;
+    let (mut watcher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("w"))).await?;
     ensure!(watcher.subscribe(1, &[(topic.as_str(), 0)]).await? == [0]);
-    let (mut hostile, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("h"))).await?;
+    let (mut hostile, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("h"))).await?;
     let mut bytes = wire::disconnect();
     bytes.extend(Publish::new(&topic, 0, b"late").encode());
     bytes.extend(wire::subscribe(2, &[("x", 0)]));
@@ -626,11 +642,13 @@ async fn a_client_that_never_reads_costs_bounded_memory() -> Result<()> {
     let mut node = start_node(&[("--max-queued-bytes-per-session", "2097152")])?;
     let mut bystander = Bystander::join(&node).await?;
     let topic = unique_id("flood");
-    let (mut stuck, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("stuck"))).await?;
+    let (mut stuck, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("stuck"))).await?;
     ensure!(stuck.subscribe(1, &[(topic.as_str(), 0)]).await? == [0]);
     let (mut reader, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("r"))).await?;
     ensure!(reader.subscribe(1, &[(topic.as_str(), 0)]).await? == [0]);
-    let (mut publisher, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
     let before = node.rss_kib()?;
     let payload = vec![b'f'; 64 * 1024];
     // 64 MiB in 1024 publishes, 1 MiB at a time (within the reader's
@@ -683,11 +701,19 @@ async fn retained_writes_are_seen_across_nodes_at_once_and_limits_are_cluster_wi
     let (mut on_b, _) = RawClient::connected(b.addr(), &Connect::new(&unique_id("sb"))).await?;
     for i in 0..20u16 {
         let topic = format!("cr/{i}");
-        on_a.send(&Publish::new(&topic, 1, b"v").with_retain().with_packet_id(i + 1).encode())
-            .await?;
+        on_a.send(
+            &Publish::new(&topic, 1, b"v")
+                .with_retain()
+                .with_packet_id(i + 1)
+                .encode(),
+        )
+        .await?;
         ensure!(on_a.recv().await?.ack_id(wire::kind::PUBACK)? == i + 1);
         let (_, got) = subscribe_retained(&mut on_b, i + 1, &topic).await?;
-        ensure!(got.len() == 1 && got[0].topic_str() == topic, "{topic}: {got:?}");
+        ensure!(
+            got.len() == 1 && got[0].topic_str() == topic,
+            "{topic}: {got:?}"
+        );
     }
     // Cleared through A: gone on B. (A fresh client: `on_b` holds live
     // subscriptions now.)
@@ -718,7 +744,9 @@ async fn retained_writes_are_seen_across_nodes_at_once_and_limits_are_cluster_wi
     ensure!(limit_refusals(&a, "retained_messages")? == 1.0);
     let (_, got) = subscribe_retained(&mut late, 101, "cr/#").await?;
     ensure!(got.len() == 20, "{} retained, expected 20", got.len());
-    ensure!(got.iter().any(|p| p.topic_str() == "cr/1" && p.payload == b"replaced"));
+    ensure!(got
+        .iter()
+        .any(|p| p.topic_str() == "cr/1" && p.payload == b"replaced"));
     ensure!(got.iter().any(|p| p.topic_str() == "cr/b1"));
     Ok(())
 }
@@ -736,22 +764,37 @@ async fn twenty_thousand_retained_in_a_cluster_then_hundreds_of_subscribes() -> 
     let publishes: Vec<Publish> = (0..20_000)
         .map(|i| Publish::new(&format!("cb/{}/{}", i / 100, i % 100), 0, &payload).with_retain())
         .collect();
-    within_for(Duration::from_secs(30), "20,000 retained writes", publish_all(&mut publisher, &publishes)).await??;
+    within_for(
+        Duration::from_secs(30),
+        "20,000 retained writes",
+        publish_all(&mut publisher, &publishes),
+    )
+    .await??;
     let before = b.rss_kib()?;
-    let (mut subscriber, _) = RawClient::connected(b.addr(), &Connect::new(&unique_id("s"))).await?;
+    let (mut subscriber, _) =
+        RawClient::connected(b.addr(), &Connect::new(&unique_id("s"))).await?;
     let started = Instant::now();
     for i in 0..200u16 {
         let filter = format!("cb/{}/{}", i, i % 100);
-        subscriber.send(&wire::subscribe(i + 1, &[(&filter, 0)])).await?;
+        subscriber
+            .send(&wire::subscribe(i + 1, &[(&filter, 0)]))
+            .await?;
         let (acked, codes) = subscriber.recv().await?.suback()?;
         ensure!(acked == i + 1 && codes == [0], "SUBACK {acked} {codes:?}");
         let got = subscriber.recv_publish().await?;
-        ensure!(got.topic_str() == filter && got.retain, "got {}", got.topic_str());
+        ensure!(
+            got.topic_str() == filter && got.retain,
+            "got {}",
+            got.topic_str()
+        );
     }
     subscriber.expect_quiet(astramq_tests::QUIET).await?;
     let took = started.elapsed();
     let after = b.rss_kib()?;
-    ensure!(took < Duration::from_secs(10), "200 SUBSCRIBEs took {took:?}");
+    ensure!(
+        took < Duration::from_secs(10),
+        "200 SUBSCRIBEs took {took:?}"
+    );
     ensure!(
         after < before + 32 * 1024,
         "RSS {before} KiB before, {after} KiB after the SUBSCRIBEs"
@@ -767,17 +810,21 @@ async fn a_blocked_client_still_has_its_disconnect_read() -> Result<()> {
     let mut node = start_node(&[("--max-queued-bytes-per-session", "1048576")])?;
     let topic = unique_id("blocked");
     let will_topic = unique_id("will");
-    let (mut watcher, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("w"))).await?;
+    let (mut watcher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("w"))).await?;
     ensure!(watcher.subscribe(1, &[(will_topic.as_str(), 0)]).await? == [0]);
-    let connect =
-        Connect::new(&unique_id("stuck")).with_will(Will::new(&will_topic, b"gone"));
+    let connect = Connect::new(&unique_id("stuck")).with_will(Will::new(&will_topic, b"gone"));
     let (mut stuck, _) = RawClient::connected(node.addr(), &connect).await?;
     ensure!(stuck.subscribe(1, &[(topic.as_str(), 0)]).await? == [0]);
-    let (mut publisher, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
     let payload = vec![b'b'; 64 * 1024];
     let deadline = Instant::now() + Duration::from_secs(10);
     while limit_refusals(&node, "queued_bytes")? == 0.0 {
-        ensure!(Instant::now() < deadline, "the stuck client's writes never blocked");
+        ensure!(
+            Instant::now() < deadline,
+            "the stuck client's writes never blocked"
+        );
         let batch: Vec<Publish> = (0..16).map(|_| Publish::new(&topic, 0, &payload)).collect();
         publish_all(&mut publisher, &batch).await?;
     }
@@ -788,7 +835,10 @@ async fn a_blocked_client_still_has_its_disconnect_read() -> Result<()> {
     stuck.send(&wire::disconnect()).await?;
     let deadline = Instant::now() + Duration::from_secs(3);
     while connected(&node)? >= before {
-        ensure!(Instant::now() < deadline, "DISCONNECT not acted on while writes were blocked");
+        ensure!(
+            Instant::now() < deadline,
+            "DISCONNECT not acted on while writes were blocked"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     watcher.expect_quiet(Duration::from_millis(500)).await?;

@@ -98,7 +98,11 @@ pub fn check(s: &Settings) -> Result<(), InvalidSetting> {
     at_least("max-retained-bytes", s.max_retained_bytes, 1)?;
     at_least("max-retained-payload", s.max_retained_payload, 1)?;
     at_least("max-sessions", s.max_sessions, 1)?;
-    at_least("max-queued-bytes-per-session", s.max_queued_bytes_per_session, 1)?;
+    at_least(
+        "max-queued-bytes-per-session",
+        s.max_queued_bytes_per_session,
+        1,
+    )?;
     at_least("max-keep-alive", s.max_keep_alive, 1)?;
     at_least("connect-timeout", s.connect_timeout, 1)?;
     at_least("write-timeout", s.write_timeout, 1)?;

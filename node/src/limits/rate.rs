@@ -38,10 +38,7 @@ impl TokenBucket {
             .unwrap_or(u64::MAX)
             .saturating_mul(self.rate);
         if refill > 0 {
-            self.available = self
-                .available
-                .saturating_add(refill)
-                .min(self.rate * MILLI);
+            self.available = self.available.saturating_add(refill).min(self.rate * MILLI);
             self.updated = now;
         }
         if self.available < MILLI {

@@ -95,7 +95,8 @@ impl<V> TopicIndex<V> {
 
     /// The value stored under `topic`.
     pub fn get(&self, topic: &str) -> Option<&V> {
-        self.find(topic).and_then(|at| self.nodes[at].value.as_ref())
+        self.find(topic)
+            .and_then(|at| self.nodes[at].value.as_ref())
     }
 
     /// Removes `topic`; returns its value.

@@ -93,10 +93,7 @@ mod tests {
             max_bytes: 100,
         };
         assert_eq!(admit(&limits, false, 1, 50, 50), Ok(()));
-        assert_eq!(
-            admit(&limits, false, 2, 0, 1),
-            Err(RetainRefusal::Messages)
-        );
+        assert_eq!(admit(&limits, false, 2, 0, 1), Err(RetainRefusal::Messages));
         assert_eq!(admit(&limits, false, 1, 60, 41), Err(RetainRefusal::Bytes));
         assert_eq!(admit(&limits, true, 2, 100, 1000), Ok(()));
     }

@@ -397,7 +397,12 @@ mod tests {
             id: "1-0".into(),
             fields: fields
                 .iter()
-                .map(|(f, v)| (Bytes::from_static(f.as_bytes()), Bytes::from_static(v.as_bytes())))
+                .map(|(f, v)| {
+                    (
+                        Bytes::from_static(f.as_bytes()),
+                        Bytes::from_static(v.as_bytes()),
+                    )
+                })
                 .collect(),
         };
         assert_eq!(
