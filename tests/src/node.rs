@@ -171,12 +171,24 @@ impl NodeProcess {
 
     /// Asks the node to shut down gracefully (SIGTERM).
     pub fn terminate(&self) -> Result<()> {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Stops (SIGSTOP, `true`) or continues (SIGCONT) the node: a hung
+    /// process whose kernel still accepts connections and buffers bytes.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        self.signal(if frozen { libc::SIGSTOP } else { libc::SIGCONT })
+    }
+
+    /// Sends `signal` to the node.
+    pub fn signal(&self, signal: libc::c_int) -> Result<()> {
         let pid = libc::pid_t::try_from(self.pid()).context("pid out of range")?;
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
         // own child, which cannot be reaped (and reused) before we wait on it.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        let rc = unsafe { libc::kill(pid, signal) };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("sending SIGTERM");
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("sending signal {signal} to a node"));
         }
         Ok(())
     }

@@ -450,3 +450,103 @@ async fn client_reconnecting_before_recovery_gets_what_was_published_meanwhile()
     ensure!(payload(&got) == "meanwhile");
     Ok(())
 }
+
+/// A node's inbox at its bound refuses, and never evicts: with node B
+/// hung (so nothing reads its inbox, and with a heartbeat TTL long enough
+/// that nobody declares it dead), publishes on A toward B's subscriber
+/// are acknowledged only while B's inbox has room; the first one that
+/// finds it full gets no PUBACK. When B comes back, every acknowledged
+/// message reaches the subscriber.
+#[tokio::test]
+async fn a_full_inbox_refuses_publishes_and_evicts_nothing() -> Result<()> {
+    let redis = RedisProcess::start()?;
+    let flags = |node: &str| -> Result<NodeProcess> {
+        NodeProcess::start_named(
+            &unique_id(node),
+            &[
+                ("--redis", &redis.url()),
+                ("--stream-maxlen", "4"),
+                ("--heartbeat-interval-ms", "200"),
+                ("--heartbeat-ttl-ms", "60000"),
+                ("--redis-timeout-ms", "500"),
+                ("--sys-interval", "0"),
+            ],
+        )
+    };
+    let node_a = flags("ib-a")?;
+    let node_b = flags("ib-b")?;
+    let (mut sub, _) =
+        RawClient::connected(node_b.addr(), &Connect::new(&unique_id("ib-sub"))).await?;
+    sub.subscribe(1, &[("ib/#", 1)]).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node_a.addr(), &Connect::new(&unique_id("ib-pub"))).await?;
+    within("the subscription to reach node A", async {
+        loop {
+            publisher
+                .send(&wire::Publish::new("ib/probe", 0, b"probe").encode())
+                .await?;
+            if let Some(packet) = sub.recv_for(Duration::from_millis(100)).await? {
+                if packet.publish().is_ok_and(|p| p.payload == b"probe") {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+        }
+    })
+    .await??;
+    // Let B's inbox reader trim what it has read, then hang B.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node_b.freeze(true)?;
+
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for seq in 1..=10u16 {
+        let publish = wire::Publish::new("ib/m", 1, seq.to_string().as_bytes()).with_packet_id(seq);
+        publisher.send(&publish.encode()).await?;
+        match next_puback(&mut publisher, seq).await {
+            Ok(true) => acked.push(seq),
+            _ => {
+                refused = Some(seq);
+                break;
+            }
+        }
+    }
+    node_b.freeze(false)?;
+    ensure!(
+        refused.is_some() && !acked.is_empty() && acked.len() <= 4,
+        "inbox bound 4: acknowledged {acked:?}, first refused {refused:?}"
+    );
+
+    let mut delivered = Vec::new();
+    while delivered.len() < acked.len() {
+        let Some(packet) = sub.recv_for(Duration::from_secs(5)).await? else {
+            break;
+        };
+        let Ok(publish) = packet.publish() else {
+            continue;
+        };
+        if publish.payload != b"probe" {
+            sub.send(&wire::puback(publish.packet_id)).await?;
+            delivered.push(String::from_utf8_lossy(&publish.payload).parse::<u16>()?);
+        }
+    }
+    ensure!(
+        acked.iter().all(|seq| delivered.contains(seq)),
+        "acknowledged {acked:?}, delivered after B came back {delivered:?}"
+    );
+    Ok(())
+}
+
+/// Waits up to 1.5 s for the PUBACK of `id`: false when none came (or the
+/// connection was closed without one).
+async fn next_puback(publisher: &mut RawClient, id: u16) -> Result<bool> {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(packet) = publisher.recv_for(left).await? else {
+            return Ok(false);
+        };
+        if packet.kind() == wire::kind::PUBACK && packet.ack_id(wire::kind::PUBACK)? == id {
+            return Ok(true);
+        }
+    }
+}

@@ -424,3 +424,64 @@ async fn publish_all(publisher: &mut RawClient, topic: &str, qos: u8) -> Result<
     }
     Ok(acked)
 }
+
+/// A retained QoS 1 message answering a persistent session's SUBSCRIBE is
+/// delivered like any other: the subscriber withholds its PUBACK, its node
+/// is killed, and the session resumed on another node gets the message
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_delivery_not_yet_acknowledged_survives_the_subscriber_node_dying() -> Result<()>
+{
+    let shape = ClusterShape {
+        nodes: 2,
+        with_proxy: false,
+        partitionable_node: false,
+    };
+    let mut cluster = tokio::task::block_in_place(|| ChaosCluster::start(&shape))?;
+    let topic = format!("zl/{}", unique_id("retained"));
+    let (mut publisher, _) =
+        RawClient::connected(cluster.node_addr(0)?, &Connect::new(&unique_id("zl-rpub"))).await?;
+    publisher
+        .send(
+            &Publish::new(&topic, 1, b"kept")
+                .with_packet_id(1)
+                .with_retain()
+                .encode(),
+        )
+        .await?;
+    ensure!(
+        publisher
+            .recv_for(SETTLE)
+            .await?
+            .is_some_and(|p| p.kind() == kind::PUBACK),
+        "the retained publish was not acknowledged"
+    );
+
+    let mut subscriber = Subscriber::new(1);
+    let (mut conn, _) = RawClient::connected(cluster.node_addr(0)?, &subscriber.connect()).await?;
+    conn.subscribe(1, &[(&topic, 1)]).await?;
+    let first = conn.recv_publish().await?;
+    ensure!(
+        first.payload == b"kept" && first.retain,
+        "got {first:?} instead of the retained message"
+    );
+    // The PUBACK is withheld: the delivery is in flight when the node dies.
+    cluster.kill(0)?;
+    drop(conn);
+    let mut resumed = subscriber.resume(cluster.node_addr(1)?).await?;
+    let again = within_for(
+        FAILOVER,
+        "the retained delivery re-sent after the failover",
+        resumed.recv_publish(),
+    )
+    .await??;
+    ensure!(
+        again.payload == b"kept" && again.qos == 1,
+        "after the failover got {again:?}"
+    );
+    println!(
+        "retained delivery re-sent after the kill: dup = {}, retain = {}",
+        again.dup, again.retain
+    );
+    Ok(())
+}

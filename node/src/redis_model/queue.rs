@@ -42,8 +42,12 @@ pub fn enqueue_cmd(
     let queue = keys::queue(client_id);
     let seen = keys::seen(client_id);
     let mut cmd = evalsha(&scripts.enqueue, &[&session, &queue, &seen]);
+    // A retained message answering a SUBSCRIBE is a new delivery even when
+    // the same publish reached the session live: no exactly-once check.
     let publish_id = match delivery.qos {
-        Qos::ExactlyOnce => delivery.message.publish_id.as_deref().unwrap_or(""),
+        Qos::ExactlyOnce if !delivery.retain => {
+            delivery.message.publish_id.as_deref().unwrap_or("")
+        }
         _ => "",
     };
     cmd.arg(max_queued)

@@ -99,17 +99,6 @@ impl Mailbox {
         true
     }
 
-    /// Copies of the waiting deliveries that sit in a Redis queue.
-    pub fn queued_ids(&self) -> Vec<Delivery> {
-        let queue = self.queue();
-        queue
-            .deliveries
-            .iter()
-            .filter(|d| d.queued.is_some())
-            .cloned()
-            .collect()
-    }
-
     /// Deliveries waiting, for the queued-messages gauge.
     pub fn len(&self) -> usize {
         self.queue().deliveries.len()

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::acks::OwedAcks;
+use super::read_mark::ReadMark;
 use super::window::{AckOutcome, OutgoingWindow};
 use super::ShutdownSignal;
 use crate::broker::Broker;
@@ -165,9 +166,9 @@ pub struct ActiveSession {
     pub(super) released_qos2: Vec<u16>,
     /// Entries acknowledged lately (see [`RecentlyAcknowledged`]).
     pub(super) acknowledged: RecentlyAcknowledged,
-    /// Queue entries the claim handed over, until the mailbox is first
-    /// read: the same entries may also have been posted to it meanwhile.
-    pub(super) restored: HashSet<QueueId>,
+    /// How far the claim and late drains have read the session's queue:
+    /// mailbox posts of entries they returned are repeats.
+    pub(super) read_mark: ReadMark,
     /// Late drains still to schedule after the next one.
     pub(super) late_drains: u8,
     /// Since when acknowledged entries wait to be deleted in Redis.
@@ -218,7 +219,7 @@ impl ActiveSession {
             progress: Progress::default(),
             released_qos2: Vec::new(),
             acknowledged: RecentlyAcknowledged::default(),
-            restored: HashSet::new(),
+            read_mark: ReadMark::default(),
             late_drains: 1,
             progress_since: None,
             window: OutgoingWindow::new(broker.limits().max_inflight),
@@ -273,12 +274,12 @@ impl ActiveSession {
             cluster.metrics.redeliveries.inc_by(resent as u64);
         }
         self.pending = state.pending;
-        self.restored = self
-            .pending
-            .iter()
-            .chain(state.outgoing.iter().map(|e| &e.delivery))
-            .filter_map(|d| d.queued.clone())
-            .collect();
+        self.read_mark.advance(
+            self.pending
+                .iter()
+                .chain(state.outgoing.iter().map(|e| &e.delivery))
+                .filter_map(|d| d.queued.as_ref()),
+        );
         self.broker
             .stats()
             .inflight_messages
@@ -447,14 +448,17 @@ impl ActiveSession {
             }
         };
         // A durable queue still holds what this session has (or had and
-        // got acknowledged): take only what it does not know.
+        // got acknowledged): take only what it does not know. What waits
+        // in the mailbox is taken here too; posts of it are dropped later
+        // as covered by the read mark.
         let known: HashSet<QueueId> = self
             .pending
             .iter()
             .chain(self.window.entries().map(|e| &e.delivery))
-            .chain(self.handle.mailbox.queued_ids().iter())
             .filter_map(|d| d.queued.clone())
             .collect();
+        self.read_mark
+            .advance(deliveries.iter().filter_map(|d| d.queued.as_ref()));
         for delivery in deliveries {
             let fresh = delivery
                 .queued

@@ -198,14 +198,41 @@ impl ActiveSession {
                 return;
             }
         };
-        for message in retained {
-            let best = accepted
-                .iter()
-                .filter(|(f, _)| filter_matches(f, &message.topic))
-                .map(|(_, q)| *q)
-                .max();
-            if let Some(qos) = best {
-                self.pending.push_back(Delivery::retained(message, qos));
+        let deliveries: Vec<Delivery> = retained
+            .into_iter()
+            .filter_map(|message| {
+                let best = accepted
+                    .iter()
+                    .filter(|(f, _)| filter_matches(f, &message.topic))
+                    .map(|(_, q)| *q)
+                    .max();
+                best.map(|qos| Delivery::retained(message, qos))
+            })
+            .collect();
+        let deliveries = self.queue_durably(deliveries).await;
+        self.pending.extend(deliveries);
+    }
+
+    /// A persistent session in a cluster queues its retained deliveries in
+    /// Redis before sending them, as every other QoS 1/2 delivery is, so a
+    /// survivor re-sends them if this node dies before the client has
+    /// acknowledged them. If Redis cannot take them they are sent from
+    /// memory (no worse than a clean session).
+    async fn queue_durably(&mut self, deliveries: Vec<Delivery>) -> Vec<Delivery> {
+        if !self.durable || deliveries.iter().all(|d| d.qos == Qos::AtMostOnce) {
+            return deliveries;
+        }
+        let store = self.broker.store();
+        match store
+            .queue_for_session(&self.client_id, deliveries.clone())
+            .await
+        {
+            // Not a read of the whole queue: the read mark stays (a late
+            // drain knows these entries from `pending` and the window).
+            Ok(queued) => queued,
+            Err(error) => {
+                tracing::warn!(%error, client_id = %untrusted(&self.client_id), "retained deliveries not queued in Redis");
+                deliveries
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod active;
 pub mod handshake;
 mod inbound;
 mod outbound;
+mod read_mark;
 pub mod window;
 
 pub use handshake::serve;

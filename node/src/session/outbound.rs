@@ -28,14 +28,11 @@ impl ActiveSession {
             }
             if self.pending.is_empty() {
                 self.pending = self.handle.mailbox.take_all();
-                if !self.restored.is_empty() {
-                    // Posted between this connection's registration and its
-                    // claim, so also read back from the queue by the claim.
-                    // All such posts are in this first take: forget the set.
-                    let restored = std::mem::take(&mut self.restored);
-                    self.pending
-                        .retain(|d| d.queued.as_ref().is_none_or(|id| !restored.contains(id)));
-                }
+                // Entries the claim or a late drain read back from the
+                // queue already (their posts raced the read).
+                let mark = self.read_mark;
+                self.pending
+                    .retain(|d| d.queued.as_ref().is_none_or(|id| !mark.covers(id)));
                 if self.pending.is_empty() {
                     return;
                 }

@@ -179,6 +179,15 @@ impl Store for MemoryStore {
         Ok(outcome)
     }
 
+    async fn queue_for_session(
+        &self,
+        _client_id: &ClientId,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        // A connected session's memory is this store's only copy anyway.
+        Ok(deliveries)
+    }
+
     async fn set_retained(&self, message: Arc<Message>) -> Result<RetainOutcome, StoreError> {
         Ok(self.retained().set(message))
     }

@@ -132,6 +132,18 @@ pub trait Store: Send + Sync + 'static {
         batch: Vec<(ClientId, Delivery)>,
     ) -> Result<QueueOutcome, StoreError>;
 
+    /// Queues deliveries for a connected persistent session that did not
+    /// come through the publish path (retained messages answering its
+    /// SUBSCRIBE), so they outlive this node like every other delivery.
+    /// Returns them in order, each with its entry id when it was queued
+    /// (a store without durable queues, a full queue or a QoS 0 delivery
+    /// leaves it unqueued: delivered from memory only).
+    async fn queue_for_session(
+        &self,
+        client_id: &ClientId,
+        deliveries: Vec<Delivery>,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
     /// Stores `message` as its topic's retained message, or clears the
     /// topic when the payload is empty; a new topic is refused when the
     /// retained limits are reached (see [`crate::retained`]).

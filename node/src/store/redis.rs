@@ -454,6 +454,37 @@ impl Store for RedisStore {
         Ok(outcome)
     }
 
+    async fn queue_for_session(
+        &self,
+        client_id: &ClientId,
+        mut deliveries: Vec<Delivery>,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let durable: Vec<usize> = (0..deliveries.len())
+            .filter(|&i| deliveries[i].qos != Qos::AtMostOnce)
+            .collect();
+        if durable.is_empty() {
+            return Ok(deliveries);
+        }
+        let mut pipe = redis::pipe();
+        for &i in &durable {
+            pipe.add_command(enqueue_cmd(
+                &self.scripts,
+                self.max_queued,
+                client_id,
+                &deliveries[i],
+            ));
+        }
+        let mut con = self.con();
+        let queued = query_pipeline::<Vec<Value>>(&self.scripts, &mut con, &pipe);
+        let replies = self.metrics.timed(RedisOp::Enqueue, queued).await?;
+        for (&i, reply) in durable.iter().zip(&replies) {
+            if let Enqueued::Queued(id) = parse_enqueued(reply) {
+                deliveries[i].queued = Some(id);
+            }
+        }
+        Ok(deliveries)
+    }
+
     async fn set_retained(&self, message: Arc<Message>) -> Result<RetainOutcome, StoreError> {
         Ok(self.retained.set(&message).await?)
     }

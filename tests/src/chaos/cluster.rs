@@ -12,7 +12,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::partition::NetnsLink;
 use crate::node::NodeProcess;
@@ -243,8 +243,7 @@ impl ChaosCluster {
             .process
             .as_ref()
             .ok_or_else(|| anyhow!("node {} is down", node.id))?;
-        let signal = if freeze { libc::SIGSTOP } else { libc::SIGCONT };
-        send_signal(process.pid(), signal)?;
+        process.freeze(freeze)?;
         node.frozen = freeze;
         Ok(())
     }
@@ -340,7 +339,7 @@ impl Drop for ChaosCluster {
     fn drop(&mut self) {
         for node in &self.nodes {
             if let (true, Some(process)) = (node.frozen, &node.process) {
-                let _ = send_signal(process.pid(), libc::SIGCONT);
+                let _ = process.freeze(false);
             }
         }
     }
@@ -358,16 +357,6 @@ fn gossip_addr_for(i: usize, count: usize, netns: Option<&NetnsLink>) -> Result<
 }
 
 /// Sends `signal` to `pid` (one of our own children).
-fn send_signal(pid: u32, signal: libc::c_int) -> Result<()> {
-    let pid = libc::pid_t::try_from(pid).context("pid out of range")?;
-    // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own
-    // unreaped child.
-    if unsafe { libc::kill(pid, signal) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("sending a signal to a node");
-    }
-    Ok(())
-}
-
 /// `VmRSS` of `pid` in KiB, from `/proc/<pid>/status`.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

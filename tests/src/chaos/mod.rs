@@ -32,7 +32,10 @@
 //! - no node log contains "panicked"; no node's RSS exceeded 512 MiB.
 //!
 //! Failover time (fault to the first delivery to each subscriber the hit
-//! node owned) is reported as p50/p99, not asserted.
+//! node owned) is reported as p50/p99, not asserted. Clients are eager:
+//! each gives up on a connection silent (or unanswered) for
+//! [`GIVE_UP_AFTER`], so that much of a freeze's or partition's failover
+//! time is the client's own detection.
 //!
 //! # Running it
 //!
@@ -55,6 +58,10 @@
 //! - [`report`]: end-of-run checks and the summary block.
 
 pub mod cluster;
+
+/// How long a harness client waits on a silent connection (no PINGRESP,
+/// no CONNACK, no acknowledgement of its publish) before it reconnects.
+pub const GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 pub mod faults;
 pub mod ledger;
 pub mod partition;

@@ -20,8 +20,8 @@ use super::Phase;
 use crate::wire::{self, kind, Connect, Publish};
 use crate::RawClient;
 
-/// How long a publish may wait for its acknowledgement.
-const ACK_LIMIT: Duration = Duration::from_secs(3);
+/// How long a publish (or the CONNACK) may wait for its answer.
+const ACK_LIMIT: Duration = super::GIVE_UP_AFTER;
 
 /// Pause before a new connection attempt.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
@@ -65,7 +65,9 @@ async fn publish_on_one_connection(
     next_seq: &mut u64,
 ) -> Result<()> {
     let connect = Connect::new(&spec.client_id).with_keep_alive(10);
-    let (mut conn, ack) = RawClient::handshake(addr, &connect).await?;
+    let (mut conn, ack) = tokio::time::timeout(ACK_LIMIT, RawClient::handshake(addr, &connect))
+        .await
+        .map_err(|_| anyhow::anyhow!("no CONNACK within {ACK_LIMIT:?}"))??;
     if ack.code != 0 {
         bail!("CONNACK refused with code {}", ack.code);
     }

@@ -24,11 +24,11 @@ use crate::RawClient;
 const TICK: Duration = Duration::from_millis(100);
 
 /// PINGREQ period: keeps the connection's liveness visible to both sides.
-const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_EVERY: Duration = Duration::from_millis(500);
 
 /// A connection silent for this long (no PINGRESP either) is abandoned:
 /// its node is frozen or cut off.
-const SILENCE_LIMIT: Duration = Duration::from_secs(4);
+const SILENCE_LIMIT: Duration = super::GIVE_UP_AFTER;
 
 /// Pause before a new connection attempt.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(200);
@@ -93,7 +93,12 @@ impl Session<'_> {
         let connect = Connect::new(&self.spec.client_id)
             .with_clean_session(false)
             .with_keep_alive(KEEP_ALIVE_SECS);
-        let (mut conn, ack) = RawClient::handshake(addr, &connect).await?;
+        // A node that accepts the connection but never answers (frozen,
+        // and still listed by the proxy) is given up on like a silent one.
+        let (mut conn, ack) =
+            tokio::time::timeout(SILENCE_LIMIT, RawClient::handshake(addr, &connect))
+                .await
+                .map_err(|_| anyhow::anyhow!("no CONNACK within {SILENCE_LIMIT:?}"))??;
         if ack.code != 0 {
             bail!("CONNACK refused with code {}", ack.code);
         }
