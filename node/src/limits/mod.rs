@@ -67,7 +67,7 @@ impl Admission {
         if self.exempt.contains(&ip) {
             return Ok(None);
         }
-        self.per_ip.acquire(ip).map_err(|()| NotAdmitted::PerIp)
+        self.per_ip.acquire(ip).map_err(|_| NotAdmitted::PerIp)
     }
 }
 

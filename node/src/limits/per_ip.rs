@@ -17,6 +17,11 @@ pub struct PerIpCounts {
     max: usize,
 }
 
+/// The address has as many open connections as the limit allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("max-connections-per-ip reached")]
+pub struct PerIpLimitReached;
+
 /// One open connection's place in its address's count.
 pub struct IpSlot {
     counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
@@ -34,14 +39,14 @@ impl PerIpCounts {
 
     /// A slot for a new connection from `ip`, or `Err` at the limit; no
     /// slot (`Ok(None)`) when there is no limit.
-    pub fn acquire(&self, ip: IpAddr) -> Result<Option<IpSlot>, ()> {
+    pub fn acquire(&self, ip: IpAddr) -> Result<Option<IpSlot>, PerIpLimitReached> {
         if self.max == 0 {
             return Ok(None);
         }
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let count = counts.entry(ip).or_insert(0);
         if *count >= self.max {
-            return Err(());
+            return Err(PerIpLimitReached);
         }
         *count += 1;
         Ok(Some(IpSlot {
