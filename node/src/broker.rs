@@ -30,9 +30,11 @@ use crate::config::Limits;
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::registry::mailbox::Refused;
 use crate::registry::{Kick, Registry};
+use crate::retained::{RetainOutcome, RetainRefusal};
 use crate::router::SubscriptionTree;
-use crate::stats::{DropReason, Stats};
+use crate::stats::{DropReason, LimitReason, Stats};
 use crate::store::{QueueOutcome, Store};
+use astramq_shared::log_text::untrusted;
 
 /// A publish that could not be made durable; a QoS 1/2 publisher must not
 /// be acknowledged.
@@ -269,6 +271,22 @@ impl Broker {
         self.offline_sessions().insert(client_id.clone(), filters);
     }
 
+    /// True when this node may hold `client_id`'s session under
+    /// `max-sessions`: it holds it already (connected or offline), or holds
+    /// fewer than the limit. Concurrent handshakes can each pass the check,
+    /// so the limit can be passed by as many. (One lock at a time.)
+    pub fn may_hold_session(&self, client_id: &ClientId) -> bool {
+        let (known, connected) = {
+            let registry = self.registry.read();
+            (registry.contains_key(client_id), registry.len())
+        };
+        let (known_offline, offline) = {
+            let parked = self.offline_sessions();
+            (parked.contains_key(client_id), parked.len())
+        };
+        known || known_offline || connected + offline < self.limits.max_sessions
+    }
+
     /// Forgets the parked-session record when the session is resumed here.
     pub fn session_resumed(&self, client_id: &ClientId) {
         self.offline_sessions().remove(client_id);
@@ -374,10 +392,7 @@ impl Broker {
         origin: Option<Qos2Origin>,
     ) -> Result<Durability, PublishError> {
         if message.retain {
-            if let Err(error) = self.store.set_retained(message.clone()).await {
-                tracing::warn!(%error, topic = %message.topic, "retained message not stored");
-                return Err(PublishError("retained store unavailable"));
-            }
+            self.retain(&message).await?;
         }
         let routed = self.route(&message);
         match &self.cluster {
@@ -387,6 +402,30 @@ impl Broker {
                     self.queue_offline(routed.offline).await?;
                 }
                 Ok(Durability::Done)
+            }
+        }
+    }
+
+    /// Stores a retained message within the retained limits; a message
+    /// over them is not stored (and counted) but still delivered.
+    async fn retain(&self, message: &Arc<Message>) -> Result<(), PublishError> {
+        if message.payload.len() > self.limits.max_retained_payload {
+            self.stats.limit_refused(LimitReason::RetainedPayload);
+            return Ok(());
+        }
+        match self.store.set_retained(message.clone()).await {
+            Ok(RetainOutcome::Refused(why)) => {
+                tracing::debug!(topic = %untrusted(&message.topic), ?why, "retained message not stored: limit");
+                self.stats.limit_refused(match why {
+                    RetainRefusal::Messages => LimitReason::RetainedMessages,
+                    RetainRefusal::Bytes => LimitReason::RetainedBytes,
+                });
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, topic = %untrusted(&message.topic), "retained message not stored");
+                Err(PublishError("retained store unavailable"))
             }
         }
     }
@@ -447,12 +486,17 @@ impl Broker {
             if !post_volatile {
                 continue;
             }
-            match session
-                .mailbox
-                .post(delivery, self.limits.max_queued_messages)
-            {
+            match session.mailbox.post(
+                delivery,
+                self.limits.max_queued_messages,
+                self.limits.max_queued_bytes_per_session,
+            ) {
                 Ok(()) => {}
                 Err(Refused::Full) => self.stats.dropped(DropReason::QueueFull, 1),
+                Err(Refused::FullBytes) => {
+                    self.stats.dropped(DropReason::QueueFull, 1);
+                    self.stats.limit_refused(LimitReason::QueuedBytes);
+                }
                 Err(Refused::Closed(delivery)) if !clustered => {
                     routed.offline.push((client_id, delivery))
                 }

@@ -14,6 +14,8 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::cluster::{ClusterOptions, Mode};
+use crate::limits::keep_alive::KeepAlivePolicy;
+use crate::retained::RetainedLimits;
 use crate::router::topic::TopicLimits;
 
 mod checks;
@@ -122,6 +124,46 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_MAX_SUBSCRIPTIONS_PER_CLIENT")]
     pub max_subscriptions_per_client: Option<usize>,
 
+    /// Topics with a retained message, cluster-wide; a retained PUBLISH to a new topic beyond it is delivered but not stored [default: 100000].
+    #[arg(long, env = "ASTRAMQ_MAX_RETAINED_MESSAGES")]
+    pub max_retained_messages: Option<usize>,
+
+    /// Bytes of retained messages (topic plus stored message), cluster-wide; a retained PUBLISH to a new topic beyond it is delivered but not stored [default: 268435456].
+    #[arg(long, env = "ASTRAMQ_MAX_RETAINED_BYTES")]
+    pub max_retained_bytes: Option<u64>,
+
+    /// Largest payload stored as a retained message, in bytes; a larger retained PUBLISH is delivered but not stored [default: 262144].
+    #[arg(long, env = "ASTRAMQ_MAX_RETAINED_PAYLOAD")]
+    pub max_retained_payload: Option<usize>,
+
+    /// Largest will payload a CONNECT may carry, in bytes; a larger one closes the connection [default: 65536].
+    #[arg(long, env = "ASTRAMQ_MAX_WILL_PAYLOAD")]
+    pub max_will_payload: Option<usize>,
+
+    /// Sessions this node holds (connected, and offline persistent ones it keeps); a CONNECT for a new session beyond it gets CONNACK 0x03 [default: 1000000].
+    #[arg(long, env = "ASTRAMQ_MAX_SESSIONS")]
+    pub max_sessions: Option<usize>,
+
+    /// Bytes (topic plus payload) held in memory for one connected session's deliveries that have not been written yet (QoS 0, and every delivery to a clean session); beyond it they are dropped and counted. Deliveries queued in Redis are bounded by max-queued-messages [default: 16777216].
+    #[arg(long, env = "ASTRAMQ_MAX_QUEUED_BYTES_PER_SESSION")]
+    pub max_queued_bytes_per_session: Option<usize>,
+
+    /// Open connections from one IP address (trusted proxies are not counted); more are closed before CONNECT is read; 0 disables [default: 10000].
+    #[arg(long, env = "ASTRAMQ_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// New connections per second this node accepts (token bucket, bursts of as many); more are closed before CONNECT is read; 0 disables [default: 2000].
+    #[arg(long, env = "ASTRAMQ_MAX_CONNECTION_RATE")]
+    pub max_connection_rate: Option<u32>,
+
+    /// Largest keep-alive honoured, in seconds; a client asking for more is closed after 1.5 times this much silence [default: 65535].
+    #[arg(long, env = "ASTRAMQ_MAX_KEEP_ALIVE")]
+    pub max_keep_alive: Option<u16>,
+
+    /// Keep-alive, in seconds, for clients that ask for 0 (none), so silent half-open connections end; 0 keeps them forever [default: 3600].
+    #[arg(long, env = "ASTRAMQ_DEFAULT_KEEP_ALIVE")]
+    pub default_keep_alive: Option<u16>,
+
     /// Simultaneous client connections; more are refused at accept [default: 1000000].
     #[arg(long, env = "ASTRAMQ_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
@@ -177,6 +219,18 @@ impl Layered for Settings {
             max_subscriptions_per_client: self
                 .max_subscriptions_per_client
                 .or(lower.max_subscriptions_per_client),
+            max_retained_messages: self.max_retained_messages.or(lower.max_retained_messages),
+            max_retained_bytes: self.max_retained_bytes.or(lower.max_retained_bytes),
+            max_retained_payload: self.max_retained_payload.or(lower.max_retained_payload),
+            max_will_payload: self.max_will_payload.or(lower.max_will_payload),
+            max_sessions: self.max_sessions.or(lower.max_sessions),
+            max_queued_bytes_per_session: self
+                .max_queued_bytes_per_session
+                .or(lower.max_queued_bytes_per_session),
+            max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
+            max_connection_rate: self.max_connection_rate.or(lower.max_connection_rate),
+            max_keep_alive: self.max_keep_alive.or(lower.max_keep_alive),
+            default_keep_alive: self.default_keep_alive.or(lower.default_keep_alive),
             max_connections: self.max_connections.or(lower.max_connections),
             connect_timeout: self.connect_timeout.or(lower.connect_timeout),
             write_timeout: self.write_timeout.or(lower.write_timeout),
@@ -237,6 +291,22 @@ pub struct Limits {
     pub max_client_id_length: usize,
     /// Subscriptions one session may hold.
     pub max_subscriptions_per_client: usize,
+    /// Retained messages kept (cluster-wide with Redis).
+    pub retained: RetainedLimits,
+    /// Largest payload stored as retained.
+    pub max_retained_payload: usize,
+    /// Largest will payload.
+    pub max_will_payload: usize,
+    /// Sessions held by this node.
+    pub max_sessions: usize,
+    /// Bytes held in memory per connected session, not yet written.
+    pub max_queued_bytes_per_session: usize,
+    /// Open connections per IP address; 0 for no limit.
+    pub max_connections_per_ip: usize,
+    /// New connections per second; 0 for no limit.
+    pub max_connection_rate: u32,
+    /// Keep-alive maximum and default.
+    pub keep_alive: KeepAlivePolicy,
     /// Connection cap.
     pub max_connections: usize,
     /// Time allowed for the first CONNECT.
@@ -256,6 +326,14 @@ impl Default for Limits {
             topics: TopicLimits::default(),
             max_client_id_length: 256,
             max_subscriptions_per_client: 1000,
+            retained: RetainedLimits::default(),
+            max_retained_payload: 256 * 1024,
+            max_will_payload: 64 * 1024,
+            max_sessions: 1_000_000,
+            max_queued_bytes_per_session: 16 * 1024 * 1024,
+            max_connections_per_ip: 10_000,
+            max_connection_rate: 2_000,
+            keep_alive: KeepAlivePolicy::default(),
             max_connections: 1_000_000,
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(30),
@@ -292,6 +370,32 @@ impl NodeConfig {
             max_subscriptions_per_client: s
                 .max_subscriptions_per_client
                 .unwrap_or(defaults.max_subscriptions_per_client),
+            retained: RetainedLimits {
+                max_messages: s
+                    .max_retained_messages
+                    .unwrap_or(defaults.retained.max_messages),
+                max_bytes: s.max_retained_bytes.unwrap_or(defaults.retained.max_bytes),
+            },
+            max_retained_payload: s
+                .max_retained_payload
+                .unwrap_or(defaults.max_retained_payload),
+            max_will_payload: s.max_will_payload.unwrap_or(defaults.max_will_payload),
+            max_sessions: s.max_sessions.unwrap_or(defaults.max_sessions),
+            max_queued_bytes_per_session: s
+                .max_queued_bytes_per_session
+                .unwrap_or(defaults.max_queued_bytes_per_session),
+            max_connections_per_ip: s
+                .max_connections_per_ip
+                .unwrap_or(defaults.max_connections_per_ip),
+            max_connection_rate: s
+                .max_connection_rate
+                .unwrap_or(defaults.max_connection_rate),
+            keep_alive: KeepAlivePolicy {
+                max_secs: s.max_keep_alive.unwrap_or(defaults.keep_alive.max_secs),
+                default_secs: s
+                    .default_keep_alive
+                    .unwrap_or(defaults.keep_alive.default_secs),
+            },
             max_connections: s.max_connections.unwrap_or(defaults.max_connections),
             connect_timeout: s
                 .connect_timeout

@@ -4,7 +4,15 @@
 //! pending: once every buffered frame is handed out the buffer is released,
 //! so an idle connection holds no read or write buffer at all. Writes are
 //! appended to one output buffer by everything a session does in a turn and
-//! leave in a single `write_all`.
+//! leave in a single write.
+//!
+//! A session does not wait for its writes: [`Connection::write_now`] sends
+//! what the socket takes at once, and [`Connection::next_input`] sends the
+//! rest while it waits for the next frame, so a client that does not read
+//! still has its PUBACK, PINGREQ and DISCONNECT read — up to
+//! [`MAX_UNWRITTEN_WHILE_READING`] bytes of unsent output; beyond that the
+//! connection stops reading until the client takes bytes again, so the
+//! answers to what it sends cannot grow without bound.
 
 use std::io;
 use std::time::Duration;
@@ -24,6 +32,25 @@ const READ_CHUNK: usize = 4096;
 /// header declaring a 1 MiB packet costs no more than this until the bytes
 /// come (then the buffer grows as they do).
 const MAX_RESERVE_AHEAD: usize = 16 * 1024;
+
+/// Unsent output up to which [`Connection::next_input`] keeps reading.
+pub const MAX_UNWRITTEN_WHILE_READING: usize = 1024 * 1024;
+
+/// What [`Connection::next_input`] saw.
+#[derive(Debug)]
+pub enum Input {
+    /// A frame, or `None` for a clean close between packets.
+    Frame(Option<(FrameHeader, Bytes)>),
+    /// Every byte of output has left (asked for with `report_drained`).
+    Drained,
+}
+
+/// What woke a connection waiting to read and write.
+enum Wake {
+    Readable(io::Result<()>),
+    Writable(io::Result<()>),
+    WriteTimedOut,
+}
 
 /// Why a connection cannot go on.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +79,9 @@ pub struct Connection {
     read_buf: BytesMut,
     write_buf: BytesMut,
     max_packet_size: usize,
+    /// Since when unsent output has waited without the client taking a
+    /// byte of it; `None` while nothing waits.
+    write_stalled_since: Option<tokio::time::Instant>,
 }
 
 impl Connection {
@@ -62,6 +92,7 @@ impl Connection {
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
             max_packet_size,
+            write_stalled_since: None,
         }
     }
 
@@ -110,20 +141,105 @@ impl Connection {
                 return Ok(Some(frame));
             }
             self.stream.readable().await?;
-            if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-                self.read_buf.reserve(READ_CHUNK);
+            if self.read_available()? {
+                return Ok(None);
             }
-            match self.stream.try_read_buf(&mut self.read_buf) {
-                Ok(0) if self.read_buf.is_empty() => return Ok(None),
-                Ok(0) => return Err(ConnectionError::Truncated),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Readiness was stale: don't hold a buffer while waiting.
-                    if self.read_buf.is_empty() {
-                        self.read_buf = BytesMut::new();
+        }
+    }
+
+    /// Reads what the socket has after it was readable; true on a clean
+    /// close between packets.
+    fn read_available(&mut self) -> Result<bool, ConnectionError> {
+        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
+            self.read_buf.reserve(READ_CHUNK);
+        }
+        match self.stream.try_read_buf(&mut self.read_buf) {
+            Ok(0) if self.read_buf.is_empty() => Ok(true),
+            Ok(0) => Err(ConnectionError::Truncated),
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Readiness was stale: don't hold a buffer while waiting.
+                if self.read_buf.is_empty() {
+                    self.read_buf = BytesMut::new();
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Bytes encoded and not yet sent.
+    pub fn unwritten(&self) -> usize {
+        self.write_buf.len()
+    }
+
+    /// Sends what the socket takes now, without waiting; the rest is sent
+    /// by [`Self::next_input`].
+    pub fn write_now(&mut self) -> Result<(), ConnectionError> {
+        while !self.write_buf.is_empty() {
+            match self.stream.try_write(&self.write_buf) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Ok(n) => {
+                    let _ = self.write_buf.split_to(n);
+                    self.write_stalled_since = None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if self.write_buf.is_empty() {
+            // Release the allocation; an idle connection keeps no buffer.
+            self.write_buf = BytesMut::new();
+            self.write_stalled_since = None;
+        } else if self.write_stalled_since.is_none() {
+            self.write_stalled_since = Some(tokio::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Waits for the next frame while sending unsent output. Returns
+    /// [`Input::Drained`] once the output is empty if `report_drained`
+    /// (the session has more to encode), and
+    /// [`ConnectionError::WriteTimeout`] when the client has taken no byte
+    /// for `write_timeout`. Cancel-safe: what was read or written stays so.
+    pub async fn next_input(
+        &mut self,
+        write_timeout: Duration,
+        report_drained: bool,
+    ) -> Result<Input, ConnectionError> {
+        loop {
+            if self.write_buf.is_empty() {
+                if report_drained {
+                    return Ok(Input::Drained);
+                }
+                return self.read_frame().await.map(Input::Frame);
+            }
+            let reading = self.write_buf.len() <= MAX_UNWRITTEN_WHILE_READING;
+            if reading {
+                if let Some(frame) = self.buffered_frame()? {
+                    return Ok(Input::Frame(Some(frame)));
+                }
+            }
+            let stalled = self
+                .write_stalled_since
+                .unwrap_or_else(tokio::time::Instant::now);
+            let wake = tokio::select! {
+                ready = self.stream.readable(), if reading => Wake::Readable(ready),
+                ready = self.stream.writable() => Wake::Writable(ready),
+                () = tokio::time::sleep_until(stalled + write_timeout) => Wake::WriteTimedOut,
+            };
+            match wake {
+                Wake::Readable(ready) => {
+                    ready?;
+                    if self.read_available()? {
+                        return Ok(Input::Frame(None));
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Wake::Writable(ready) => {
+                    ready?;
+                    self.write_now()?;
+                }
+                Wake::WriteTimedOut => return Err(ConnectionError::WriteTimeout),
             }
         }
     }
@@ -177,6 +293,7 @@ impl Connection {
         }
         // Release the allocation; an idle connection keeps no buffer.
         self.write_buf = BytesMut::new();
+        self.write_stalled_since = None;
         Ok(())
     }
 

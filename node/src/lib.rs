@@ -5,7 +5,8 @@
 //! A request travels down this list:
 //!
 //! - [`listener`]: accepts TCP connections, caps their number, shuts down
-//!   gracefully.
+//!   gracefully; [`limits`] decides which it admits (per IP, per second)
+//!   and the keep-alive each client is held to.
 //! - [`session`]: one task per connection: CONNECT handshake, takeover,
 //!   the packet loop, keep-alive, will, persistent-session parking.
 //! - [`connection`]: bytes ⇄ whole MQTT frames, with coalesced writes and
@@ -16,6 +17,8 @@
 //! - [`router`]: topic validation and the subscription tree.
 //! - [`store`]: sessions, retained messages and offline queues behind one
 //!   trait; an embedded memory backend, and Redis for clusters.
+//! - [`retained`]: retained messages indexed by topic level, and their
+//!   cluster-wide limits.
 //! - [`cluster`]: nodes sharing state through Redis: routes, inter-node
 //!   streams, heartbeats, and taking over from a dead node; it reaches the
 //!   node only through [`cluster::LocalNode`].
@@ -33,12 +36,14 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod gossip;
+pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod ops;
 pub mod protocol;
 pub mod redis_model;
 pub mod registry;
+pub mod retained;
 pub mod router;
 pub mod session;
 pub mod session_state;
@@ -141,7 +146,8 @@ async fn open_store(
     registry: &prometheus::Registry,
 ) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<Cluster>>)> {
     let Some(options) = &config.cluster else {
-        let store = MemoryStore::new(config.limits.max_queued_messages);
+        let store = MemoryStore::new(config.limits.max_queued_messages)
+            .with_retained_limits(config.limits.retained);
         return Ok((Arc::new(store), None));
     };
     let cluster = Cluster::connect(&config.node_id, options.clone(), registry).await?;
@@ -152,6 +158,8 @@ async fn open_store(
         config.limits.max_queued_messages,
         options.takeover_timeout,
         cluster.scripts.clone(),
+        config.limits.retained,
     );
+    tokio::spawn(store.retained().follow_periodically());
     Ok((Arc::new(store), Some(cluster)))
 }

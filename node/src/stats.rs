@@ -24,17 +24,23 @@ pub enum Refusal {
     UnsupportedProtocol,
     /// CONNACK 0x02.
     IdentifierRejected,
-    /// CONNACK 0x03 (store unavailable, takeover stuck).
+    /// CONNACK 0x03 (store unavailable, takeover stuck, `max-sessions`).
     ServerUnavailable,
+    /// `max-connections-per-ip` reached.
+    PerIp,
+    /// `max-connection-rate` exceeded.
+    Rate,
 }
 
 impl Refusal {
-    const ALL: [(Refusal, &'static str); 5] = [
+    const ALL: [(Refusal, &'static str); 7] = [
         (Refusal::MaxConnections, "max_connections"),
         (Refusal::BadConnect, "bad_connect"),
         (Refusal::UnsupportedProtocol, "unsupported_protocol"),
         (Refusal::IdentifierRejected, "identifier_rejected"),
         (Refusal::ServerUnavailable, "server_unavailable"),
+        (Refusal::PerIp, "max_connections_per_ip"),
+        (Refusal::Rate, "max_connection_rate"),
     ];
 }
 
@@ -50,10 +56,28 @@ pub enum LimitReason {
     ClientIdLength,
     /// A SUBSCRIBE beyond `max-subscriptions-per-client` (SUBACK 0x80).
     SubscriptionsPerClient,
+    /// A new retained topic beyond `max-retained-messages` (not stored).
+    RetainedMessages,
+    /// A new retained topic beyond `max-retained-bytes` (not stored).
+    RetainedBytes,
+    /// A retained payload over `max-retained-payload` (not stored).
+    RetainedPayload,
+    /// A will payload over `max-will-payload` (connection closed).
+    WillPayload,
+    /// A new session beyond `max-sessions` (CONNACK 0x03).
+    Sessions,
+    /// A connection beyond `max-connections-per-ip` (closed at accept).
+    ConnectionsPerIp,
+    /// A connection beyond `max-connection-rate` (closed at accept).
+    ConnectionRate,
+    /// A keep-alive over `max-keep-alive` (held to the maximum).
+    KeepAlive,
+    /// A delivery beyond `max-queued-bytes-per-session` (dropped).
+    QueuedBytes,
 }
 
 impl LimitReason {
-    const ALL: [(LimitReason, &'static str); 4] = [
+    const ALL: [(LimitReason, &'static str); LIMIT_REASONS] = [
         (LimitReason::TopicLength, "topic_length"),
         (LimitReason::TopicLevels, "topic_levels"),
         (LimitReason::ClientIdLength, "client_id_length"),
@@ -61,8 +85,20 @@ impl LimitReason {
             LimitReason::SubscriptionsPerClient,
             "subscriptions_per_client",
         ),
+        (LimitReason::RetainedMessages, "retained_messages"),
+        (LimitReason::RetainedBytes, "retained_bytes"),
+        (LimitReason::RetainedPayload, "retained_payload"),
+        (LimitReason::WillPayload, "will_payload"),
+        (LimitReason::Sessions, "sessions"),
+        (LimitReason::ConnectionsPerIp, "connections_per_ip"),
+        (LimitReason::ConnectionRate, "connection_rate"),
+        (LimitReason::KeepAlive, "keep_alive"),
+        (LimitReason::QueuedBytes, "queued_bytes"),
     ];
 }
+
+/// How many values the `reason` label of limit refusals has.
+const LIMIT_REASONS: usize = 13;
 
 impl From<TopicLimit> for LimitReason {
     fn from(limit: TopicLimit) -> LimitReason {
@@ -106,8 +142,8 @@ pub struct Stats {
     pub connections_total: IntCounter,
     /// Sessions currently connected.
     pub clients_connected: IntGauge,
-    refused: [IntCounter; 5],
-    limit_refusals: [IntCounter; 4],
+    refused: [IntCounter; 7],
+    limit_refusals: [IntCounter; LIMIT_REASONS],
     received: [IntCounter; 3],
     sent: [IntCounter; 3],
     /// Payload bytes received in PUBLISH packets.

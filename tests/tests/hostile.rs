@@ -14,7 +14,8 @@ use astramq_tests::observability::cluster::node_metrics_addr;
 use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::wire::{self, Connect, Publish, Will};
 use astramq_tests::{
-    assert_serves_clients, unique_id, NodeProcess, RawClient, TestClient, TIMEOUT,
+    assert_serves_clients, unique_id, within_for, NodeProcess, RawClient, RedisProcess, TestClient,
+    TIMEOUT,
 };
 use rumqttc::{QoS, SubscribeReasonCode};
 
@@ -304,4 +305,542 @@ async fn nonsensical_settings_exit_with_code_2() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Sends `publishes` in one write, then a QoS 1 marker, and waits for the
+/// marker's PUBACK: every publish before it has been handled.
+async fn publish_all(client: &mut RawClient, publishes: &[Publish]) -> Result<()> {
+    let mut bytes = Vec::new();
+    for publish in publishes {
+        bytes.extend(publish.encode());
+    }
+    bytes.extend(Publish::new("marker", 1, b"m").with_packet_id(9).encode());
+    client.send(&bytes).await?;
+    loop {
+        // Bounded, generously: thousands of retained writes through Redis
+        // come before the marker.
+        let packet = client
+            .recv_for(Duration::from_secs(30))
+            .await?
+            .context("no PUBACK for the marker within 30 s")?;
+        if packet.kind() == wire::kind::PUBACK {
+            ensure!(packet.ack_id(wire::kind::PUBACK)? == 9);
+            return Ok(());
+        }
+    }
+}
+
+/// Subscribes and returns the SUBACK codes and the retained PUBLISHes that
+/// follow it (read until `QUIET` passes without one; live publishes the
+/// new subscription also matches, without the retain flag, are skipped).
+async fn subscribe_retained(
+    client: &mut RawClient,
+    id: u16,
+    filter: &str,
+) -> Result<(Vec<u8>, Vec<wire::Publish>)> {
+    let codes = client.subscribe(id, &[(filter, 0)]).await?;
+    let mut retained = Vec::new();
+    while let Some(packet) = client.recv_for(astramq_tests::QUIET).await? {
+        let publish = packet.publish()?;
+        if publish.retain {
+            retained.push(publish);
+        }
+    }
+    Ok((codes, retained))
+}
+
+/// Over `max-retained-messages` a retained PUBLISH to a new topic is
+/// delivered but not stored (counted); replacing and clearing still work,
+/// and a cleared topic makes room. A payload over `max-retained-payload`
+/// is delivered, not stored.
+#[tokio::test]
+async fn retained_limits_refuse_new_topics_but_deliver_them() -> Result<()> {
+    // No `$SYS` topics: they are retained and count towards the limit.
+    let mut node = start_node(&[
+        ("--max-retained-messages", "3"),
+        ("--max-retained-payload", "100"),
+        ("--sys-interval", "0"),
+    ])?;
+    let mut bystander = Bystander::join(&node).await?;
+    let (mut live, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("live"))).await?;
+    ensure!(live.subscribe(1, &[("lim/#", 0)]).await? == [0]);
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
+    let retained = |topic: &str, payload: &[u8]| Publish::new(topic, 0, payload).with_retain();
+    publish_all(
+        &mut publisher,
+        &[
+            retained("lim/1", b"a"),
+            retained("lim/2", b"b"),
+            retained("lim/3", b"c"),
+            retained("lim/4", b"refused"),
+            retained("lim/1", b"replaced"),
+            retained("lim/big", &[b'x'; 101]),
+        ],
+    )
+    .await?;
+    for _ in 0..6 {
+        live.recv_publish().await?; // every one is delivered live
+    }
+    ensure!(limit_refusals(&node, "retained_messages")? == 1.0);
+    ensure!(limit_refusals(&node, "retained_payload")? == 1.0);
+    let (mut late, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("late"))).await?;
+    let (_, got) = subscribe_retained(&mut late, 1, "lim/#").await?;
+    let mut seen: Vec<(String, Vec<u8>)> = got
+        .iter()
+        .map(|p| (p.topic_str(), p.payload.clone()))
+        .collect();
+    seen.sort();
+    ensure!(
+        seen == [
+            ("lim/1".into(), b"replaced".to_vec()),
+            ("lim/2".into(), b"b".to_vec()),
+            ("lim/3".into(), b"c".to_vec()),
+        ],
+        "retained {seen:?}"
+    );
+    // Clearing makes room for a new topic. (A fresh client: `late` now
+    // holds a live subscription.)
+    publish_all(
+        &mut publisher,
+        &[retained("lim/2", b""), retained("lim/4", b"now")],
+    )
+    .await?;
+    let (mut later, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("l2"))).await?;
+    let (_, got) = subscribe_retained(&mut later, 1, "lim/4").await?;
+    ensure!(got.len() == 1 && got[0].payload == b"now", "{got:?}");
+    bystander.still_served().await?;
+    assert_serves_clients(&mut node).await
+}
+
+/// A will payload over `max-will-payload` closes the connection without
+/// CONNACK and is counted.
+#[tokio::test]
+async fn a_too_large_will_payload_closes_the_connection() -> Result<()> {
+    let mut node = start_node(&[("--max-will-payload", "1000")])?;
+    let connect = Connect::new(&unique_id("will")).with_will(Will::new("w/topic", &[b'w'; 1001]));
+    let mut hostile = RawClient::connect_tcp(node.addr()).await?;
+    hostile.send(&connect.encode()).await?;
+    let answer = hostile.recv_for(TIMEOUT).await;
+    ensure!(answer.is_err(), "expected a close, got {answer:?}");
+    ensure!(limit_refusals(&node, "will_payload")? == 1.0);
+    let fine = Connect::new(&unique_id("will")).with_will(Will::new("w/topic", &[b'w'; 1000]));
+    RawClient::connected(node.addr(), &fine).await?;
+    assert_serves_clients(&mut node).await
+}
+
+/// 20,000 retained messages, then 300 SUBSCRIBEs: each gets exactly the
+/// messages its filter matches (the index reads no others), the node keeps
+/// serving, and its memory stays bounded.
+#[tokio::test]
+async fn twenty_thousand_retained_then_hundreds_of_subscribes() -> Result<()> {
+    let mut node = start_node(&[])?;
+    let mut bystander = Bystander::join(&node).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
+    let payload = [b'r'; 100];
+    let publishes: Vec<Publish> = (0..20_000)
+        .map(|i| Publish::new(&format!("bulk/{}/{}", i / 100, i % 100), 0, &payload).with_retain())
+        .collect();
+    publish_all(&mut publisher, &publishes).await?;
+    let before = node.rss_kib()?;
+    let (mut subscriber, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("s"))).await?;
+    let started = Instant::now();
+    for i in 0..300u16 {
+        let filter = match i % 30 {
+            0 => format!("bulk/{}/+", i / 2),
+            _ => format!("bulk/{}/{}", i / 2, i % 100),
+        };
+        subscriber
+            .send(&wire::subscribe(i + 1, &[(&filter, 0)]))
+            .await?;
+        let (acked, codes) = subscriber.recv().await?.suback()?;
+        ensure!(acked == i + 1 && codes == [0], "SUBACK {acked} {codes:?}");
+        let expected = if i % 30 == 0 { 100 } else { 1 };
+        for _ in 0..expected {
+            let got = subscriber.recv_publish().await?;
+            ensure!(got.retain, "retain flag on {}", got.topic_str());
+        }
+    }
+    subscriber.expect_quiet(astramq_tests::QUIET).await?;
+    let took = started.elapsed();
+    let after = node.rss_kib()?;
+    ensure!(
+        took < Duration::from_secs(10),
+        "300 SUBSCRIBEs took {took:?}"
+    );
+    ensure!(
+        after < before + 32 * 1024 && after < 256 * 1024,
+        "RSS {before} KiB before, {after} KiB after the SUBSCRIBEs"
+    );
+    bystander.still_served().await?;
+    assert_serves_clients(&mut node).await
+}
+
+/// CONNACK "server unavailable".
+const CONNACK_SERVER_UNAVAILABLE: u8 = 0x03;
+
+/// Over `max-connections-per-ip` a new connection from the same address is
+/// closed before its CONNECT is read; closing one makes room.
+#[tokio::test]
+async fn connections_beyond_the_per_ip_limit_are_closed_at_accept() -> Result<()> {
+    let mut node = start_node(&[("--max-connections-per-ip", "3")])?;
+    let mut bystander = Bystander::join(&node).await?; // two connections
+    let (first, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("ip"))).await?;
+    let mut refused = RawClient::connect_tcp(node.addr()).await?;
+    refused.expect_closed(TIMEOUT).await?;
+    ensure!(limit_refusals(&node, "connections_per_ip")? == 1.0);
+    drop(first);
+    let fine = Connect::new(&unique_id("ip"));
+    let deadline = Instant::now() + TIMEOUT;
+    // The closed connection's slot comes back once its session has ended.
+    while RawClient::connected(node.addr(), &fine).await.is_err() {
+        ensure!(Instant::now() < deadline, "the slot never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bystander.still_served().await?;
+    node.assert_running()
+}
+
+/// Beyond `max-connection-rate` new connections are closed at accept.
+#[tokio::test]
+async fn connections_beyond_the_rate_are_closed_at_accept() -> Result<()> {
+    let mut node = start_node(&[("--max-connection-rate", "5")])?;
+    let mut bystander = Bystander::join(&node).await?; // uses two tokens
+    let mut closed = 0;
+    let mut open = Vec::new();
+    for _ in 0..10 {
+        let mut client = RawClient::connect_tcp(node.addr()).await?;
+        // A refused socket may already be closed when we write to it.
+        if client
+            .send(&Connect::new(&unique_id("burst")).encode())
+            .await
+            .is_err()
+        {
+            closed += 1;
+            continue;
+        }
+        match client.recv().await {
+            Ok(packet) => open.push((client, packet.connack()?)),
+            Err(_) => closed += 1,
+        }
+    }
+    ensure!(closed >= 5, "{closed} of 10 closed");
+    ensure!(open.iter().all(|(_, c)| c.code == 0));
+    ensure!(limit_refusals(&node, "connection_rate")? == f64::from(closed));
+    // A second later the bucket has refilled.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    bystander.still_served().await?;
+    assert_serves_clients(&mut node).await
+}
+
+/// Over `max-sessions` a new session gets CONNACK 0x03; a client whose
+/// session the node holds still connects.
+#[tokio::test]
+async fn sessions_beyond_the_limit_get_connack_0x03() -> Result<()> {
+    let mut node = start_node(&[("--max-sessions", "2")])?;
+    let kept = unique_id("kept");
+    let persistent = Connect::new(&kept).with_clean_session(false);
+    let (mut one, _) = RawClient::connected(node.addr(), &persistent).await?;
+    let (_two, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("s"))).await?;
+    let (mut third, connack) =
+        RawClient::handshake(node.addr(), &Connect::new(&unique_id("s"))).await?;
+    ensure!(connack.code == CONNACK_SERVER_UNAVAILABLE, "{connack:?}");
+    third.expect_closed(TIMEOUT).await?;
+    ensure!(limit_refusals(&node, "sessions")? == 1.0);
+    // The persistent session goes offline and is still held: it resumes.
+    one.send(&wire::disconnect()).await?;
+    one.expect_closed(TIMEOUT).await?;
+    let (_again, present) = RawClient::connected(node.addr(), &persistent).await?;
+    ensure!(present, "session not resumed");
+    node.assert_running()
+}
+
+/// A client asking for keep-alive 0 is held to `default-keep-alive`, one
+/// asking for more than `max-keep-alive` to the maximum: silent, both are
+/// closed after 1.5 × that.
+#[tokio::test]
+async fn keep_alive_is_held_to_the_maximum_and_zero_gets_the_default() -> Result<()> {
+    // No bystander: its client's keep-alive would be held to the maximum too.
+    let mut node = start_node(&[("--max-keep-alive", "2"), ("--default-keep-alive", "1")])?;
+    let (mut zero, _) = RawClient::connected(
+        node.addr(),
+        &Connect::new(&unique_id("ka0")).with_keep_alive(0),
+    )
+    .await?;
+    let (mut long, _) = RawClient::connected(
+        node.addr(),
+        &Connect::new(&unique_id("ka")).with_keep_alive(600),
+    )
+    .await?;
+    let took = zero.expect_closed(Duration::from_secs(4)).await?;
+    ensure!(took >= Duration::from_millis(1200), "closed after {took:?}");
+    let took = long.expect_closed(Duration::from_secs(5)).await?;
+    ensure!(took <= Duration::from_secs(4), "closed after {took:?}");
+    ensure!(limit_refusals(&node, "keep_alive")? == 1.0);
+    assert_serves_clients(&mut node).await
+}
+
+/// Packets after DISCONNECT (in the same write) are not acted on: the
+/// PUBLISH that follows is not delivered, and the connection ends.
+#[tokio::test]
+async fn packets_after_disconnect_are_ignored() -> Result<()> {
+    let mut node = start_node(&[])?;
+    let mut bystander = Bystander::join(&node).await?;
+    let topic = unique_id("after");
+    let (mut watcher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("w"))).await?;
+    ensure!(watcher.subscribe(1, &[(topic.as_str(), 0)]).await? == [0]);
+    let (mut hostile, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("h"))).await?;
+    let mut bytes = wire::disconnect();
+    bytes.extend(Publish::new(&topic, 0, b"late").encode());
+    bytes.extend(wire::subscribe(2, &[("x", 0)]));
+    hostile.send(&bytes).await?;
+    hostile.expect_closed(TIMEOUT).await?;
+    watcher.expect_quiet(Duration::from_millis(500)).await?;
+    bystander.still_served().await?;
+    assert_serves_clients(&mut node).await
+}
+
+/// Thousands of sockets that never send CONNECT: the node keeps serving,
+/// its memory stays bounded while they are open, and each is closed after
+/// the connect timeout.
+#[tokio::test]
+async fn thousands_of_idle_sockets_are_closed_after_the_connect_timeout() -> Result<()> {
+    let mut node = start_node(&[("--connect-timeout", "2"), ("--max-connection-rate", "0")])?;
+    let mut bystander = Bystander::join(&node).await?;
+    let before = node.rss_kib()?;
+    let started = Instant::now();
+    let mut idle = Vec::with_capacity(3000);
+    for _ in 0..3000 {
+        idle.push(RawClient::connect_tcp(node.addr()).await?);
+    }
+    bystander.still_served().await?;
+    let during = node.rss_kib()?;
+    ensure!(
+        during < before + 64 * 1024,
+        "RSS {before} KiB before, {during} KiB with 3000 idle sockets"
+    );
+    for socket in &mut idle {
+        socket.expect_closed(Duration::from_secs(10)).await?;
+    }
+    let took = started.elapsed();
+    ensure!(took < Duration::from_secs(12), "closing took {took:?}");
+    bystander.still_served().await?;
+    assert_serves_clients(&mut node).await
+}
+
+/// A subscriber that never reads: deliveries beyond its in-memory byte
+/// bound are dropped and counted, another subscriber keeps getting every
+/// message, and the node's memory stays bounded.
+#[tokio::test]
+async fn a_client_that_never_reads_costs_bounded_memory() -> Result<()> {
+    let mut node = start_node(&[("--max-queued-bytes-per-session", "2097152")])?;
+    let mut bystander = Bystander::join(&node).await?;
+    let topic = unique_id("flood");
+    let (mut stuck, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("stuck"))).await?;
+    ensure!(stuck.subscribe(1, &[(topic.as_str(), 0)]).await? == [0]);
+    let (mut reader, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("r"))).await?;
+    ensure!(reader.subscribe(1, &[(topic.as_str(), 0)]).await? == [0]);
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
+    let before = node.rss_kib()?;
+    let payload = vec![b'f'; 64 * 1024];
+    // 64 MiB in 1024 publishes, 1 MiB at a time (within the reader's
+    // bound), while `stuck` reads nothing.
+    for round in 0..64 {
+        let batch: Vec<Publish> = (0..16).map(|_| Publish::new(&topic, 0, &payload)).collect();
+        publish_all(&mut publisher, &batch).await?;
+        for _ in 0..16 {
+            reader.recv_publish().await?;
+        }
+        if round % 16 == 0 {
+            bystander.still_served().await?;
+        }
+    }
+    let after = node.rss_kib()?;
+    ensure!(
+        after < before + 48 * 1024,
+        "RSS {before} KiB before, {after} KiB after 64 MiB to a client that does not read"
+    );
+    ensure!(limit_refusals(&node, "queued_bytes")? > 0.0);
+    drop(stuck);
+    bystander.still_served().await?;
+    assert_serves_clients(&mut node).await
+}
+
+/// A cluster node with a metrics endpoint on `redis`, plus `flags`.
+fn start_cluster_node(redis: &RedisProcess, flags: &[(&str, &str)]) -> Result<NodeProcess> {
+    let url = redis.url();
+    let mut all = vec![
+        ("--metrics-listen", "127.0.0.1:0"),
+        ("--redis", url.as_str()),
+        ("--sys-interval", "0"),
+    ];
+    all.extend_from_slice(flags);
+    NodeProcess::start_named(&unique_id("n"), &all)
+}
+
+/// In a cluster each node's retained index sees another node's retained
+/// writes at once (set through A, acknowledged, then subscribed on B), a
+/// cleared topic is gone on B too, and the count limit is cluster-wide:
+/// once the topics of both nodes reach it, a new topic is refused on
+/// either node while replacing one still works.
+#[tokio::test]
+async fn retained_writes_are_seen_across_nodes_at_once_and_limits_are_cluster_wide() -> Result<()> {
+    let redis = RedisProcess::start()?;
+    let limit = [("--max-retained-messages", "20")];
+    let a = start_cluster_node(&redis, &limit)?;
+    let b = start_cluster_node(&redis, &limit)?;
+    let (mut on_a, _) = RawClient::connected(a.addr(), &Connect::new(&unique_id("pa"))).await?;
+    let (mut on_b, _) = RawClient::connected(b.addr(), &Connect::new(&unique_id("sb"))).await?;
+    for i in 0..20u16 {
+        let topic = format!("cr/{i}");
+        on_a.send(
+            &Publish::new(&topic, 1, b"v")
+                .with_retain()
+                .with_packet_id(i + 1)
+                .encode(),
+        )
+        .await?;
+        ensure!(on_a.recv().await?.ack_id(wire::kind::PUBACK)? == i + 1);
+        let (_, got) = subscribe_retained(&mut on_b, i + 1, &topic).await?;
+        ensure!(
+            got.len() == 1 && got[0].topic_str() == topic,
+            "{topic}: {got:?}"
+        );
+    }
+    // Cleared through A: gone on B. (A fresh client: `on_b` holds live
+    // subscriptions now.)
+    drop(on_b);
+    let (mut late, _) = RawClient::connected(b.addr(), &Connect::new(&unique_id("lb"))).await?;
+    publish_all(&mut on_a, &[Publish::new("cr/0", 0, b"").with_retain()]).await?;
+    let (_, got) = subscribe_retained(&mut late, 100, "cr/0").await?;
+    ensure!(got.is_empty(), "cleared topic still retained: {got:?}");
+    // 19 topics: one more fits (through B), then neither node stores a new one.
+    let (mut pub_b, _) = RawClient::connected(b.addr(), &Connect::new(&unique_id("pb"))).await?;
+    publish_all(
+        &mut pub_b,
+        &[
+            Publish::new("cr/b1", 0, b"1").with_retain(),
+            Publish::new("cr/b2", 0, b"2").with_retain(),
+        ],
+    )
+    .await?;
+    publish_all(
+        &mut on_a,
+        &[
+            Publish::new("cr/a1", 0, b"1").with_retain(),
+            Publish::new("cr/1", 0, b"replaced").with_retain(),
+        ],
+    )
+    .await?;
+    ensure!(limit_refusals(&b, "retained_messages")? == 1.0);
+    ensure!(limit_refusals(&a, "retained_messages")? == 1.0);
+    let (_, got) = subscribe_retained(&mut late, 101, "cr/#").await?;
+    ensure!(got.len() == 20, "{} retained, expected 20", got.len());
+    ensure!(got
+        .iter()
+        .any(|p| p.topic_str() == "cr/1" && p.payload == b"replaced"));
+    ensure!(got.iter().any(|p| p.topic_str() == "cr/b1"));
+    Ok(())
+}
+
+/// 20,000 retained messages in a cluster, set through one node, then 200
+/// SUBSCRIBEs on another: each gets exactly its match, quickly, and the
+/// node's memory stays bounded (it indexes topics, not payloads).
+#[tokio::test]
+async fn twenty_thousand_retained_in_a_cluster_then_hundreds_of_subscribes() -> Result<()> {
+    let redis = RedisProcess::start()?;
+    let a = start_cluster_node(&redis, &[])?;
+    let mut b = start_cluster_node(&redis, &[])?;
+    let (mut publisher, _) = RawClient::connected(a.addr(), &Connect::new(&unique_id("p"))).await?;
+    let payload = [b'r'; 100];
+    let publishes: Vec<Publish> = (0..20_000)
+        .map(|i| Publish::new(&format!("cb/{}/{}", i / 100, i % 100), 0, &payload).with_retain())
+        .collect();
+    within_for(
+        Duration::from_secs(30),
+        "20,000 retained writes",
+        publish_all(&mut publisher, &publishes),
+    )
+    .await??;
+    let before = b.rss_kib()?;
+    let (mut subscriber, _) =
+        RawClient::connected(b.addr(), &Connect::new(&unique_id("s"))).await?;
+    let started = Instant::now();
+    for i in 0..200u16 {
+        let filter = format!("cb/{}/{}", i, i % 100);
+        subscriber
+            .send(&wire::subscribe(i + 1, &[(&filter, 0)]))
+            .await?;
+        let (acked, codes) = subscriber.recv().await?.suback()?;
+        ensure!(acked == i + 1 && codes == [0], "SUBACK {acked} {codes:?}");
+        let got = subscriber.recv_publish().await?;
+        ensure!(
+            got.topic_str() == filter && got.retain,
+            "got {}",
+            got.topic_str()
+        );
+    }
+    subscriber.expect_quiet(astramq_tests::QUIET).await?;
+    let took = started.elapsed();
+    let after = b.rss_kib()?;
+    ensure!(
+        took < Duration::from_secs(10),
+        "200 SUBSCRIBEs took {took:?}"
+    );
+    ensure!(
+        after < before + 32 * 1024,
+        "RSS {before} KiB before, {after} KiB after the SUBSCRIBEs"
+    );
+    assert_serves_clients(&mut b).await
+}
+
+/// A client whose writes are blocked (it reads nothing) still has its
+/// packets read: its DISCONNECT ends the session at once — not after the
+/// 30 s write timeout — and, being a DISCONNECT, discards its will.
+#[tokio::test]
+async fn a_blocked_client_still_has_its_disconnect_read() -> Result<()> {
+    let mut node = start_node(&[("--max-queued-bytes-per-session", "1048576")])?;
+    let topic = unique_id("blocked");
+    let will_topic = unique_id("will");
+    let (mut watcher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("w"))).await?;
+    ensure!(watcher.subscribe(1, &[(will_topic.as_str(), 0)]).await? == [0]);
+    let connect = Connect::new(&unique_id("stuck")).with_will(Will::new(&will_topic, b"gone"));
+    let (mut stuck, _) = RawClient::connected(node.addr(), &connect).await?;
+    ensure!(stuck.subscribe(1, &[(topic.as_str(), 0)]).await? == [0]);
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
+    let payload = vec![b'b'; 64 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limit_refusals(&node, "queued_bytes")? == 0.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the stuck client's writes never blocked"
+        );
+        let batch: Vec<Publish> = (0..16).map(|_| Publish::new(&topic, 0, &payload)).collect();
+        publish_all(&mut publisher, &batch).await?;
+    }
+    let connected = |node: &NodeProcess| -> Result<f64> {
+        Ok(Exposition::scrape(node_metrics_addr(node)?)?.total("astramq_connections", &[]))
+    };
+    let before = connected(&node)?;
+    stuck.send(&wire::disconnect()).await?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while connected(&node)? >= before {
+        ensure!(
+            Instant::now() < deadline,
+            "DISCONNECT not acted on while writes were blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    watcher.expect_quiet(Duration::from_millis(500)).await?;
+    assert_serves_clients(&mut node).await
 }

@@ -94,6 +94,16 @@ pub fn check(s: &Settings) -> Result<(), InvalidSetting> {
         s.max_subscriptions_per_client,
         1,
     )?;
+    at_least("max-retained-messages", s.max_retained_messages, 1)?;
+    at_least("max-retained-bytes", s.max_retained_bytes, 1)?;
+    at_least("max-retained-payload", s.max_retained_payload, 1)?;
+    at_least("max-sessions", s.max_sessions, 1)?;
+    at_least(
+        "max-queued-bytes-per-session",
+        s.max_queued_bytes_per_session,
+        1,
+    )?;
+    at_least("max-keep-alive", s.max_keep_alive, 1)?;
     at_least("connect-timeout", s.connect_timeout, 1)?;
     at_least("write-timeout", s.write_timeout, 1)?;
     at_least("threads", s.threads, 1)?;
@@ -129,6 +139,16 @@ mod tests {
         assert_eq!(zero(|s| s.write_timeout = Some(0)), "write-timeout");
         assert_eq!(zero(|s| s.threads = Some(0)), "threads");
         assert_eq!(zero(|s| s.max_topic_levels = Some(0)), "max-topic-levels");
+        assert_eq!(zero(|s| s.max_sessions = Some(0)), "max-sessions");
+        assert_eq!(zero(|s| s.max_keep_alive = Some(0)), "max-keep-alive");
+        assert_eq!(
+            zero(|s| s.max_retained_messages = Some(0)),
+            "max-retained-messages"
+        );
+        assert_eq!(
+            zero(|s| s.max_queued_bytes_per_session = Some(0)),
+            "max-queued-bytes-per-session"
+        );
         assert_eq!(zero(|s| s.max_topic_length = Some(0)), "max-topic-length");
         assert_eq!(
             zero(|s| s.max_subscriptions_per_client = Some(0)),

@@ -100,3 +100,17 @@ pub fn route_log() -> String {
 pub fn recovery_lock(node_id: &str) -> String {
     format!("{PREFIX}:n:{{{node_id}}}:recovery")
 }
+
+/// The retained messages' change log: a stream of topics that got their
+/// first retained message or lost it (`s` sequence, `o` op, `t` topic),
+/// which every node follows to keep its topic index in step. Its hash tag
+/// is the retained hash's whole name, so both share one hash slot.
+pub fn retained_log() -> String {
+    format!("{{{PREFIX}:retained}}:log")
+}
+
+/// Counters of the retained messages (`bytes` stored, `seq` of the last
+/// log entry), in the retained hash's slot.
+pub fn retained_meta() -> String {
+    format!("{{{PREFIX}:retained}}:meta")
+}

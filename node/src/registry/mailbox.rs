@@ -5,6 +5,12 @@
 //! idle session holds no preallocated buffer, the bound is checked where
 //! the drop is counted, and a closed mailbox gives its deliveries back for
 //! the offline queue.
+//!
+//! Bounds: [`Mailbox::post`] refuses beyond a count and beyond a byte
+//! total (topic plus payload of what waits), so a session that does not
+//! keep up costs bounded memory; deliveries already queued in Redis
+//! ([`Mailbox::post_queued`]) are bounded there and are always taken, but
+//! count towards the bytes.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
@@ -18,6 +24,8 @@ use crate::message::Delivery;
 pub enum Refused {
     /// The mailbox holds its limit already; the delivery is dropped.
     Full,
+    /// The mailbox holds its byte limit already; the delivery is dropped.
+    FullBytes,
     /// The session has ended; the delivery goes to the offline queue.
     Closed(Delivery),
 }
@@ -25,6 +33,8 @@ pub enum Refused {
 #[derive(Debug, Default)]
 struct Queue {
     deliveries: VecDeque<Delivery>,
+    /// Sum of [`size`] over `deliveries`.
+    bytes: usize,
     closed: bool,
     /// Another node queued messages for this session in the store.
     drain_requested: bool,
@@ -37,13 +47,19 @@ pub struct Mailbox {
     wake: Notify,
 }
 
+/// What one delivery counts against the byte bound.
+fn size(delivery: &Delivery) -> usize {
+    delivery.message.topic.len() + delivery.message.payload.len()
+}
+
 impl Mailbox {
     fn queue(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a delivery unless the mailbox holds `limit` already or is closed.
-    pub fn post(&self, delivery: Delivery, limit: usize) -> Result<(), Refused> {
+    /// Adds a delivery unless the mailbox holds `limit` deliveries or
+    /// would hold more than `max_bytes` with it, or is closed.
+    pub fn post(&self, delivery: Delivery, limit: usize, max_bytes: usize) -> Result<(), Refused> {
         let mut queue = self.queue();
         if queue.closed {
             return Err(Refused::Closed(delivery));
@@ -51,7 +67,12 @@ impl Mailbox {
         if queue.deliveries.len() >= limit {
             return Err(Refused::Full);
         }
+        let bytes = size(&delivery);
+        if queue.bytes.saturating_add(bytes) > max_bytes {
+            return Err(Refused::FullBytes);
+        }
         let was_empty = queue.deliveries.is_empty();
+        queue.bytes += bytes;
         queue.deliveries.push_back(delivery);
         drop(queue);
         if was_empty {
@@ -69,6 +90,7 @@ impl Mailbox {
             return false;
         }
         let was_empty = queue.deliveries.is_empty();
+        queue.bytes = queue.bytes.saturating_add(size(&delivery));
         queue.deliveries.push_back(delivery);
         drop(queue);
         if was_empty {
@@ -101,18 +123,60 @@ impl Mailbox {
 
     /// Takes everything posted so far, oldest first.
     pub fn take_all(&self) -> VecDeque<Delivery> {
-        std::mem::take(&mut self.queue().deliveries)
+        let mut queue = self.queue();
+        queue.bytes = 0;
+        std::mem::take(&mut queue.deliveries)
+    }
+
+    /// Bytes waiting (see [`Mailbox::post`]).
+    pub fn bytes(&self) -> usize {
+        self.queue().bytes
     }
 
     /// Closes the mailbox and returns what was left in it.
     pub fn close(&self) -> VecDeque<Delivery> {
         let mut queue = self.queue();
         queue.closed = true;
+        queue.bytes = 0;
         std::mem::take(&mut queue.deliveries)
     }
 
     /// Resolves when something was posted since the last `take_all`.
     pub async fn posted(&self) {
         self.wake.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::message::{Message, Qos};
+
+    fn delivery(payload: &'static [u8]) -> Delivery {
+        let message = Message::new("t", Bytes::from_static(payload), Qos::AtMostOnce, false);
+        Delivery::retained(Arc::new(message), Qos::AtMostOnce)
+    }
+
+    #[test]
+    fn bytes_bound_what_waits_and_come_back_when_taken() {
+        let mailbox = Mailbox::default();
+        assert!(mailbox.post(delivery(b"123"), 10, 8).is_ok());
+        assert!(matches!(
+            mailbox.post(delivery(b"123456"), 10, 8),
+            Err(Refused::FullBytes)
+        ));
+        assert!(mailbox.post(delivery(b"123"), 10, 8).is_ok());
+        assert_eq!(mailbox.bytes(), 8);
+        assert_eq!(mailbox.take_all().len(), 2);
+        assert_eq!(mailbox.bytes(), 0);
+        assert!(mailbox.post(delivery(b"1234567"), 10, 8).is_ok());
+        assert!(matches!(
+            mailbox.post(delivery(b""), 10, 8),
+            Err(Refused::FullBytes)
+        ));
     }
 }

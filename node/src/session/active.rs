@@ -15,7 +15,7 @@ use super::read_mark::ReadMark;
 use super::window::{AckOutcome, OutgoingWindow};
 use super::ShutdownSignal;
 use crate::broker::Broker;
-use crate::connection::{Connection, ConnectionError};
+use crate::connection::{Connection, ConnectionError, Input};
 use crate::message::{ClientId, Delivery, Message, Qos, QueueId};
 use crate::protocol::codec::{
     encode_ack, encode_connack, encode_pingresp, encode_publish, Ack, ConnackCode,
@@ -178,6 +178,9 @@ pub struct ActiveSession {
     pub(super) pending: VecDeque<Delivery>,
     /// PUBACK/PUBREC owed to this client, waiting for Redis.
     pub(super) owed: OwedAcks,
+    /// True when the last `send_pending` stopped at the write budget with
+    /// deliveries left: the loop comes back once the output has left.
+    pub(super) write_budget_spent: bool,
 }
 
 impl ActiveSession {
@@ -231,6 +234,7 @@ impl ActiveSession {
             incoming_qos2: HashMap::new(),
             pending: VecDeque::new(),
             owed: OwedAcks::default(),
+            write_budget_spent: false,
         };
         (session, setup.claim.previous, setup.finished)
     }
@@ -339,14 +343,14 @@ impl ActiveSession {
                     timer.as_mut().reset(due);
                 }
             }
-            if let Err(error) = self
-                .connection
-                .flush(self.broker.limits().write_timeout)
-                .await
-            {
+            // What the socket does not take now leaves while the next
+            // frame is awaited: a client that does not read still has its
+            // control packets read.
+            if let Err(error) = self.connection.write_now() {
                 tracing::debug!(%error, "write failed");
                 return End::ConnectionLost;
             }
+            let write_timeout = self.broker.limits().write_timeout;
             tokio::select! {
                 biased;
                 _ = &mut kicked => return match self.handle.kick_reason() {
@@ -355,7 +359,16 @@ impl ActiveSession {
                     Kick::Fenced => End::Fenced,
                 },
                 _ = &mut shut_down => return End::Shutdown,
-                frame = self.connection.read_frame() => {
+                input = self.connection.next_input(write_timeout, self.write_budget_spent) => {
+                    let frame = match input {
+                        Ok(Input::Drained) => continue,
+                        Ok(Input::Frame(frame)) => Ok(frame),
+                        Err(ConnectionError::WriteTimeout) => {
+                            tracing::debug!("write timed out: the client does not read");
+                            return End::ConnectionLost;
+                        }
+                        Err(error) => Err(error),
+                    };
                     last_read = Instant::now();
                     // Boxed: packet handling (publish, subscribe, Redis
                     // round trips) is a large future that an idle session

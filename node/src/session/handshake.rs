@@ -78,6 +78,14 @@ async fn handshake(
             return None;
         }
     };
+    if !broker.may_hold_session(&client_id) {
+        tracing::debug!(client_id = %untrusted(&client_id), "connection refused: max-sessions reached");
+        broker.stats().limit_refused(LimitReason::Sessions);
+        broker.stats().refused(Refusal::ServerUnavailable);
+        encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+        connection.close(broker.limits().write_timeout).await;
+        return None;
+    }
     let (connection, setup) = establish(broker, connection, connect, client_id).await?;
     Some((connection, setup, client_addr))
 }
@@ -169,6 +177,10 @@ fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<Co
             broker.stats().limit_refused(limit.into());
             return Err(None);
         }
+        if will.payload.len() > limits.max_will_payload {
+            broker.stats().limit_refused(LimitReason::WillPayload);
+            return Err(None);
+        }
     }
     if connect.client_id.len() > limits.max_client_id_length {
         broker.stats().limit_refused(LimitReason::ClientIdLength);
@@ -228,10 +240,11 @@ async fn establish(
             return None;
         }
     };
-    let keep_alive = match connect.keep_alive {
-        0 => None,
-        secs => Some(Duration::from_millis(u64::from(secs) * 1500)),
-    };
+    let keep_alive = broker.limits().keep_alive.apply(connect.keep_alive);
+    if keep_alive.clamped {
+        broker.stats().limit_refused(LimitReason::KeepAlive);
+    }
+    let keep_alive = keep_alive.timeout;
     let setup = SessionSetup {
         client_id,
         clean_session: connect.clean_session,

@@ -7,13 +7,25 @@ use crate::protocol::codec::encode_publish;
 use crate::session_state::OutgoingStage;
 use crate::stats::DropReason;
 
+/// Bytes of output past which a turn encodes no more deliveries.
+const WRITE_BUDGET: usize = 64 * 1024;
+
 impl ActiveSession {
-    /// Encodes pending deliveries while the in-flight window has room,
-    /// refilling from the mailbox only when the local queue is empty (so
-    /// the two together stay bounded).
+    /// Encodes pending deliveries while the in-flight window has room and
+    /// less than [`WRITE_BUDGET`] bytes wait to be sent, refilling from the
+    /// mailbox only when the local queue is empty (so the two together stay
+    /// bounded). At the budget it stops and the loop comes back when the
+    /// output has left: a slow client holds at most the budget (plus one
+    /// message) encoded.
     pub(super) fn send_pending(&mut self) {
         let now_ms = unix_millis();
+        self.write_budget_spent = false;
         loop {
+            if self.connection.unwritten() >= WRITE_BUDGET {
+                self.write_budget_spent =
+                    !self.pending.is_empty() || !self.handle.mailbox.is_empty();
+                return;
+            }
             if self.pending.is_empty() {
                 self.pending = self.handle.mailbox.take_all();
                 // Entries the claim or a late drain read back from the

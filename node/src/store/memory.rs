@@ -7,7 +7,8 @@ use async_trait::async_trait;
 
 use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
 use crate::message::{ClientId, Delivery, Message, Qos};
-use crate::router::topic::filter_matches;
+use crate::retained::memory::MemoryRetained;
+use crate::retained::{RetainOutcome, RetainedLimits};
 use crate::session_state::{Progress, SessionState};
 
 /// A persistent session as the memory store holds it.
@@ -22,10 +23,10 @@ struct StoredSession {
 }
 
 /// Sessions and retained messages in memory, for a single node.
-#[derive(Debug)]
 pub struct MemoryStore {
     sessions: Mutex<HashMap<ClientId, StoredSession>>,
-    retained: Mutex<HashMap<Arc<str>, Arc<Message>>>,
+    /// Retained messages, indexed by topic level.
+    retained: Mutex<MemoryRetained>,
     /// Bound of each session's offline queue.
     max_queued: usize,
     next_epoch: std::sync::atomic::AtomicU64,
@@ -37,9 +38,17 @@ impl MemoryStore {
     pub fn new(max_queued: usize) -> MemoryStore {
         MemoryStore {
             sessions: Mutex::new(HashMap::new()),
-            retained: Mutex::new(HashMap::new()),
+            retained: Mutex::new(MemoryRetained::new(RetainedLimits::default())),
             max_queued,
             next_epoch: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// The same store with `limits` on its retained messages.
+    pub fn with_retained_limits(self, limits: RetainedLimits) -> MemoryStore {
+        MemoryStore {
+            retained: Mutex::new(MemoryRetained::new(limits)),
+            ..self
         }
     }
 
@@ -47,7 +56,7 @@ impl MemoryStore {
         self.sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn retained(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Message>>> {
+    fn retained(&self) -> MutexGuard<'_, MemoryRetained> {
         self.retained.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -183,23 +192,12 @@ impl Store for MemoryStore {
         Ok(deliveries)
     }
 
-    async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError> {
-        let mut retained = self.retained();
-        if message.payload.is_empty() {
-            retained.remove(&message.topic);
-        } else {
-            retained.insert(message.topic.clone(), message);
-        }
-        Ok(())
+    async fn set_retained(&self, message: Arc<Message>) -> Result<RetainOutcome, StoreError> {
+        Ok(self.retained().set(message))
     }
 
     async fn retained_matching(&self, filters: &[&str]) -> Result<Vec<Arc<Message>>, StoreError> {
-        let retained = self.retained();
-        Ok(retained
-            .values()
-            .filter(|m| filters.iter().any(|f| filter_matches(f, &m.topic)))
-            .cloned()
-            .collect())
+        Ok(self.retained().matching(filters))
     }
 
     async fn retained_count(&self) -> Result<usize, StoreError> {

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::retained::RetainOutcome;
 pub use crate::session_state::SessionOwner;
 use crate::session_state::{Progress, SessionState};
 
@@ -150,10 +151,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Delivery>, StoreError>;
 
     /// Stores `message` as its topic's retained message, or clears the
-    /// topic when the payload is empty.
-    async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError>;
+    /// topic when the payload is empty; a new topic is refused when the
+    /// retained limits are reached (see [`crate::retained`]).
+    async fn set_retained(&self, message: Arc<Message>) -> Result<RetainOutcome, StoreError>;
 
-    /// Retained messages whose topics match any of `filters`, each once.
+    /// Retained messages whose topics match any of `filters`, each once;
+    /// backends look only at topics the filters can match (an index).
     async fn retained_matching(&self, filters: &[&str]) -> Result<Vec<Arc<Message>>, StoreError>;
 
     /// Number of retained messages, for statistics.

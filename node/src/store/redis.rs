@@ -17,7 +17,9 @@
 //!   messages once parked;
 //! - `...:qos2`: incoming QoS 2 packet ids between PUBREC and PUBREL;
 //!   `...:seen`: QoS 2 publish ids already queued (exactly once);
-//! - `astramq:retained` (hash): topic → retained message.
+//! - `astramq:retained` (hash): topic → retained message, with its
+//!   counters and change log; every node indexes the topics
+//!   ([`crate::retained::redis`]).
 //!
 //! Claims, parks and discards are Lua scripts (see `redis_model::scripts`), each
 //! checking the epoch in the same step as its write; no claim deletes a
@@ -38,7 +40,8 @@ use crate::redis_model::metrics::{ClusterMetrics, RedisOp};
 use crate::redis_model::queue::{enqueue_cmd, parse_enqueued, qos2_record_cmd, Enqueued};
 use crate::redis_model::scripts::{evalsha, query_cmd, query_pipeline, Scripts};
 use crate::redis_model::{keys, value as rv, wire};
-use crate::router::topic::filter_matches;
+use crate::retained::redis::{RedisRetained, RetainedError};
+use crate::retained::{RetainOutcome, RetainedLimits};
 use crate::session_state::{IncomingQos2, OutgoingInflight, Progress, SessionState};
 
 impl From<redis::RedisError> for StoreError {
@@ -49,6 +52,12 @@ impl From<redis::RedisError> for StoreError {
 
 impl From<rv::UnexpectedReply> for StoreError {
     fn from(error: rv::UnexpectedReply) -> StoreError {
+        StoreError::Unavailable(error.to_string())
+    }
+}
+
+impl From<RetainedError> for StoreError {
+    fn from(error: RetainedError) -> StoreError {
         StoreError::Unavailable(error.to_string())
     }
 }
@@ -68,6 +77,8 @@ pub struct RedisStore {
     /// How long a claim waits for another node to park a connected session.
     takeover_timeout: Duration,
     scripts: Arc<Scripts>,
+    /// Retained messages, with this node's index of their topics.
+    retained: Arc<RedisRetained>,
 }
 
 impl RedisStore {
@@ -79,8 +90,11 @@ impl RedisStore {
         max_queued: usize,
         takeover_timeout: Duration,
         scripts: Arc<Scripts>,
+        retained_limits: RetainedLimits,
     ) -> RedisStore {
+        let retained = RedisRetained::new(connection.clone(), metrics.clone(), retained_limits);
         RedisStore {
+            retained: Arc::new(retained),
             connection,
             metrics,
             node_id,
@@ -88,6 +102,12 @@ impl RedisStore {
             takeover_timeout,
             scripts,
         }
+    }
+
+    /// The retained messages, to keep their index following Redis
+    /// ([`RedisRetained::follow_periodically`]).
+    pub fn retained(&self) -> Arc<RedisRetained> {
+        self.retained.clone()
     }
 
     fn con(&self) -> ConnectionManager {
@@ -472,41 +492,12 @@ impl Store for RedisStore {
         Ok(deliveries)
     }
 
-    async fn set_retained(&self, message: Arc<Message>) -> Result<(), StoreError> {
-        let cmd = if message.payload.is_empty() {
-            let mut c = redis::cmd("HDEL");
-            c.arg(keys::retained()).arg(&*message.topic);
-            c
-        } else {
-            let mut c = redis::cmd("HSET");
-            c.arg(keys::retained())
-                .arg(&*message.topic)
-                .arg(wire::encode_message(&message).as_ref());
-            c
-        };
-        let _: Value = self
-            .metrics
-            .timed(RedisOp::Retained, cmd.query_async(&mut self.con()))
-            .await?;
-        Ok(())
+    async fn set_retained(&self, message: Arc<Message>) -> Result<RetainOutcome, StoreError> {
+        Ok(self.retained.set(&message).await?)
     }
 
     async fn retained_matching(&self, filters: &[&str]) -> Result<Vec<Arc<Message>>, StoreError> {
-        let mut cmd = redis::cmd("HGETALL");
-        cmd.arg(keys::retained());
-        let all: Value = self
-            .metrics
-            .timed(RedisOp::Retained, cmd.query_async(&mut self.con()))
-            .await?;
-        let flat = rv::bulk_list(Some(&all))?;
-        let mut out = Vec::new();
-        for pair in flat.chunks_exact(2) {
-            let topic = String::from_utf8_lossy(&pair[0]);
-            if filters.iter().any(|f| filter_matches(f, &topic)) {
-                out.push(Arc::new(wire::decode_message(pair[1].clone())?));
-            }
-        }
-        Ok(out)
+        Ok(self.retained.matching(filters).await?)
     }
 
     async fn retained_count(&self) -> Result<usize, StoreError> {
