@@ -492,10 +492,18 @@ impl InboxReader {
                     continue;
                 }
             };
+            if self.cluster.routes.is_stale() {
+                if let Err(error) = self.resync_routes().await {
+                    tracing::warn!(%error, "route table reload failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
             loop {
                 match self.read_once(&mut connection).await {
                     Ok(()) => backoff = Duration::from_millis(50),
                     Err(error) => {
+                        self.cluster.routes.mark_stale();
                         tracing::warn!(%error, "inbox read failed; reconnecting");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -504,6 +512,16 @@ impl InboxReader {
                 }
             }
         }
+    }
+
+    /// Reloads the route table in full and follows the log from where it
+    /// ends now (as at start): changes missed while Redis was away are in
+    /// the reload.
+    async fn resync_routes(&mut self) -> anyhow::Result<()> {
+        let position = super::stream_end(&mut self.writer, &keys::route_log()).await?;
+        self.cluster.routes.reload(&mut self.writer).await?;
+        self.cursors.routes = position;
+        Ok(())
     }
 
     /// A connection of its own: a blocking read would stall every command

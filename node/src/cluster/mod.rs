@@ -251,6 +251,12 @@ impl Cluster {
             Mode::Routed => self.routes.remote_nodes(&message.topic, &self.node_id),
             Mode::Broadcast => Vec::new(),
         };
+        if message.qos != Qos::AtMostOnce && self.routes.is_stale() {
+            // The table may lack subscribers that moved while this node
+            // could not read the route log: "nobody to send to" would be
+            // acknowledged and lost. Not acknowledged; the client re-sends.
+            return Durability::Failed;
+        }
         let nothing_remote = self.mode == Mode::Routed && destinations.is_empty();
         if nothing_remote && queue.is_empty() && origin.is_none() {
             return Durability::Done;
@@ -284,13 +290,23 @@ impl Cluster {
             return;
         }
         self.metrics.fenced.inc();
+        // Declared dead: the route table missed whatever moved meanwhile.
+        self.routes.mark_stale();
         tracing::error!("this node was declared dead and its sessions taken over: dropping every client and rejoining");
         let cluster = self.clone();
         tokio::spawn(async move {
             broker.fence().await;
             let mut delay = Duration::from_millis(100);
             loop {
-                match recovery::rejoin(&cluster, &broker).await {
+                let rejoined = match recovery::rejoin(&cluster, &broker).await {
+                    Ok(()) => cluster
+                        .routes
+                        .reload(&mut cluster.connection())
+                        .await
+                        .map_err(Into::into),
+                    Err(error) => Err(error),
+                };
+                match rejoined {
                     Ok(()) => break,
                     Err(error) => {
                         tracing::warn!(%error, "rejoin failed; retrying");
@@ -337,7 +353,10 @@ impl Cluster {
 }
 
 /// The id of the last entry of `stream` ("0-0" when empty).
-async fn stream_end(con: &mut ConnectionManager, stream: &str) -> anyhow::Result<String> {
+pub(super) async fn stream_end(
+    con: &mut ConnectionManager,
+    stream: &str,
+) -> anyhow::Result<String> {
     let reply: redis::Value = redis::cmd("XREVRANGE")
         .arg(stream)
         .arg("+")

@@ -8,6 +8,7 @@
 //! publishing a message matches the topic against this cache to know which
 //! inboxes to append to.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use redis::aio::ConnectionManager;
@@ -26,9 +27,23 @@ const ROUTE_LOG_MAXLEN: usize = 100_000;
 #[derive(Default)]
 pub struct RouteCache {
     tree: RwLock<SubscriptionTree>,
+    /// Set while the route log cannot be followed (this node lost Redis),
+    /// cleared by the next full reload.
+    stale: AtomicBool,
 }
 
 impl RouteCache {
+    /// True from a failed read of the route log until the next reload:
+    /// the table may miss changes made meanwhile.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Acquire)
+    }
+
+    /// The route log could not be read: distrust the table until reloaded.
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Release);
+    }
+
     /// Nodes other than `me` with a subscription matching `topic`.
     pub fn remote_nodes(&self, topic: &str, me: &str) -> Vec<ClientId> {
         let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
@@ -84,6 +99,7 @@ impl RouteCache {
             }
         }
         *self.tree.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        self.stale.store(false, Ordering::Release);
         Ok(())
     }
 }
