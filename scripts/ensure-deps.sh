@@ -29,6 +29,22 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# rustup components the checks need (`cargo fmt`, `cargo clippy`).
+ensure_rust_components() {
+  local component
+  for component in "$@"; do
+    local subcommand=${component/rustfmt/fmt}
+    if ! cargo "$subcommand" --version >/dev/null 2>&1; then
+      if ! command -v rustup >/dev/null 2>&1; then
+        echo "cargo $subcommand not found and no rustup to add $component" >&2
+        exit 1
+      fi
+      echo "Installing the $component component" >&2
+      rustup component add "$component"
+    fi
+  done
+}
+
 ensure_rust() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install Rust from https://rustup.rs (stable, 1.85 or newer)" >&2

@@ -256,6 +256,7 @@ fn conn_plan(a: ConnArgs) -> Result<conn::ConnPlan> {
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit in force.
+#[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
 pub(crate) fn raise_fd_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -68,6 +68,7 @@ fn rss_kib(status: &str) -> Result<u64> {
         .context("bad VmRSS")
 }
 
+#[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
 fn clock_ticks_per_second() -> f64 {
     // SAFETY: sysconf has no preconditions.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };

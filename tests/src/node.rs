@@ -181,6 +181,7 @@ impl NodeProcess {
     }
 
     /// Sends `signal` to the node.
+    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     pub fn signal(&self, signal: libc::c_int) -> Result<()> {
         let pid = libc::pid_t::try_from(self.pid()).context("pid out of range")?;
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our

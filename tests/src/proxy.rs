@@ -103,6 +103,7 @@ impl ProxyProcess {
     }
 
     /// Sends `signal` to the proxy (SIGTERM for a graceful stop).
+    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     pub fn signal(&self, signal: libc::c_int) -> Result<()> {
         let pid = libc::pid_t::try_from(self.child.id())?;
         // SAFETY: kill(2) on our own unreaped child has no memory-safety preconditions.

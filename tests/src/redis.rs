@@ -92,6 +92,7 @@ impl RedisProcess {
     }
 
     /// Stops the server gracefully (SIGTERM flushes the AOF) and waits.
+    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     pub fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());

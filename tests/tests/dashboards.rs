@@ -2,16 +2,16 @@
 //! Grafana on the test machines): they are valid JSON, reach their data
 //! source only through the `datasource` variable (no hard-coded UID), give
 //! every panel a query and a description, use only variables they define,
-//! and cover the panels the cluster overview promises; the Operations docs
-//! (the README, or `dashboards/OPERATIONS.md` until it is merged) describe
-//! every panel and list every metric the panels read.
+//! and cover the panels the cluster overview promises; the operations docs
+//! (`docs/operations.md`) describe every panel and list every metric the
+//! panels read.
 //!
 //! That every query returns data is checked against a real Prometheus in
 //! `observability.rs`.
 
 use std::collections::{BTreeSet, HashMap};
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use astramq_tests::observability::dashboards::{self, metric_families, substitute, Dashboard};
 use astramq_tests::observability::workspace_root;
 use serde_json::Value as Json;
@@ -176,7 +176,7 @@ fn check_panels(dashboard: &Dashboard) -> Result<()> {
         );
         ensure!(
             panel["description"].as_str().is_some_and(|d| !d.is_empty()),
-            "{name}: panel {title:?} has no description (the README's panel list is built from them)"
+            "{name}: panel {title:?} has no description (the operations docs' panel list is built from them)"
         );
     }
     Ok(())
@@ -221,24 +221,12 @@ fn check_has_query_variable(dashboard: &Dashboard, variable: &str) -> Result<()>
     Ok(())
 }
 
-/// The operations documentation: the README's "Operations" section, and
-/// `dashboards/OPERATIONS.md` while that text waits to be merged into it.
-/// Whitespace is collapsed, so a title wrapped across lines still matches.
+/// The operations documentation, `docs/operations.md`. Whitespace is
+/// collapsed, so a title wrapped across lines still matches.
 fn operations_docs() -> Result<String> {
-    let mut text = String::new();
-    for path in [
-        workspace_root().join("README.md"),
-        dashboards::dashboards_dir().join("OPERATIONS.md"),
-    ] {
-        if let Ok(part) = std::fs::read_to_string(&path) {
-            text.push_str(&part);
-            text.push('\n');
-        }
-    }
-    ensure!(
-        !text.is_empty(),
-        "neither README.md nor dashboards/OPERATIONS.md found"
-    );
+    let path = workspace_root().join("docs").join("operations.md");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 

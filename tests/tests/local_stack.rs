@@ -149,6 +149,7 @@ impl Script {
     }
 
     /// Sends SIGINT, as Ctrl-C in a terminal does.
+    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     fn interrupt(&self) -> Result<()> {
         let pid = libc::pid_t::try_from(self.child.id())?;
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our

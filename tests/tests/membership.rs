@@ -381,6 +381,7 @@ impl Proc {
         at
     }
 
+    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     fn sigterm(&mut self) -> Instant {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our

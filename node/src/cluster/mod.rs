@@ -2,9 +2,9 @@
 //!
 //! # What Redis holds
 //! - **Sessions** (see `store::redis`): owner node, fencing epoch,
-//!   subscriptions (written through on SUBSCRIBE/UNSUBSCRIBE), and, while
-//!   the client is away, its queue and unacknowledged messages. Any node
-//!   can resume any persistent session.
+//!   subscriptions (written through on SUBSCRIBE/UNSUBSCRIBE), and the
+//!   queue of every QoS 1/2 delivery the client has not acknowledged,
+//!   connected or not. Any node can resume any persistent session.
 //! - **Routes** ([`routes`]): per node, the filters it has subscribers
 //!   for, and a log of changes every node follows.
 //! - **Streams** ([`bus`]): a per-node inbox (routed mode) or one shared
@@ -12,27 +12,35 @@
 //!   entries for session takeover.
 //! - **Liveness** ([`liveness`]): a heartbeat key per node with a TTL.
 //!
-//! # What is guaranteed
+//! Every key is named in [`crate::redis_model::keys`].
+//!
+//! # What is guaranteed (routed mode)
 //! - A QoS 1/2 publish is acknowledged only after every Redis write it
-//!   needs (other nodes' inboxes, offline queues, retained) succeeded.
+//!   needs succeeded: other nodes' inboxes, the queue of every matching
+//!   persistent session on this node, the publisher's QoS 2 record,
+//!   retained. What a node holds in memory for a persistent session is also
+//!   in that session's Redis queue until the client acknowledges it, so a
+//!   node's death loses no acknowledged message.
 //! - A client id is owned by one node at a time; a stale owner's writes are
 //!   fenced off by the epoch.
 //! - When a node dies (its heartbeat expires), exactly one survivor — the
-//!   holder of a Redis lock — publishes the wills of its connected
-//!   clients, adopts its persistent sessions (their messages queue from
-//!   then on), drops its routes, and queues the dead node's unread inbox
-//!   entries for those sessions ([`recovery`]).
+//!   holder of a Redis lock — adopts its persistent sessions, publishes the
+//!   wills of its connected clients, fences it, drops its routes, and
+//!   queues the dead node's unread inbox entries for those sessions
+//!   ([`recovery`]).
 //!
-//! # What is not (yet)
-//! - Messages a dead node had already read from its inbox, or that sat in
-//!   its memory for a connected client (in flight, or queued behind the
-//!   in-flight window), are lost with it. Only their publishers'
-//!   acknowledgement is kept true by Redis; closing this gap is the chaos
-//!   test's work.
+//! # What is not
 //! - Redis durability is Redis's: with AOF `appendfsync everysec` a Redis
 //!   crash can lose up to one second of acknowledged writes.
+//! - QoS 1 messages may be delivered twice across a node's death; messages
+//!   to clean sessions and QoS 0 messages die with their node.
+//! - Broadcast mode caps its shared stream and gives no zero-loss
+//!   guarantee.
 //! - A subscription becomes visible to other nodes when they read the route
 //!   log (milliseconds after SUBACK), not atomically with SUBACK.
+//!
+//! The full lists are the README's "Guarantees" and "What is not
+//! guaranteed"; `docs/zero-loss.md` explains the design.
 
 pub mod bus;
 pub mod liveness;
