@@ -844,3 +844,36 @@ async fn a_blocked_client_still_has_its_disconnect_read() -> Result<()> {
     watcher.expect_quiet(Duration::from_millis(500)).await?;
     assert_serves_clients(&mut node).await
 }
+
+/// A flood of SUBSCRIBE packets in one write (5,000 packets, 10,000
+/// filters): every one is answered, in order, filters beyond the per-client
+/// cap get 0x80, and the node keeps serving others with bounded memory.
+#[tokio::test]
+async fn a_flood_of_subscribe_packets_is_answered_in_order() -> Result<()> {
+    let mut node = start_node(&[])?;
+    let mut bystander = Bystander::join(&node).await?;
+    let (mut hostile, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("flood"))).await?;
+    let before = node.rss_kib()?;
+    let mut bytes = Vec::new();
+    for id in 1..=5000u16 {
+        let a = format!("sf/{id}/a");
+        let b = format!("sf/{id}/+");
+        bytes.extend(wire::subscribe(id, &[(&a, 0), (&b, 1)]));
+    }
+    hostile.send(&bytes).await?;
+    let mut granted = 0;
+    for id in 1..=5000u16 {
+        let (acked, codes) = hostile.recv().await?.suback()?;
+        ensure!(acked == id && codes.len() == 2, "SUBACK {acked} {codes:?}");
+        granted += codes.iter().filter(|&&c| c != SUBACK_FAILURE).count();
+    }
+    ensure!(granted == 1000, "{granted} filters granted");
+    bystander.still_served().await?;
+    let after = node.rss_kib()?;
+    ensure!(
+        after < before + 64 * 1024,
+        "RSS {before} KiB before, {after} KiB after the flood"
+    );
+    assert_serves_clients(&mut node).await
+}
