@@ -23,6 +23,7 @@
 //!   client that turns its event loop into awaitable, bounded steps.
 
 pub mod binary;
+pub mod bystander;
 pub mod chaos;
 pub mod client;
 pub mod node;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use astramq_tests::binary::node_binary;
+use astramq_tests::bystander::Bystander;
 use astramq_tests::observability::cluster::node_metrics_addr;
 use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::wire::{self, Connect, Publish, Will};
@@ -43,54 +44,13 @@ fn limit_refusals(node: &NodeProcess, reason: &str) -> Result<f64> {
     Ok(page.total("astramq_limit_refusals_total", &[("reason", reason)]))
 }
 
-/// A subscriber and a publisher on a topic of their own: after each hostile
-/// step, [`Bystander::still_served`] proves the node still delivers.
-struct Bystander {
-    subscriber: TestClient,
-    publisher: TestClient,
-    topic: String,
-    sent: usize,
-}
-
-impl Bystander {
-    async fn join(node: &NodeProcess) -> Result<Self> {
-        let topic = format!("bystander/{}", unique_id("t"));
-        let mut subscriber = TestClient::connect(node.addr(), &unique_id("by-sub")).await?;
-        let granted = subscriber.subscribe(&topic, QoS::AtLeastOnce).await?;
-        ensure!(granted == SubscribeReasonCode::Success(QoS::AtLeastOnce));
-        let publisher = TestClient::connect(node.addr(), &unique_id("by-pub")).await?;
-        Ok(Self {
-            subscriber,
-            publisher,
-            topic,
-            sent: 0,
-        })
-    }
-
-    /// Publishes the next message and requires it to arrive, in order.
-    async fn still_served(&mut self) -> Result<()> {
-        self.sent += 1;
-        let payload = format!("m{}", self.sent);
-        self.publisher
-            .publish(&self.topic, QoS::AtLeastOnce, false, payload.clone())
-            .await?;
-        let got = self.subscriber.next_publish().await?;
-        ensure!(
-            got.payload.as_ref() == payload.as_bytes(),
-            "bystander got {:?}, expected {payload}",
-            got.payload
-        );
-        Ok(())
-    }
-}
-
 /// A 65,000-level filter (one packet; it used to overflow the node's stack)
 /// gets 0x80 under the default 64-level limit; the other filter of the same
 /// SUBSCRIBE is granted and the connection stays open.
 #[tokio::test]
 async fn a_65000_level_filter_is_refused_in_its_suback_slot() -> Result<()> {
     let mut node = start_node(&[])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let connect = Connect::new(&unique_id("deep"));
     let (mut hostile, _) = RawClient::connected(node.addr(), &connect).await?;
     let deep = levels(65_000);
@@ -110,7 +70,7 @@ async fn a_65000_level_filter_is_refused_in_its_suback_slot() -> Result<()> {
 #[tokio::test]
 async fn a_65000_level_filter_is_served_when_the_limit_allows_it() -> Result<()> {
     let mut node = NodeProcess::start_with(&[("--max-topic-levels", "70000")])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let connect = Connect::new(&unique_id("deep"));
     let (mut client, _) = RawClient::connected(node.addr(), &connect).await?;
     let deep = levels(65_000);
@@ -134,7 +94,7 @@ async fn a_65000_level_filter_is_served_when_the_limit_allows_it() -> Result<()>
 #[tokio::test]
 async fn a_65000_byte_client_id_gets_connack_0x02() -> Result<()> {
     let mut node = start_node(&[])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let id = "i".repeat(65_000);
     let (mut hostile, connack) = RawClient::handshake(node.addr(), &Connect::new(&id)).await?;
     ensure!(connack.code == CONNACK_IDENTIFIER_REJECTED, "{connack:?}");
@@ -153,7 +113,7 @@ async fn a_65000_byte_client_id_gets_connack_0x02() -> Result<()> {
 #[tokio::test]
 async fn a_too_deep_publish_topic_closes_only_that_client() -> Result<()> {
     let mut node = start_node(&[])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let (mut hostile, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("h"))).await?;
     let too_deep = "x/".repeat(64) + "x"; // 65 levels
@@ -176,7 +136,7 @@ async fn a_too_deep_publish_topic_closes_only_that_client() -> Result<()> {
 #[tokio::test]
 async fn a_too_long_will_topic_closes_the_connection() -> Result<()> {
     let mut node = start_node(&[("--max-topic-length", "100")])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let connect = Connect::new(&unique_id("will")).with_will(Will::new(&"w".repeat(101), b"bye"));
     let mut hostile = RawClient::connect_tcp(node.addr()).await?;
     hostile.send(&connect.encode()).await?;
@@ -194,7 +154,7 @@ async fn a_too_long_will_topic_closes_the_connection() -> Result<()> {
 #[tokio::test]
 async fn an_http_request_is_closed_at_once() -> Result<()> {
     let mut node = NodeProcess::start_with(&[("--connect-timeout", "10")])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     for junk in [
         &b"GET / HTTP/1.1\r\nHost: broker\r\n\r\n"[..],
         &b"G"[..],
@@ -221,7 +181,7 @@ async fn an_http_request_is_closed_at_once() -> Result<()> {
 #[tokio::test]
 async fn filters_beyond_the_per_client_cap_get_0x80() -> Result<()> {
     let mut node = start_node(&[])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let (mut hostile, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("flood"))).await?;
     let filters: Vec<String> = (0..3000).map(|i| format!("flood/{i}")).collect();
@@ -361,7 +321,7 @@ async fn retained_limits_refuse_new_topics_but_deliver_them() -> Result<()> {
         ("--max-retained-payload", "100"),
         ("--sys-interval", "0"),
     ])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let (mut live, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("live"))).await?;
     ensure!(live.subscribe(1, &[("lim/#", 0)]).await? == [0]);
@@ -437,7 +397,7 @@ async fn a_too_large_will_payload_closes_the_connection() -> Result<()> {
 #[tokio::test]
 async fn twenty_thousand_retained_then_hundreds_of_subscribes() -> Result<()> {
     let mut node = start_node(&[])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let (mut publisher, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
     let payload = [b'r'; 100];
@@ -488,7 +448,7 @@ const CONNACK_SERVER_UNAVAILABLE: u8 = 0x03;
 #[tokio::test]
 async fn connections_beyond_the_per_ip_limit_are_closed_at_accept() -> Result<()> {
     let mut node = start_node(&[("--max-connections-per-ip", "3")])?;
-    let mut bystander = Bystander::join(&node).await?; // two connections
+    let mut bystander = Bystander::join(node.addr()).await?; // two connections
     let (first, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("ip"))).await?;
     let mut refused = RawClient::connect_tcp(node.addr()).await?;
     refused.expect_closed(TIMEOUT).await?;
@@ -509,7 +469,7 @@ async fn connections_beyond_the_per_ip_limit_are_closed_at_accept() -> Result<()
 #[tokio::test]
 async fn connections_beyond_the_rate_are_closed_at_accept() -> Result<()> {
     let mut node = start_node(&[("--max-connection-rate", "5")])?;
-    let mut bystander = Bystander::join(&node).await?; // uses two tokens
+    let mut bystander = Bystander::join(node.addr()).await?; // uses two tokens
     let mut closed = 0;
     let mut open = Vec::new();
     for _ in 0..10 {
@@ -589,7 +549,7 @@ async fn keep_alive_is_held_to_the_maximum_and_zero_gets_the_default() -> Result
 #[tokio::test]
 async fn packets_after_disconnect_are_ignored() -> Result<()> {
     let mut node = start_node(&[])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let topic = unique_id("after");
     let (mut watcher, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("w"))).await?;
@@ -612,7 +572,7 @@ async fn packets_after_disconnect_are_ignored() -> Result<()> {
 #[tokio::test]
 async fn thousands_of_idle_sockets_are_closed_after_the_connect_timeout() -> Result<()> {
     let mut node = start_node(&[("--connect-timeout", "2"), ("--max-connection-rate", "0")])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let before = node.rss_kib()?;
     let started = Instant::now();
     let mut idle = Vec::with_capacity(3000);
@@ -640,7 +600,7 @@ async fn thousands_of_idle_sockets_are_closed_after_the_connect_timeout() -> Res
 #[tokio::test]
 async fn a_client_that_never_reads_costs_bounded_memory() -> Result<()> {
     let mut node = start_node(&[("--max-queued-bytes-per-session", "2097152")])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let topic = unique_id("flood");
     let (mut stuck, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("stuck"))).await?;
@@ -851,7 +811,7 @@ async fn a_blocked_client_still_has_its_disconnect_read() -> Result<()> {
 #[tokio::test]
 async fn a_flood_of_subscribe_packets_is_answered_in_order() -> Result<()> {
     let mut node = start_node(&[])?;
-    let mut bystander = Bystander::join(&node).await?;
+    let mut bystander = Bystander::join(node.addr()).await?;
     let (mut hostile, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("flood"))).await?;
     let before = node.rss_kib()?;

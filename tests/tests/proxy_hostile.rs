@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use astramq_tests::binary::proxy_binary;
+use astramq_tests::bystander::Bystander;
 use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::proxy::ProxyProcess;
 use astramq_tests::wire::Connect;
-use astramq_tests::{unique_id, within_for, NodeProcess, RawClient, TestClient, TIMEOUT};
-use rumqttc::{QoS, SubscribeReasonCode};
+use astramq_tests::{unique_id, within_for, NodeProcess, RawClient, TIMEOUT};
 use tokio::task::JoinSet;
 
 /// A socket refused by an admission limit is closed on accept; this bounds
@@ -113,48 +113,6 @@ async fn refused_from(proxy: &ProxyProcess, source: IpAddr) -> Result<()> {
     Ok(())
 }
 
-/// A subscriber and a publisher connected through the proxy from
-/// 127.0.0.1: after each hostile step, [`Bystander::still_served`] proves
-/// the existing connections still carry messages.
-struct Bystander {
-    subscriber: TestClient,
-    publisher: TestClient,
-    topic: String,
-    sent: usize,
-}
-
-impl Bystander {
-    async fn join(proxy: &ProxyProcess) -> Result<Self> {
-        let topic = format!("bystander/{}", unique_id("t"));
-        let mut subscriber = TestClient::connect(proxy.addr, &unique_id("by-sub")).await?;
-        let granted = subscriber.subscribe(&topic, QoS::AtLeastOnce).await?;
-        ensure!(granted == SubscribeReasonCode::Success(QoS::AtLeastOnce));
-        let publisher = TestClient::connect(proxy.addr, &unique_id("by-pub")).await?;
-        Ok(Self {
-            subscriber,
-            publisher,
-            topic,
-            sent: 0,
-        })
-    }
-
-    /// Publishes the next message and requires it to arrive, in order.
-    async fn still_served(&mut self) -> Result<()> {
-        self.sent += 1;
-        let payload = format!("m{}", self.sent);
-        self.publisher
-            .publish(&self.topic, QoS::AtLeastOnce, false, payload.clone())
-            .await?;
-        let got = self.subscriber.next_publish().await?;
-        ensure!(
-            got.payload.as_ref() == payload.as_bytes(),
-            "bystander got {:?}, expected {payload}",
-            got.payload
-        );
-        Ok(())
-    }
-}
-
 /// Over `--max-connections-per-ip` one address's new sockets are closed on
 /// accept while other addresses still get in; over `--max-connections`
 /// everyone's are; a closed socket frees its slot. The bystander's
@@ -166,7 +124,7 @@ async fn sockets_over_the_caps_are_closed_at_once_while_a_client_keeps_its_messa
         ("--max-connections", "10"),
         ("--max-connections-per-ip", "4"),
     ])?;
-    let mut bystander = Bystander::join(&proxy).await?; // 2 sockets from 127.0.0.1
+    let mut bystander = Bystander::join(proxy.addr).await?; // 2 sockets from 127.0.0.1
     let mut held = Vec::new();
     for _ in 0..2 {
         held.push(idle_from(&proxy, loopback(1)).await?);
@@ -209,7 +167,7 @@ async fn sockets_over_the_caps_are_closed_at_once_while_a_client_keeps_its_messa
 #[tokio::test]
 async fn sockets_beyond_the_rate_are_closed_at_once_and_admitted_again_later() -> Result<()> {
     let (_node, proxy) = start(&[("--max-connection-rate", "10")])?;
-    let mut bystander = Bystander::join(&proxy).await?; // 2 of the 10 tokens
+    let mut bystander = Bystander::join(proxy.addr).await?; // 2 of the 10 tokens
     let mut burst = Vec::new();
     for _ in 0..40 {
         burst.push(idle_from(&proxy, loopback(2)).await?);
@@ -247,7 +205,7 @@ async fn sockets_beyond_the_rate_are_closed_at_once_and_admitted_again_later() -
 #[tokio::test]
 async fn slowloris_clients_are_cut_at_the_connect_deadline_and_free_their_slots() -> Result<()> {
     let (_node, proxy) = start(&[("--connect-timeout", "2"), ("--max-connections", "4")])?;
-    let mut bystander = Bystander::join(&proxy).await?; // 2 of the 4 slots
+    let mut bystander = Bystander::join(proxy.addr).await?; // 2 of the 4 slots
     let started = Instant::now();
     let mut dribblers = JoinSet::new();
     for _ in 0..2 {
@@ -308,7 +266,7 @@ async fn thousands_of_idle_sockets_are_closed_at_the_deadline_with_bounded_memor
         ("--max-connections-per-ip", "100000"),
         ("--max-connection-rate", "100000"),
     ])?;
-    let mut bystander = Bystander::join(&proxy).await?;
+    let mut bystander = Bystander::join(proxy.addr).await?;
     let before = rss_kib(&proxy)?;
     let mut peaks = Vec::new();
     for wave in 1..=2 {

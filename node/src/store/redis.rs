@@ -161,6 +161,29 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Runs one `ENQUEUE` per (client id, delivery) in one pipeline; the
+    /// replies in the same order.
+    async fn enqueue_all<'a>(
+        &self,
+        items: impl Iterator<Item = (&'a str, &'a Delivery)>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let mut pipe = redis::pipe();
+        for (client_id, delivery) in items {
+            pipe.add_command(enqueue_cmd(
+                &self.scripts,
+                self.max_queued,
+                &self.node_id,
+                client_id,
+                delivery,
+            ));
+        }
+        let mut con = self.con();
+        let queued = query_pipeline::<Vec<Value>>(&self.scripts, &mut con, &pipe);
+        Ok(self.metrics.timed(RedisOp::Enqueue, queued).await?)
+    }
+}
+
 fn session_keys(client_id: &str) -> [String; 6] {
     [
         keys::session(client_id),
@@ -436,20 +459,10 @@ impl Store for RedisStore {
         if batch.is_empty() {
             return Ok(outcome);
         }
-        let mut pipe = redis::pipe();
-        for (client_id, delivery) in &batch {
-            pipe.add_command(enqueue_cmd(
-                &self.scripts,
-                self.max_queued,
-                &self.node_id,
-                client_id,
-                delivery,
-            ));
-        }
-        let mut con = self.con();
-        let queued = query_pipeline::<Vec<Value>>(&self.scripts, &mut con, &pipe);
-        let replies = self.metrics.timed(RedisOp::Enqueue, queued).await?;
-        for reply in &replies {
+        let items = batch
+            .iter()
+            .map(|(client_id, delivery)| (&**client_id, delivery));
+        for reply in &self.enqueue_all(items).await? {
             match parse_enqueued(reply) {
                 Enqueued::Queued(_) | Enqueued::Duplicate => outcome.queued += 1,
                 Enqueued::Full => outcome.dropped_queue_full += 1,
@@ -471,19 +484,8 @@ impl Store for RedisStore {
         if durable.is_empty() {
             return Ok(deliveries);
         }
-        let mut pipe = redis::pipe();
-        for &i in &durable {
-            pipe.add_command(enqueue_cmd(
-                &self.scripts,
-                self.max_queued,
-                &self.node_id,
-                client_id,
-                &deliveries[i],
-            ));
-        }
-        let mut con = self.con();
-        let queued = query_pipeline::<Vec<Value>>(&self.scripts, &mut con, &pipe);
-        let replies = self.metrics.timed(RedisOp::Enqueue, queued).await?;
+        let items = durable.iter().map(|&i| (&**client_id, &deliveries[i]));
+        let replies = self.enqueue_all(items).await?;
         for (&i, reply) in durable.iter().zip(&replies) {
             if let Enqueued::Queued(id) = parse_enqueued(reply) {
                 deliveries[i].queued = Some(id);
