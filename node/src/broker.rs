@@ -271,6 +271,12 @@ impl Broker {
         self.offline_sessions().insert(client_id.clone(), filters);
     }
 
+    /// False while this node cannot take clients (it is rejoining the
+    /// cluster after being declared dead); they are refused with 0x03.
+    pub fn accepts_clients(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.accepts_clients())
+    }
+
     /// True when this node may hold `client_id`'s session under
     /// `max-sessions`: it holds it already (connected or offline), or holds
     /// fewer than the limit. Concurrent handshakes can each pass the check,
