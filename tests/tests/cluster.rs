@@ -720,3 +720,54 @@ async fn a_publish_only_fenced_nodes_subscribe_to_is_not_acknowledged() -> Resul
     ensure!(delivered.contains(&1), "the re-sent publish did not arrive");
     Ok(())
 }
+
+/// A delivery that lands in a connected persistent session's Redis queue
+/// with no notice to its node (a drain request lost while Redis restarted,
+/// or refused by a full inbox) still reaches the client while it stays
+/// connected: the session reads its queue past its read mark every 10 s.
+/// The test makes such an entry by copying one inside Redis.
+#[tokio::test]
+async fn a_delivery_queued_without_notice_reaches_its_connected_session() -> Result<()> {
+    let redis = RedisProcess::start()?;
+    let node = start_node(&redis, &unique_id("sd"), "routed")?;
+    let sub_id = unique_id("sd-sub");
+    let mut connect = Connect::new(&sub_id);
+    connect.clean_session = false;
+    let (mut sub, _) = RawClient::connected(node.addr(), &connect).await?;
+    sub.subscribe(1, &[("sd/t", 1)]).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("sd-pub"))).await?;
+    let publish = wire::Publish::new("sd/t", 1, b"1").with_packet_id(1);
+    publisher.send(&publish.encode()).await?;
+    ensure!(
+        next_puback(&mut publisher, 1).await?,
+        "publish not acknowledged"
+    );
+    let first = within("the first delivery", sub.recv_publish()).await??;
+    ensure!(first.payload == b"1");
+    // Not acknowledged: the entry stays in the session's queue. Queue a
+    // copy of it behind the node's back.
+    let queue = format!("astramq:s:{{{sub_id}}}:q");
+    let copy = "local e = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1) \
+                return redis.call('XADD', KEYS[1], '*', 'd', e[1][2][2])";
+    redis.cli(&["EVAL", copy, "1", &queue])?;
+    let again = within_for(Duration::from_secs(20), "the unannounced entry", async {
+        loop {
+            let Some(packet) = sub.recv_for(Duration::from_secs(1)).await? else {
+                continue;
+            };
+            if let Ok(p) = packet.publish() {
+                if p.packet_id != first.packet_id {
+                    return Ok::<_, anyhow::Error>(p);
+                }
+            }
+        }
+    })
+    .await??;
+    ensure!(
+        again.payload == b"1",
+        "unexpected payload {:?}",
+        again.payload
+    );
+    Ok(())
+}

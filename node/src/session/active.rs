@@ -32,6 +32,12 @@ use crate::store::{SessionClaim, SessionOwner};
 const LATE_DRAIN_AFTER: Duration = Duration::from_secs(1);
 const LAST_DRAIN_AFTER: Duration = Duration::from_secs(5);
 
+/// After those, a persistent session in a cluster reads what follows its
+/// read mark this often: an entry whose drain request was lost (Redis
+/// restarting, the owner's inbox refusing) reaches the client within this
+/// period rather than at its next reconnect. One `XRANGE` from the mark.
+const SAFETY_DRAIN_EVERY: Duration = Duration::from_secs(10);
+
 /// Longest wait for pending bytes to leave when a connection is closed.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -198,7 +204,9 @@ impl ActiveSession {
     ) {
         let keep_alive = setup.keep_alive;
         let (mut session, previous, finished) = ActiveSession::open(broker, connection, setup);
-        let late_drain = Box::pin(session.begin(previous)).await;
+        let late_drain = Box::pin(session.begin(previous))
+            .await
+            .or_else(|| session.safety_drain_due());
         let end = session.run(keep_alive, shutdown, late_drain).await;
         tracing::debug!(client_id = %session.client_id, ?end, "session ended");
         Box::pin(session.finish(end)).await;
@@ -391,7 +399,7 @@ impl ActiveSession {
                     }
                     if late_drain.is_some_and(|at| now >= at) {
                         late_drain = match self.late_drains {
-                            0 => None,
+                            0 => self.safety_drain_due(),
                             _ => Some(now + LAST_DRAIN_AFTER - LATE_DRAIN_AFTER),
                         };
                         self.late_drains = self.late_drains.saturating_sub(1);
@@ -436,9 +444,16 @@ impl ActiveSession {
         }
     }
 
-    /// Picks up deliveries queued for this session by a node that owned it
-    /// until this connection claimed it (they were routed before the
-    /// ownership change reached every node).
+    /// When the next periodic read of the queue is due (persistent
+    /// sessions in a cluster only; see [`SAFETY_DRAIN_EVERY`]).
+    fn safety_drain_due(&self) -> Option<Instant> {
+        self.durable.then(|| Instant::now() + SAFETY_DRAIN_EVERY)
+    }
+
+    /// Picks up deliveries queued for this session that it was not handed:
+    /// by a node that owned it until this connection claimed it (routed
+    /// before the ownership change reached every node), or by any node
+    /// whose drain request did not arrive.
     async fn drain_stragglers(&mut self) {
         let after = self.read_mark.highest().cloned();
         let store = self.broker.store();
