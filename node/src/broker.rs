@@ -513,15 +513,8 @@ impl Broker {
     ) -> Result<(), PublishError> {
         let count = batch.len() as u64;
         match self.store.enqueue_offline(batch).await {
-            Ok(QueueOutcome {
-                dropped_queue_full,
-                dropped_qos0,
-                ..
-            }) => {
-                self.stats
-                    .dropped(DropReason::QueueFull, dropped_queue_full as u64);
-                self.stats
-                    .dropped(DropReason::Qos0Offline, dropped_qos0 as u64);
+            Ok(outcome) => {
+                self.count_dropped(&outcome);
                 Ok(())
             }
             Err(error) => {
@@ -530,6 +523,17 @@ impl Broker {
                 Err(PublishError("offline queue unavailable"))
             }
         }
+    }
+
+    /// Counts what a store refused to queue: a full queue (by either bound;
+    /// the byte bound is also a `queued_bytes` limit refusal) or QoS 0.
+    fn count_dropped(&self, outcome: &QueueOutcome) {
+        let full = outcome.dropped_queue_full + outcome.dropped_queue_bytes;
+        self.stats.dropped(DropReason::QueueFull, full as u64);
+        self.stats
+            .limit_refused_by(LimitReason::QueuedBytes, outcome.dropped_queue_bytes as u64);
+        self.stats
+            .dropped(DropReason::Qos0Offline, outcome.dropped_qos0 as u64);
     }
 }
 
@@ -569,7 +573,9 @@ impl LocalNode for Broker {
         &self,
         batch: Vec<(ClientId, Delivery)>,
     ) -> Result<QueueOutcome, crate::store::StoreError> {
-        self.store.enqueue_offline(batch).await
+        let outcome = self.store.enqueue_offline(batch).await?;
+        self.count_dropped(&outcome);
+        Ok(outcome)
     }
 }
 
@@ -579,13 +585,14 @@ mod tests {
     use tokio::sync::{watch, Notify};
 
     use super::*;
+    use crate::limits::queue::QueueBound;
     use crate::registry::mailbox::Mailbox;
     use crate::registry::SessionHandle;
     use crate::store::memory::MemoryStore;
     use crate::store::ClaimRequest;
 
     fn broker() -> Broker {
-        let store = Arc::new(MemoryStore::new(10));
+        let store = Arc::new(MemoryStore::new(QueueBound::messages(10)));
         Broker::new("n1", Limits::default(), store, None, Stats::default())
     }
 
