@@ -837,3 +837,48 @@ async fn a_flood_of_subscribe_packets_is_answered_in_order() -> Result<()> {
     );
     assert_serves_clients(&mut node).await
 }
+
+/// Concurrent CONNECTs for new sessions (200, all at once) never take the
+/// node past `max-sessions`: the handshakes under way count too. Those
+/// beyond it get CONNACK 0x03, each counted; once sessions end, new ones
+/// are admitted again (the slots come back).
+#[tokio::test]
+async fn concurrent_connects_never_pass_max_sessions() -> Result<()> {
+    const MAX: usize = 20;
+    const CONNECTS: usize = 200;
+    let mut node = start_node(&[("--max-sessions", "20")])?;
+    // The bystander holds two of the sessions.
+    let mut bystander = Bystander::join(node.addr()).await?;
+    let addr = node.addr();
+    let mut handshakes = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTS {
+        let connect = Connect::new(&unique_id("race"));
+        handshakes.spawn(async move { RawClient::handshake(addr, &connect).await });
+    }
+    let (mut admitted, mut refused) = (Vec::new(), 0);
+    while let Some(joined) = handshakes.join_next().await {
+        let (client, connack) = joined??;
+        match connack.code {
+            0 => admitted.push(client),
+            CONNACK_SERVER_UNAVAILABLE => refused += 1,
+            other => anyhow::bail!("unexpected CONNACK code {other:#x}"),
+        }
+    }
+    ensure!(
+        admitted.len() <= MAX - 2,
+        "{} sessions admitted beside the bystander's 2 under max-sessions {MAX}",
+        admitted.len()
+    );
+    ensure!(!admitted.is_empty() && admitted.len() + refused == CONNECTS);
+    ensure!(limit_refusals(&node, "sessions")? == refused as f64);
+    let online = Exposition::scrape(node_metrics_addr(&node)?)?
+        .total("astramq_sessions", &[("state", "online")]);
+    ensure!(online <= MAX as f64, "{online} sessions online");
+    bystander.still_served().await?;
+    for mut client in admitted {
+        client.send(&wire::disconnect()).await?;
+        client.expect_closed(TIMEOUT).await?;
+    }
+    let (_again, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("after"))).await?;
+    assert_serves_clients(&mut node).await
+}
