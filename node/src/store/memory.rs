@@ -265,6 +265,15 @@ mod tests {
         }
     }
 
+    /// Claims `id`'s persistent session and returns its owner.
+    async fn owner_of(store: &MemoryStore, id: &ClientId) -> SessionOwner {
+        store
+            .claim_session(&request(id, false))
+            .await
+            .unwrap()
+            .owner
+    }
+
     fn payloads(state: &SessionState) -> Vec<&[u8]> {
         state
             .pending
@@ -305,16 +314,8 @@ mod tests {
     async fn stale_owner_cannot_park_over_a_newer_claim() {
         let store = MemoryStore::new(QueueBound::messages(10));
         let id: ClientId = "c".into();
-        let old = store
-            .claim_session(&request(&id, false))
-            .await
-            .unwrap()
-            .owner;
-        let new = store
-            .claim_session(&request(&id, false))
-            .await
-            .unwrap()
-            .owner;
+        let old = owner_of(&store, &id).await;
+        let new = owner_of(&store, &id).await;
         let mut stale = SessionState::default();
         stale.subscriptions.insert("stale".into(), Qos::AtMostOnce);
         store.park_session(&old, stale).await.unwrap();
@@ -361,11 +362,7 @@ mod tests {
         };
         let store = MemoryStore::new(bound);
         let id: ClientId = "c".into();
-        let owner = store
-            .claim_session(&request(&id, false))
-            .await
-            .unwrap()
-            .owner;
+        let owner = owner_of(&store, &id).await;
         let mut parked = SessionState::default();
         for payload in ["p1..", "p2..", "p3.."] {
             parked
