@@ -276,6 +276,12 @@ impl Broker {
         self.offline_sessions().insert(client_id.clone(), filters);
     }
 
+    /// False while this node cannot take clients (it is rejoining the
+    /// cluster after being declared dead); they are refused with 0x03.
+    pub fn accepts_clients(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.accepts_clients())
+    }
+
     /// Reserves room under `max-sessions` for a handshake of `client_id`,
     /// or `None` when the node holds its limit: sessions connected, offline
     /// ones it keeps and handshakes under way (see

@@ -101,17 +101,17 @@ impl NodeProcess {
         let child = command
             .spawn()
             .with_context(|| format!("spawning {:?}", command.get_program()))?;
-        Self::wait_until_ready(child)
+        Self::wait_until_ready(child, log_file(node_id)?)
     }
 
     /// Drains the child's output and waits for its readiness line.
-    fn wait_until_ready(mut child: Child) -> Result<Self> {
+    fn wait_until_ready(mut child: Child, file: Option<LogFile>) -> Result<Self> {
         let log = Arc::new(Mutex::new(String::new()));
         let stdout = child.stdout.take().context("node stdout not piped")?;
         let stderr = child.stderr.take().context("node stderr not piped")?;
         let (ready_tx, ready_rx) = mpsc::channel();
-        spawn_stdout_drain(stdout, Arc::clone(&log), ready_tx);
-        spawn_stderr_drain(stderr, Arc::clone(&log));
+        spawn_stdout_drain(stdout, Arc::clone(&log), file.clone(), ready_tx);
+        spawn_stderr_drain(stderr, Arc::clone(&log), file);
         let mut node = match ready_rx.recv_timeout(STARTUP_TIMEOUT) {
             Ok(addr) => Self { child, addr, log },
             Err(reason) => {
@@ -259,10 +259,30 @@ fn clear_node_environment(command: &mut Command) {
     }
 }
 
+/// A whole node log, kept when `ASTRAMQ_TEST_LOG_DIR` names a directory
+/// (long chaos runs: the in-memory tail is too short to explain a loss).
+type LogFile = Arc<Mutex<std::fs::File>>;
+
+/// The file `<ASTRAMQ_TEST_LOG_DIR>/<node id>.log` (appended to across
+/// restarts), or `None` when the variable is not set.
+fn log_file(node_id: &str) -> Result<Option<LogFile>> {
+    let Some(dir) = std::env::var_os("ASTRAMQ_TEST_LOG_DIR") else {
+        return Ok(None);
+    };
+    let path = std::path::Path::new(&dir).join(format!("{node_id}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(Some(Arc::new(Mutex::new(file))))
+}
+
 /// Reads stdout lines, reports the readiness address once, and keeps draining.
 fn spawn_stdout_drain(
     stdout: impl Read + Send + 'static,
     log: Arc<Mutex<String>>,
+    file: Option<LogFile>,
     ready: mpsc::Sender<SocketAddr>,
 ) {
     thread::spawn(move || {
@@ -275,23 +295,32 @@ fn spawn_stdout_drain(
                     ready = None;
                 }
             }
-            append_log(&log, &line);
+            append_log(&log, file.as_ref(), &line);
         }
     });
 }
 
 /// Keeps stderr drained into the shared log.
-fn spawn_stderr_drain(stderr: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
+fn spawn_stderr_drain(
+    stderr: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    file: Option<LogFile>,
+) {
     thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            append_log(&log, &line);
+            append_log(&log, file.as_ref(), &line);
         }
     });
 }
 
-/// Appends one line, dropping the oldest output beyond [`LOG_CAPACITY`].
-fn append_log(log: &Mutex<String>, line: &str) {
+/// Appends one line, dropping the oldest output beyond [`LOG_CAPACITY`]
+/// (the file, when kept, gets every line).
+fn append_log(log: &Mutex<String>, file: Option<&LogFile>, line: &str) {
+    if let Some(Ok(mut file)) = file.map(|f| f.lock()) {
+        use std::io::Write;
+        let _ = writeln!(file, "{line}");
+    }
     let Ok(mut log) = log.lock() else { return };
     log.push_str(line);
     log.push('\n');

@@ -480,19 +480,7 @@ async fn a_full_inbox_refuses_publishes_and_evicts_nothing() -> Result<()> {
     sub.subscribe(1, &[("ib/#", 1)]).await?;
     let (mut publisher, _) =
         RawClient::connected(node_a.addr(), &Connect::new(&unique_id("ib-pub"))).await?;
-    within("the subscription to reach node A", async {
-        loop {
-            publisher
-                .send(&wire::Publish::new("ib/probe", 0, b"probe").encode())
-                .await?;
-            if let Some(packet) = sub.recv_for(Duration::from_millis(100)).await? {
-                if packet.publish().is_ok_and(|p| p.payload == b"probe") {
-                    return Ok::<_, anyhow::Error>(());
-                }
-            }
-        }
-    })
-    .await??;
+    await_raw_route(&mut publisher, &mut sub, "ib/probe").await?;
     // Let B's inbox reader trim what it has read, then hang B.
     tokio::time::sleep(Duration::from_millis(300)).await;
     node_b.freeze(true)?;
@@ -516,19 +504,7 @@ async fn a_full_inbox_refuses_publishes_and_evicts_nothing() -> Result<()> {
         "inbox bound 4: acknowledged {acked:?}, first refused {refused:?}"
     );
 
-    let mut delivered = Vec::new();
-    while delivered.len() < acked.len() {
-        let Some(packet) = sub.recv_for(Duration::from_secs(5)).await? else {
-            break;
-        };
-        let Ok(publish) = packet.publish() else {
-            continue;
-        };
-        if publish.payload != b"probe" {
-            sub.send(&wire::puback(publish.packet_id)).await?;
-            delivered.push(String::from_utf8_lossy(&publish.payload).parse::<u16>()?);
-        }
-    }
+    let delivered = collect_acked(&mut sub, &acked, Duration::from_secs(10)).await?;
     ensure!(
         acked.iter().all(|seq| delivered.contains(seq)),
         "acknowledged {acked:?}, delivered after B came back {delivered:?}"
@@ -549,4 +525,198 @@ async fn next_puback(publisher: &mut RawClient, id: u16) -> Result<bool> {
             return Ok(true);
         }
     }
+}
+
+/// Publishes QoS 0 probes on `probe` from `publisher` until the raw
+/// subscriber `sub` receives one.
+async fn await_raw_route(
+    publisher: &mut RawClient,
+    sub: &mut RawClient,
+    probe: &str,
+) -> Result<()> {
+    within("the subscription to reach the publisher's node", async {
+        loop {
+            publisher
+                .send(&wire::Publish::new(probe, 0, b"probe").encode())
+                .await?;
+            if let Some(packet) = sub.recv_for(Duration::from_millis(100)).await? {
+                if packet.publish().is_ok_and(|p| p.payload == b"probe") {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+        }
+    })
+    .await?
+}
+
+/// Receives (and acknowledges) until every sequence number in `expected`
+/// has arrived or `limit` passes; returns what arrived.
+async fn collect_acked(sub: &mut RawClient, expected: &[u16], limit: Duration) -> Result<Vec<u16>> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut delivered = Vec::new();
+    while !expected.iter().all(|seq| delivered.contains(seq)) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(packet) = sub.recv_for(left).await? else {
+            break;
+        };
+        let Ok(publish) = packet.publish() else {
+            continue;
+        };
+        if publish.qos > 0 {
+            sub.send(&wire::puback(publish.packet_id)).await?;
+        }
+        if let Ok(seq) = String::from_utf8_lossy(&publish.payload).parse::<u16>() {
+            delivered.push(seq);
+        }
+    }
+    Ok(delivered)
+}
+
+/// A node back from a freeze that got it declared dead takes no client
+/// until it has rejoined (CONNACK 0x03 meanwhile), and a persistent
+/// subscriber that then resumes on it gets everything acknowledged after,
+/// also once the adopter has let the session go: the subscriber's route
+/// survives the rejoin. The test holds the thawed node's recovery lock,
+/// so its rejoin waits — the window in which the node used to accept the
+/// client and then drop the client's route together with its old ones.
+#[tokio::test]
+async fn a_node_back_from_a_freeze_takes_no_client_until_it_has_rejoined() -> Result<()> {
+    let redis = RedisProcess::start()?;
+    let id_a = unique_id("fz-a");
+    let node_a = start_node(&redis, &id_a, "routed")?;
+    let node_b = start_node(&redis, &unique_id("fz-b"), "routed")?;
+    let mut connect = Connect::new(&unique_id("fz-sub"));
+    connect.clean_session = false;
+    let (mut sub, _) = RawClient::connected(node_a.addr(), &connect).await?;
+    sub.subscribe(1, &[("fz/#", 1)]).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node_b.addr(), &Connect::new(&unique_id("fz-pub"))).await?;
+    await_raw_route(&mut publisher, &mut sub, "fz/probe").await?;
+
+    node_a.freeze(true)?;
+    let fence_key = format!("astramq:n:{{{id_a}}}:fenced");
+    let lock_key = format!("astramq:n:{{{id_a}}}:recovery");
+    within_for(
+        FAILOVER,
+        "B to fence A and release A's recovery lock",
+        async {
+            loop {
+                let fenced = redis.cli(&["EXISTS", &fence_key])?.trim() == "1";
+                if fenced
+                    && redis
+                        .cli(&["SET", &lock_key, "test", "NX", "PX", "5000"])?
+                        .trim()
+                        == "OK"
+                {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        },
+    )
+    .await??;
+    drop(sub);
+    node_a.freeze(false)?;
+    // A's first heartbeats find the fence; its rejoin waits for the lock.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, connack) = RawClient::handshake(node_a.addr(), &connect).await?;
+    ensure!(
+        connack.code == 3,
+        "a rejoining node accepted a client (CONNACK code {})",
+        connack.code
+    );
+    redis.cli(&["DEL", &lock_key])?;
+    let (mut sub, present) = within_for(FAILOVER, "A to rejoin and take the client", async {
+        loop {
+            if let Ok((client, ack)) = RawClient::handshake(node_a.addr(), &connect).await {
+                if ack.code == 0 {
+                    return Ok::<_, anyhow::Error>((client, ack.session_present));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    ensure!(present, "the session was lost");
+
+    // Past B's release grace (3 s): from then on only the route table
+    // brings B's publishes to A.
+    let mut acked = Vec::new();
+    for seq in 1..=50u16 {
+        let publish = wire::Publish::new("fz/m", 1, seq.to_string().as_bytes()).with_packet_id(seq);
+        publisher.send(&publish.encode()).await?;
+        if next_puback(&mut publisher, seq).await? {
+            acked.push(seq);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(
+        acked.len() >= 40,
+        "only {} of 50 publishes acknowledged",
+        acked.len()
+    );
+    let delivered = collect_acked(&mut sub, &acked, Duration::from_secs(10)).await?;
+    let lost: Vec<u16> = acked
+        .iter()
+        .copied()
+        .filter(|s| !delivered.contains(s))
+        .collect();
+    ensure!(lost.is_empty(), "acknowledged but not delivered: {lost:?}");
+    Ok(())
+}
+
+/// A publish whose only announced subscriber node is fenced (declared
+/// dead, its sessions not yet announced by an adopter) is not
+/// acknowledged: its inbox refuses the append and nobody else can take it.
+/// Once the fence is gone the re-sent publish is acknowledged and arrives.
+#[tokio::test]
+async fn a_publish_only_fenced_nodes_subscribe_to_is_not_acknowledged() -> Result<()> {
+    let redis = RedisProcess::start()?;
+    let flags = |node: &str| -> Result<NodeProcess> {
+        NodeProcess::start_named(
+            node,
+            &[
+                ("--redis", &redis.url()),
+                ("--heartbeat-interval-ms", "200"),
+                ("--heartbeat-ttl-ms", "60000"),
+                ("--redis-timeout-ms", "500"),
+                ("--sys-interval", "0"),
+            ],
+        )
+    };
+    let id_b = unique_id("fd-b");
+    let node_a = flags(&unique_id("fd-a"))?;
+    let node_b = flags(&id_b)?;
+    let (mut sub, _) =
+        RawClient::connected(node_b.addr(), &Connect::new(&unique_id("fd-sub"))).await?;
+    sub.subscribe(1, &[("fd/#", 1)]).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node_a.addr(), &Connect::new(&unique_id("fd-pub"))).await?;
+    await_raw_route(&mut publisher, &mut sub, "fd/probe").await?;
+
+    // B hangs (not declared dead: the TTL is long) and is fenced by hand.
+    node_b.freeze(true)?;
+    let fence_key = format!("astramq:n:{{{id_b}}}:fenced");
+    redis.cli(&["SET", &fence_key, "test"])?;
+    let publish = wire::Publish::new("fd/m", 1, b"1").with_packet_id(1);
+    publisher.send(&publish.encode()).await?;
+    // Not acknowledged: the node closes the connection, so that the
+    // client re-sends (MQTT 3.1.1 clients re-send on reconnect).
+    let acked_while_fenced = matches!(next_puback(&mut publisher, 1).await, Ok(true));
+    redis.cli(&["DEL", &fence_key])?;
+    node_b.freeze(false)?;
+    ensure!(
+        !acked_while_fenced,
+        "acknowledged although its only destination was fenced"
+    );
+    let (mut publisher, _) =
+        RawClient::connected(node_a.addr(), &Connect::new(&unique_id("fd-pub"))).await?;
+    publisher.send(&publish.with_dup().encode()).await?;
+    ensure!(
+        next_puback(&mut publisher, 1).await?,
+        "the re-sent publish was not acknowledged after the fence was lifted"
+    );
+    let delivered = collect_acked(&mut sub, &[1], Duration::from_secs(10)).await?;
+    ensure!(delivered.contains(&1), "the re-sent publish did not arrive");
+    Ok(())
 }

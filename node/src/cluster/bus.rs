@@ -352,11 +352,18 @@ impl Forwarder {
                 // sessions, and its own inbox reader then queues for them
                 // (a QoS 2 copy it queued already is refused by publish id).
                 let nodes = cluster.routes.remote_nodes(&batch[i].message.topic, "");
-                let nodes: Vec<ClientId> = nodes
-                    .into_iter()
-                    .filter(|n| !excluded.contains(n))
-                    .collect();
-                retry.push((i, nodes));
+                let (open, closed): (Vec<ClientId>, Vec<ClientId>) =
+                    nodes.into_iter().partition(|n| !excluded.contains(n));
+                if open.is_empty() && !closed.is_empty() {
+                    // Only fenced nodes still announce subscribers for it:
+                    // the adopter has not announced them yet, or a fenced
+                    // node back from a freeze took clients before seeing
+                    // its fence. Acknowledging now could lose the message.
+                    ok[i] = false;
+                    cluster.metrics.fenced_refusals.inc();
+                    continue;
+                }
+                retry.push((i, open));
             }
             let mut pipe = redis::pipe();
             let mut appends: Vec<(Vec<usize>, ClientId)> = Vec::new();

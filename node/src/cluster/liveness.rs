@@ -215,17 +215,7 @@ impl Suspects {
 /// filters its sessions actually hold.
 async fn reconcile(cluster: &Cluster, broker: &dyn LocalNode, con: &mut ConnectionManager) {
     let result: redis::RedisResult<()> = async {
-        let stored: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(keys::node_routes(&cluster.node_id))
-            .query_async(con)
-            .await?;
-        let local = broker.local_filters();
-        for filter in local.iter().filter(|f| !stored.contains(f)) {
-            super::routes::publish_change(con, &cluster.node_id, filter, true).await?;
-        }
-        for filter in stored.iter().filter(|f| !local.contains(f)) {
-            super::routes::publish_change(con, &cluster.node_id, filter, false).await?;
-        }
+        super::routes::sync_own(con, &cluster.node_id, &broker.local_filters()).await?;
         cluster.routes.reload(con).await
     }
     .await;

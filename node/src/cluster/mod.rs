@@ -268,6 +268,7 @@ impl Cluster {
             // The table may lack subscribers that moved while this node
             // could not read the route log: "nobody to send to" would be
             // acknowledged and lost. Not acknowledged; the client re-sends.
+            self.metrics.stale_route_refusals.inc();
             return Durability::Failed;
         }
         let nothing_remote = self.mode == Mode::Routed && destinations.is_empty();
@@ -331,6 +332,14 @@ impl Cluster {
             cluster.rejoining.store(false, Ordering::Release);
             tracing::info!("rejoined the cluster");
         });
+    }
+
+    /// False while this node rejoins after finding itself fenced: it must
+    /// take no client then. A session claimed here before the rejoin has
+    /// re-read this node's sessions would be adopted from under its own
+    /// connection, and its routes would be dropped with the old ones.
+    pub fn accepts_clients(&self) -> bool {
+        !self.rejoining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Records that this node gained (`added`) or lost its last subscriber

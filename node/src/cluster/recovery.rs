@@ -30,7 +30,11 @@
 //! **A node (re)starting** ([`rejoin`]) waits until no survivor is
 //! recovering it, lifts its fence, takes over its own previous run's
 //! sessions the same way, and only then writes its heartbeat: a node that
-//! restarts while it is being recovered loses nothing.
+//! restarts while it is being recovered loses nothing. Its route set is
+//! not dropped but brought to what the adopted sessions hold, so a filter
+//! it keeps never leaves the other nodes' tables. While a fenced node
+//! rejoins it takes no client ([`Cluster::accepts_clients`]): a session
+//! claimed meanwhile would be adopted from under its own connection.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -244,10 +248,6 @@ async fn take_over(
     lock: &Lock,
 ) -> Result<(), RecoveryError> {
     let is_self = node == &*cluster.node_id;
-    if is_self {
-        // Our own previous run: its routes are rebuilt by the adoption below.
-        drop_routes(con, node).await?;
-    }
     let sessions = read_sessions(con, node).await?;
     let mut adopted = SubscriptionTree::default();
     let mut wills = Vec::new();
@@ -277,7 +277,13 @@ async fn take_over(
             (false, Some(_)) => {}
         }
     }
-    if !is_self {
+    if is_self {
+        // Our own previous run: its route set becomes what the adoption
+        // above holds. Not dropped first: a filter held both before and
+        // after must never leave the table, or publishes toward it would
+        // find nobody meanwhile and be acknowledged to no one.
+        super::routes::sync_own(con, node, &broker.local_filters()).await?;
+    } else {
         redis::cmd("SET")
             .arg(keys::node_fenced(node))
             .arg(&*cluster.node_id)

@@ -144,6 +144,28 @@ pub async fn publish_change(
     pipe.query_async::<()>(con).await
 }
 
+/// Makes `node`'s route set and the log agree with `local`, the filters
+/// its sessions hold now: announces the missing ones and withdraws the
+/// others, one change at a time, so a filter that is held never leaves
+/// the table meanwhile.
+pub async fn sync_own(
+    con: &mut ConnectionManager,
+    node: &str,
+    local: &[String],
+) -> redis::RedisResult<()> {
+    let stored: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys::node_routes(node))
+        .query_async(con)
+        .await?;
+    for filter in local.iter().filter(|f| !stored.contains(f)) {
+        publish_change(con, node, filter, true).await?;
+    }
+    for filter in stored.iter().filter(|f| !local.contains(f)) {
+        publish_change(con, node, filter, false).await?;
+    }
+    Ok(())
+}
+
 /// Announces that a dead node's routes are gone (every node reloads).
 pub async fn publish_drop(con: &mut ConnectionManager, node: &str) -> redis::RedisResult<()> {
     log_entry("drop", node, None)

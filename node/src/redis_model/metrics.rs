@@ -59,6 +59,12 @@ pub struct ClusterMetrics {
     queue_full: IntCounter,
     /// The node's own drop and limit counters, counted with `queue_full`.
     node_refusals: QueueRefusalCounters,
+    /// QoS 1/2 publishes not acknowledged because only fenced nodes
+    /// announced subscribers for them.
+    pub fenced_refusals: IntCounter,
+    /// QoS 1/2 publishes not acknowledged because this node's route table
+    /// was stale (not yet reloaded after a failed route-log read or a fence).
+    pub stale_route_refusals: IntCounter,
     /// Deliveries sent again after a session resumed or was adopted (QoS 1
     /// messages may reach the client twice across a node's death).
     pub redeliveries: IntCounter,
@@ -120,6 +126,14 @@ impl ClusterMetrics {
             "astramq_session_queue_full_total",
             "QoS 1/2 deliveries dropped because a persistent session's Redis queue was full.",
         );
+        let fenced_refusals = counter(
+            "astramq_fenced_destination_refusals_total",
+            "QoS 1/2 publishes not acknowledged because only fenced (declared dead) nodes announced subscribers for them.",
+        );
+        let stale_route_refusals = counter(
+            "astramq_stale_route_refusals_total",
+            "QoS 1/2 publishes not acknowledged because this node's route table was being reloaded.",
+        );
         let redeliveries = counter(
             "astramq_redeliveries_total",
             "Deliveries re-sent from a session's Redis queue on resume or adoption (possible QoS 1 duplicates).",
@@ -135,6 +149,8 @@ impl ClusterMetrics {
         for metric in [
             Box::new(inbox_full.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(queue_full.clone()),
+            Box::new(fenced_refusals.clone()),
+            Box::new(stale_route_refusals.clone()),
             Box::new(redeliveries.clone()),
             Box::new(recoveries.clone()),
             Box::new(fenced.clone()),
@@ -158,6 +174,8 @@ impl ClusterMetrics {
             inbox_full,
             queue_full,
             node_refusals,
+            fenced_refusals,
+            stale_route_refusals,
             redeliveries,
             recoveries,
             fenced,

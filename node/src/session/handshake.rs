@@ -79,6 +79,13 @@ async fn handshake(
             return None;
         }
     };
+    if !broker.accepts_clients() {
+        tracing::debug!(client_id = %untrusted(&client_id), "connection refused: rejoining the cluster");
+        broker.stats().refused(Refusal::ServerUnavailable);
+        encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+        connection.close(broker.limits().write_timeout).await;
+        return None;
+    }
     let Some(slot) = broker.reserve_session(&client_id) else {
         tracing::debug!(client_id = %untrusted(&client_id), "connection refused: max-sessions reached");
         broker.stats().limit_refused(LimitReason::Sessions);
@@ -246,6 +253,18 @@ async fn establish(
             return None;
         }
     };
+    if !broker.accepts_clients() {
+        // The node began rejoining while this claim was in flight (after
+        // the rejoin dropped every client): keep the claimed session as an
+        // offline one, so its messages are queued and its routes stay, and
+        // send the client elsewhere.
+        park_refused_claim(broker, &client_id, connect.clean_session, claim).await;
+        broker.registry().remove(&client_id, handle.connection_id);
+        broker.stats().refused(Refusal::ServerUnavailable);
+        encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+        connection.close(broker.limits().write_timeout).await;
+        return None;
+    }
     let keep_alive = broker.limits().keep_alive.apply(connect.keep_alive);
     if keep_alive.clamped {
         broker.stats().limit_refused(LimitReason::KeepAlive);
@@ -261,6 +280,25 @@ async fn establish(
         claim,
     };
     Some((connection, setup))
+}
+
+/// A persistent session claimed just as the node started rejoining: held
+/// as an offline session here (its subscriptions in the tree, its routes
+/// announced) until its client reconnects somewhere.
+async fn park_refused_claim(
+    broker: &Broker,
+    client_id: &ClientId,
+    clean_session: bool,
+    claim: crate::store::SessionClaim,
+) {
+    if clean_session {
+        return;
+    }
+    let subscriptions = claim
+        .previous
+        .map(|state| state.subscriptions.into_iter().collect())
+        .unwrap_or_default();
+    broker.adopt_offline_session(client_id, subscriptions).await;
 }
 
 /// Registers `handle` for `client_id`, first ending any session that holds

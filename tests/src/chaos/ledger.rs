@@ -32,6 +32,8 @@ pub struct PublisherRecord {
     pub sent: u64,
     /// Sequence numbers acknowledged (PUBACK / PUBREC).
     pub acked: BTreeSet<u64>,
+    /// When each was acknowledged (wall clock, to find it in node logs).
+    pub acked_at: BTreeMap<u64, std::time::SystemTime>,
     /// Connections it opened.
     pub connections: u32,
 }
@@ -75,6 +77,14 @@ pub struct Ledger {
     pub subscribers: BTreeMap<String, SubscriberRecord>,
     /// Retained topic → highest acknowledged value published to it.
     pub retained_acked: BTreeMap<String, u64>,
+}
+
+impl PublisherRecord {
+    /// Records that `seq` was acknowledged now.
+    pub fn acknowledged(&mut self, seq: u64) {
+        self.acked.insert(seq);
+        self.acked_at.insert(seq, std::time::SystemTime::now());
+    }
 }
 
 impl Ledger {

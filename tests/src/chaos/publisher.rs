@@ -79,8 +79,7 @@ async fn publish_on_one_connection(
         publish(&mut conn, &spec.topic, spec.qos, seq, false).await?;
         lock(ledger)
             .publisher(&spec.topic, spec.qos)
-            .acked
-            .insert(seq);
+            .acknowledged(seq);
         if seq.is_multiple_of(spec.retain_every) {
             publish(&mut conn, &spec.retained_topic, 1, seq, true).await?;
             let mut ledger = lock(ledger);

@@ -47,6 +47,9 @@ pub struct SubscriberLine {
     pub sessions_lost: u32,
     /// Messages on topics it did not subscribe to.
     pub foreign: usize,
+    /// When the first missing message was acknowledged (UTC, to find it
+    /// in the node logs).
+    pub first_missing_acked_at: Option<std::time::SystemTime>,
 }
 
 /// Retained messages as read from each node at the end.
@@ -99,16 +102,22 @@ impl Report {
                 .map(|p| p.acked.clone())
                 .unwrap_or_default();
             let shown = placement.get(id).cloned().unwrap_or_else(|| "?".into());
+            let verdict = Verdict::judge(&acked, &sub.deliveries);
+            let first_missing_acked_at = verdict.missing.first().and_then(|seq| {
+                let publisher = ledger.publishers.get(&sub.topic)?;
+                publisher.acked_at.get(seq).copied()
+            });
             self.subscribers.push(SubscriberLine {
                 client_id: id.clone(),
                 qos: sub.qos,
                 slow: sub.slow,
                 shares_publisher_node: shares_node(&shown),
                 placement: shown,
-                verdict: Verdict::judge(&acked, &sub.deliveries),
+                verdict,
                 connections: sub.connections.len(),
                 sessions_lost: sub.sessions_lost,
                 foreign: sub.foreign.len(),
+                first_missing_acked_at,
             });
         }
         for (topic, p) in &ledger.publishers {
@@ -155,8 +164,12 @@ impl Report {
         let mut found = Vec::new();
         for s in &self.subscribers {
             if !s.verdict.missing.is_empty() {
+                let since_epoch = s
+                    .first_missing_acked_at
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
                 found.push(format!(
-                    "{} (QoS {}): {}",
+                    "{} (QoS {}): {} (first missing acknowledged at unix time {since_epoch:.3})",
                     s.client_id,
                     s.qos,
                     s.verdict.describe()
