@@ -27,6 +27,7 @@ use std::time::Instant;
 use crate::cluster::bus::{Qos2Origin, QueueTarget};
 use crate::cluster::{Cluster, Durability, LocalNode};
 use crate::config::Limits;
+use crate::limits::sessions::{Held, SessionSlot, SessionSlots};
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::registry::mailbox::Refused;
 use crate::registry::{Kick, Registry};
@@ -55,6 +56,9 @@ pub struct Broker {
     /// Filters of persistent sessions this node owns while their clients
     /// are away, so they can be removed if another node claims the session.
     offline_sessions: Mutex<HashMap<ClientId, Vec<String>>>,
+    /// `max-sessions`, with the slots of handshakes under way, so
+    /// concurrent handshakes cannot pass the limit together.
+    session_slots: SessionSlots,
     /// Sessions, retained messages and offline queues.
     store: Arc<dyn Store>,
     /// The cluster this node belongs to, if any.
@@ -128,10 +132,10 @@ impl Broker {
     ) -> Broker {
         Broker {
             node_id: node_id.into(),
-            limits,
             registry: Registry::default(),
             router: RwLock::new(SubscriptionTree::default()),
             offline_sessions: Mutex::new(HashMap::new()),
+            session_slots: SessionSlots::new(limits.max_sessions),
             store,
             cluster,
             stats,
@@ -140,6 +144,7 @@ impl Broker {
             incarnation: crate::message::unix_millis(),
             recent_publishes: Mutex::new(RecentIds::default()),
             released: Mutex::new(Vec::new()),
+            limits,
         }
     }
 
@@ -277,20 +282,27 @@ impl Broker {
         self.cluster.as_ref().is_none_or(|c| c.accepts_clients())
     }
 
-    /// True when this node may hold `client_id`'s session under
-    /// `max-sessions`: it holds it already (connected or offline), or holds
-    /// fewer than the limit. Concurrent handshakes can each pass the check,
-    /// so the limit can be passed by as many. (One lock at a time.)
-    pub fn may_hold_session(&self, client_id: &ClientId) -> bool {
-        let (known, connected) = {
-            let registry = self.registry.read();
-            (registry.contains_key(client_id), registry.len())
-        };
-        let (known_offline, offline) = {
-            let parked = self.offline_sessions();
-            (parked.contains_key(client_id), parked.len())
-        };
-        known || known_offline || connected + offline < self.limits.max_sessions
+    /// Reserves room under `max-sessions` for a handshake of `client_id`,
+    /// or `None` when the node holds its limit: sessions connected, offline
+    /// ones it keeps and handshakes under way (see
+    /// [`crate::limits::sessions`]). A client id the node holds already
+    /// always gets a slot. Keep the slot until the session is registered.
+    pub fn reserve_session(&self, client_id: &ClientId) -> Option<SessionSlot<'_>> {
+        self.session_slots.reserve(|| {
+            // One lock at a time, under the reservation lock.
+            let (known, connected) = {
+                let registry = self.registry.read();
+                (registry.contains_key(client_id), registry.len())
+            };
+            let (known_offline, offline) = {
+                let parked = self.offline_sessions();
+                (parked.contains_key(client_id), parked.len())
+            };
+            Held {
+                known: known || known_offline,
+                sessions: connected + offline,
+            }
+        })
     }
 
     /// Forgets the parked-session record when the session is resumed here.
@@ -519,15 +531,8 @@ impl Broker {
     ) -> Result<(), PublishError> {
         let count = batch.len() as u64;
         match self.store.enqueue_offline(batch).await {
-            Ok(QueueOutcome {
-                dropped_queue_full,
-                dropped_qos0,
-                ..
-            }) => {
-                self.stats
-                    .dropped(DropReason::QueueFull, dropped_queue_full as u64);
-                self.stats
-                    .dropped(DropReason::Qos0Offline, dropped_qos0 as u64);
+            Ok(outcome) => {
+                self.count_dropped(&outcome);
                 Ok(())
             }
             Err(error) => {
@@ -536,6 +541,17 @@ impl Broker {
                 Err(PublishError("offline queue unavailable"))
             }
         }
+    }
+
+    /// Counts what a store refused to queue: a full queue (by either bound;
+    /// the byte bound is also a `queued_bytes` limit refusal) or QoS 0.
+    fn count_dropped(&self, outcome: &QueueOutcome) {
+        let full = outcome.dropped_queue_full + outcome.dropped_queue_bytes;
+        self.stats.dropped(DropReason::QueueFull, full as u64);
+        self.stats
+            .limit_refused_by(LimitReason::QueuedBytes, outcome.dropped_queue_bytes as u64);
+        self.stats
+            .dropped(DropReason::Qos0Offline, outcome.dropped_qos0 as u64);
     }
 }
 
@@ -575,7 +591,9 @@ impl LocalNode for Broker {
         &self,
         batch: Vec<(ClientId, Delivery)>,
     ) -> Result<QueueOutcome, crate::store::StoreError> {
-        self.store.enqueue_offline(batch).await
+        let outcome = self.store.enqueue_offline(batch).await?;
+        self.count_dropped(&outcome);
+        Ok(outcome)
     }
 }
 
@@ -585,13 +603,14 @@ mod tests {
     use tokio::sync::{watch, Notify};
 
     use super::*;
+    use crate::limits::queue::QueueBound;
     use crate::registry::mailbox::Mailbox;
     use crate::registry::SessionHandle;
     use crate::store::memory::MemoryStore;
     use crate::store::ClaimRequest;
 
     fn broker() -> Broker {
-        let store = Arc::new(MemoryStore::new(10));
+        let store = Arc::new(MemoryStore::new(QueueBound::messages(10)));
         Broker::new("n1", Limits::default(), store, None, Stats::default())
     }
 

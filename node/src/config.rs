@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::cluster::{ClusterOptions, Mode};
 use crate::limits::keep_alive::KeepAlivePolicy;
+use crate::limits::queue::QueueBound;
 use crate::retained::RetainedLimits;
 use crate::router::topic::TopicLimits;
 
@@ -144,7 +145,7 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_MAX_SESSIONS")]
     pub max_sessions: Option<usize>,
 
-    /// Bytes (topic plus payload) held in memory for one connected session's deliveries that have not been written yet (QoS 0, and every delivery to a clean session); beyond it they are dropped and counted. Deliveries queued in Redis are bounded by max-queued-messages [default: 16777216].
+    /// Bytes (topic plus payload) queued for one session, wherever they wait: a connected session's deliveries not yet written, a persistent session's queue in Redis, and the embedded store's offline queue; a delivery that would pass it is dropped and counted (nothing queued is evicted) [default: 16777216].
     #[arg(long, env = "ASTRAMQ_MAX_QUEUED_BYTES_PER_SESSION")]
     pub max_queued_bytes_per_session: Option<usize>,
 
@@ -299,7 +300,8 @@ pub struct Limits {
     pub max_will_payload: usize,
     /// Sessions held by this node.
     pub max_sessions: usize,
-    /// Bytes held in memory per connected session, not yet written.
+    /// Bytes (topic plus payload) queued per session: in its mailbox, its
+    /// Redis queue or the embedded store's offline queue.
     pub max_queued_bytes_per_session: usize,
     /// Open connections per IP address; 0 for no limit.
     pub max_connections_per_ip: usize,
@@ -315,6 +317,16 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Peers whose connections start with a PROXY protocol v2 header.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+impl Limits {
+    /// The bound of each session's queues (Redis, embedded offline).
+    pub fn queue_bound(&self) -> QueueBound {
+        QueueBound {
+            messages: self.max_queued_messages,
+            bytes: self.max_queued_bytes_per_session,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -416,7 +428,7 @@ impl NodeConfig {
                 mode: s.cluster_mode.unwrap_or(Mode::Routed),
                 redis_timeout: Duration::from_millis(s.redis_timeout_ms.unwrap_or(2000)),
                 stream_maxlen: s.stream_maxlen.unwrap_or(100_000),
-                max_queued: limits.max_queued_messages,
+                queue_bound: limits.queue_bound(),
                 heartbeat_interval: Duration::from_millis(
                     s.heartbeat_interval_ms
                         .unwrap_or(DEFAULT_HEARTBEAT_INTERVAL_MS),

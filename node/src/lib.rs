@@ -69,7 +69,7 @@ use crate::store::Store;
 /// saves their sessions.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let stats = Stats::default();
-    let (store, cluster) = open_store(&config, &stats.registry).await?;
+    let (store, cluster) = open_store(&config, &stats).await?;
     let broker = Arc::new(Broker::new(
         &config.node_id,
         config.limits.clone(),
@@ -143,19 +143,21 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
 /// The embedded store, or Redis and the cluster when a URL is configured.
 async fn open_store(
     config: &NodeConfig,
-    registry: &prometheus::Registry,
+    stats: &Stats,
 ) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<Cluster>>)> {
     let Some(options) = &config.cluster else {
-        let store = MemoryStore::new(config.limits.max_queued_messages)
+        let store = MemoryStore::new(config.limits.queue_bound())
             .with_retained_limits(config.limits.retained);
         return Ok((Arc::new(store), None));
     };
-    let cluster = Cluster::connect(&config.node_id, options.clone(), registry).await?;
+    let refusals = stats.queue_refusal_counters();
+    let cluster =
+        Cluster::connect(&config.node_id, options.clone(), &stats.registry, refusals).await?;
     let store = RedisStore::new(
         cluster.connection(),
         cluster.metrics.clone(),
         cluster.node_id.clone(),
-        config.limits.max_queued_messages,
+        options.queue_bound,
         options.takeover_timeout,
         cluster.scripts.clone(),
         config.limits.retained,

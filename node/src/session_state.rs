@@ -65,8 +65,9 @@ pub struct Progress {
     pub stages: Vec<(u16, OutgoingStage, QueueId)>,
     /// Packet ids whose in-flight records are done with.
     pub completed: Vec<u16>,
-    /// Queue entries the client has acknowledged.
-    pub acknowledged: Vec<QueueId>,
+    /// Queue entries the client has acknowledged, each with its size
+    /// against the queue's byte bound (`limits::queue::queued_size`).
+    pub acknowledged: Vec<(QueueId, usize)>,
 }
 
 impl Progress {

@@ -134,6 +134,17 @@ impl DropReason {
     ];
 }
 
+/// The node counters a delivery refused by a full queue is counted in,
+/// handed to the cluster layer so that a refusal by a session's Redis
+/// queue counts like one by a mailbox or the embedded store.
+#[derive(Debug, Clone)]
+pub struct QueueRefusalCounters {
+    /// `astramq_messages_dropped_total{reason="queue_full"}`.
+    pub dropped_queue_full: IntCounter,
+    /// `astramq_limit_refusals_total{reason="queued_bytes"}`.
+    pub queued_bytes: IntCounter,
+}
+
 /// The node's metrics.
 pub struct Stats {
     /// Where every metric of the node is registered (cluster metrics too).
@@ -310,6 +321,20 @@ impl Stats {
     /// Counts a request refused for a limit.
     pub fn limit_refused(&self, why: LimitReason) {
         self.limit_refusals[why as usize].inc();
+    }
+
+    /// The counters a refused queue write goes to (see
+    /// [`QueueRefusalCounters`]).
+    pub fn queue_refusal_counters(&self) -> QueueRefusalCounters {
+        QueueRefusalCounters {
+            dropped_queue_full: self.dropped[DropReason::QueueFull as usize].clone(),
+            queued_bytes: self.limit_refusals[LimitReason::QueuedBytes as usize].clone(),
+        }
+    }
+
+    /// Counts `n` requests refused for a limit.
+    pub fn limit_refused_by(&self, why: LimitReason, n: u64) {
+        self.limit_refusals[why as usize].inc_by(n);
     }
 
     /// Times requests were refused for the limit `why`.

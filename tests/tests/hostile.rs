@@ -837,3 +837,183 @@ async fn a_flood_of_subscribe_packets_is_answered_in_order() -> Result<()> {
     );
     assert_serves_clients(&mut node).await
 }
+
+/// Concurrent CONNECTs for new sessions (200, all at once) never take the
+/// node past `max-sessions`: the handshakes under way count too. Those
+/// beyond it get CONNACK 0x03, each counted; once sessions end, new ones
+/// are admitted again (the slots come back).
+#[tokio::test]
+async fn concurrent_connects_never_pass_max_sessions() -> Result<()> {
+    const MAX: usize = 20;
+    const CONNECTS: usize = 200;
+    let mut node = start_node(&[("--max-sessions", "20")])?;
+    // The bystander holds two of the sessions.
+    let mut bystander = Bystander::join(node.addr()).await?;
+    let addr = node.addr();
+    let mut handshakes = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTS {
+        let connect = Connect::new(&unique_id("race"));
+        handshakes.spawn(async move { RawClient::handshake(addr, &connect).await });
+    }
+    let (mut admitted, mut refused) = (Vec::new(), 0);
+    while let Some(joined) = handshakes.join_next().await {
+        let (client, connack) = joined??;
+        match connack.code {
+            0 => admitted.push(client),
+            CONNACK_SERVER_UNAVAILABLE => refused += 1,
+            other => anyhow::bail!("unexpected CONNACK code {other:#x}"),
+        }
+    }
+    ensure!(
+        admitted.len() <= MAX - 2,
+        "{} sessions admitted beside the bystander's 2 under max-sessions {MAX}",
+        admitted.len()
+    );
+    ensure!(!admitted.is_empty() && admitted.len() + refused == CONNECTS);
+    ensure!(limit_refusals(&node, "sessions")? == refused as f64);
+    let online = Exposition::scrape(node_metrics_addr(&node)?)?
+        .total("astramq_sessions", &[("state", "online")]);
+    ensure!(online <= MAX as f64, "{online} sessions online");
+    bystander.still_served().await?;
+    for mut client in admitted {
+        client.send(&wire::disconnect()).await?;
+        client.expect_closed(TIMEOUT).await?;
+    }
+    let (_again, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("after"))).await?;
+    assert_serves_clients(&mut node).await
+}
+
+/// Size of each payload in the queue-bytes tests, and the bound: three
+/// deliveries (payload plus topic) fit, a fourth does not.
+const QUEUED_PAYLOAD: usize = 16 * 1024;
+const QUEUE_BYTES_BOUND: &str = "65536";
+
+/// Publishes one QoS 1 message per payload, each answered by its PUBACK.
+async fn publish_acked(client: &mut RawClient, topic: &str, payloads: &[Vec<u8>]) -> Result<()> {
+    for (i, payload) in payloads.iter().enumerate() {
+        let id = i as u16 + 1;
+        let publish = Publish::new(topic, 1, payload).with_packet_id(id);
+        client.send(&publish.encode()).await?;
+        ensure!(client.recv().await?.ack_id(wire::kind::PUBACK)? == id);
+    }
+    Ok(())
+}
+
+/// `count` payloads of [`QUEUED_PAYLOAD`] bytes, the `i`th filled with
+/// the letter `first + i`.
+fn letters(first: u8, count: u8) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| vec![first + i; QUEUED_PAYLOAD])
+        .collect()
+}
+
+/// Resumes `session` and requires exactly `expected`, in order, at QoS 1
+/// (each acknowledged), then leaves again.
+async fn resume_and_receive(
+    node: &NodeProcess,
+    session: &Connect,
+    expected: &[Vec<u8>],
+) -> Result<()> {
+    let (mut client, present) = RawClient::connected(node.addr(), session).await?;
+    ensure!(present, "the persistent session was not resumed");
+    for want in expected {
+        let publish = client.recv_publish().await?;
+        ensure!(publish.qos == 1, "QoS {}", publish.qos);
+        ensure!(
+            publish.payload == *want,
+            "got a payload of {:?}, expected {:?}",
+            publish.payload.first(),
+            want.first()
+        );
+        client.send(&wire::puback(publish.packet_id)).await?;
+    }
+    client.expect_quiet(astramq_tests::QUIET).await?;
+    client.send(&wire::disconnect()).await?;
+    client.expect_closed(TIMEOUT).await?;
+    Ok(())
+}
+
+/// `astramq_messages_dropped_total{reason="queue_full"}`.
+fn dropped_queue_full(node: &NodeProcess) -> Result<f64> {
+    let page = Exposition::scrape(node_metrics_addr(node)?)?;
+    Ok(page.total(
+        "astramq_messages_dropped_total",
+        &[("reason", "queue_full")],
+    ))
+}
+
+/// The Redis view of a session's queue: entries, and its byte count.
+fn redis_queue(redis: &RedisProcess, client_id: &str) -> Result<(u64, String)> {
+    let entries = redis.cli(&["XLEN", &format!("astramq:s:{{{client_id}}}:q")])?;
+    let bytes = redis.cli(&["HGET", &format!("astramq:s:{{{client_id}}}"), "qbytes"])?;
+    let entries = entries.trim().parse().context("XLEN reply")?;
+    Ok((entries, bytes.trim().to_owned()))
+}
+
+/// An offline persistent session with a 64 KiB bound, sent 16 KiB
+/// payloads: three are queued, the rest refused and counted (as drops and
+/// as `queued_bytes` refusals) and the queue stops growing; the client
+/// then gets exactly those three; once it has acknowledged them the bytes
+/// are free again. A bystander is served throughout. With `redis`, the
+/// queue's length and byte count in Redis are checked at each step.
+async fn offline_queue_bytes_are_bounded(
+    node: &mut NodeProcess,
+    redis: Option<&RedisProcess>,
+) -> Result<()> {
+    let mut bystander = Bystander::join(node.addr()).await?;
+    let topic = unique_id("qb");
+    let id = unique_id("offline");
+    let session = Connect::new(&id).with_clean_session(false);
+    let (mut subscriber, _) = RawClient::connected(node.addr(), &session).await?;
+    ensure!(subscriber.subscribe(1, &[(topic.as_str(), 1)]).await? == [1]);
+    subscriber.send(&wire::disconnect()).await?;
+    subscriber.expect_closed(TIMEOUT).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node.addr(), &Connect::new(&unique_id("p"))).await?;
+    let first = letters(b'a', 10);
+    publish_acked(&mut publisher, &topic, &first).await?;
+    ensure!(limit_refusals(node, "queued_bytes")? == 7.0);
+    ensure!(dropped_queue_full(node)? == 7.0);
+    let queued_bytes = (3 * (QUEUED_PAYLOAD + topic.len())).to_string();
+    if let Some(redis) = redis {
+        ensure!(redis_queue(redis, &id)? == (3, queued_bytes.clone()));
+    }
+    publish_acked(&mut publisher, &topic, &letters(b'k', 10)).await?;
+    ensure!(limit_refusals(node, "queued_bytes")? == 17.0);
+    if let Some(redis) = redis {
+        ensure!(redis_queue(redis, &id)? == (3, queued_bytes));
+    }
+    bystander.still_served().await?;
+    resume_and_receive(node, &session, &first[..3]).await?;
+    if let Some(redis) = redis {
+        // Acknowledged and deleted: the queue is empty, its count reset.
+        ensure!(redis_queue(redis, &id)? == (0, String::new()));
+    }
+    let again = letters(b'A', 3);
+    publish_acked(&mut publisher, &topic, &again).await?;
+    ensure!(
+        limit_refusals(node, "queued_bytes")? == 17.0,
+        "bytes not freed"
+    );
+    resume_and_receive(node, &session, &again).await?;
+    bystander.still_served().await?;
+    assert_serves_clients(node).await
+}
+
+/// The byte bound on the embedded store's offline queue.
+#[tokio::test]
+async fn offline_queue_bytes_are_bounded_in_the_embedded_store() -> Result<()> {
+    let mut node = start_node(&[("--max-queued-bytes-per-session", QUEUE_BYTES_BOUND)])?;
+    offline_queue_bytes_are_bounded(&mut node, None).await
+}
+
+/// The byte bound on a persistent session's Redis queue.
+#[tokio::test]
+async fn offline_queue_bytes_are_bounded_in_redis() -> Result<()> {
+    let redis = RedisProcess::start()?;
+    let mut node = start_cluster_node(
+        &redis,
+        &[("--max-queued-bytes-per-session", QUEUE_BYTES_BOUND)],
+    )?;
+    offline_queue_bytes_are_bounded(&mut node, Some(&redis)).await
+}

@@ -128,7 +128,7 @@ impl Elsewhere {
         }
         match enqueued {
             Enqueued::Queued(id) => target.post(id),
-            Enqueued::Full => metrics.queue_full.inc(),
+            Enqueued::Full(why) => metrics.queue_refused(why),
             Enqueued::Duplicate => {
                 if let Some(mailbox) = &target.mailbox {
                     mailbox.request_drain();
@@ -229,7 +229,7 @@ impl Forwarder {
             for target in &forward.queue {
                 pipe.add_command(enqueue_cmd(
                     scripts,
-                    cluster.max_queued,
+                    cluster.queue_bound,
                     &cluster.node_id,
                     &target.client_id,
                     &target.delivery,
@@ -679,7 +679,7 @@ impl InboxReader {
         for target in &targets {
             pipe.add_command(enqueue_cmd(
                 &cluster.scripts,
-                cluster.max_queued,
+                cluster.queue_bound,
                 &cluster.node_id,
                 &target.client_id,
                 &target.delivery,

@@ -58,10 +58,12 @@ use astramq_shared::log_text::redact_url;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
+use crate::limits::queue::QueueBound;
 use crate::message::{Message, Qos};
 use crate::redis_model::keys;
 use crate::redis_model::metrics::ClusterMetrics;
 use crate::redis_model::scripts::Scripts;
+use crate::stats::QueueRefusalCounters;
 use bus::{Qos2Origin, QueueTarget};
 use routes::RouteCache;
 
@@ -88,7 +90,7 @@ pub struct ClusterOptions {
     /// publishes toward it not acknowledged), never evicted.
     pub stream_maxlen: usize,
     /// Bound of each persistent session's Redis queue.
-    pub max_queued: usize,
+    pub queue_bound: QueueBound,
     /// How often the heartbeat is written and dead nodes are looked for.
     pub heartbeat_interval: Duration,
     /// How long a heartbeat lives: a node silent this long is dead.
@@ -112,7 +114,7 @@ pub struct Cluster {
     /// Every Lua script, shared by the store and the cluster tasks.
     pub scripts: Arc<Scripts>,
     /// Bound of each persistent session's Redis queue.
-    pub max_queued: usize,
+    pub queue_bound: QueueBound,
     /// True while this node rejoins after finding itself fenced.
     rejoining: std::sync::atomic::AtomicBool,
     client: redis::Client,
@@ -151,11 +153,14 @@ impl Durability {
 const FORWARD_QUEUE: usize = 65_536;
 
 impl Cluster {
-    /// Connects to Redis, retrying with backoff until it answers.
+    /// Connects to Redis, retrying with backoff until it answers. Its
+    /// metrics go to `registry`; refused queue writes are also counted in
+    /// the node's `refusals`.
     pub async fn connect(
         node_id: &str,
         options: ClusterOptions,
         registry: &prometheus::Registry,
+        refusals: QueueRefusalCounters,
     ) -> anyhow::Result<Arc<Cluster>> {
         let client = redis::Client::open(options.redis_url.as_str())
             .with_context(|| format!("invalid Redis URL {}", redact_url(&options.redis_url)))?;
@@ -186,10 +191,10 @@ impl Cluster {
         Ok(Arc::new(Cluster {
             node_id: node_id.into(),
             mode: options.mode,
-            max_queued: options.max_queued,
+            queue_bound: options.queue_bound,
             options,
             routes: RouteCache::default(),
-            metrics: Arc::new(ClusterMetrics::new(registry)),
+            metrics: Arc::new(ClusterMetrics::new(registry, refusals)),
             scripts,
             rejoining: std::sync::atomic::AtomicBool::new(false),
             client,

@@ -1,11 +1,14 @@
 //! Admission limits a node applies before a client gets a session:
-//! connections per IP address, new connections per second, and the
-//! keep-alive a client is held to.
+//! connections per IP address, new connections per second, sessions, and
+//! the keep-alive a client is held to; and the bound of what one session
+//! may have queued.
 //!
 //! - [`per_ip`]: counts open connections per address; a guard gives the
 //!   slot back when the connection ends, however it ends.
 //! - [`rate`]: a token bucket of new connections per second for the node.
+//! - [`sessions`]: `max-sessions`, reserved atomically per handshake.
 //! - [`keep_alive`]: the server maximum and the default for keep-alive 0.
+//! - [`queue`]: messages and bytes queued per session.
 //!
 //! Guarantees: a connection refused here is closed before any byte of it
 //! is read (no CONNECT is parsed, nothing is allocated for it beyond the
@@ -16,7 +19,9 @@
 
 pub mod keep_alive;
 pub mod per_ip;
+pub mod queue;
 pub mod rate;
+pub mod sessions;
 
 use std::net::IpAddr;
 use std::sync::Mutex;

@@ -7,6 +7,9 @@ use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
+use crate::limits::queue::QueueFull;
+use crate::stats::QueueRefusalCounters;
+
 /// The Redis operations timed, a fixed set so the label stays bounded.
 #[derive(Debug, Clone, Copy)]
 pub enum RedisOp {
@@ -53,7 +56,9 @@ pub struct ClusterMetrics {
     /// Publishes not acknowledged because a destination inbox was full.
     pub inbox_full: IntCounter,
     /// Deliveries dropped because a persistent session's queue was full.
-    pub queue_full: IntCounter,
+    queue_full: IntCounter,
+    /// The node's own drop and limit counters, counted with `queue_full`.
+    node_refusals: QueueRefusalCounters,
     /// QoS 1/2 publishes not acknowledged because only fenced nodes
     /// announced subscribers for them.
     pub fenced_refusals: IntCounter,
@@ -70,8 +75,9 @@ pub struct ClusterMetrics {
 }
 
 impl ClusterMetrics {
-    /// Registers the cluster metrics in `registry`.
-    pub fn new(registry: &Registry) -> ClusterMetrics {
+    /// Registers the cluster metrics in `registry`; refused queue writes
+    /// are also counted in `node_refusals`.
+    pub fn new(registry: &Registry, node_refusals: QueueRefusalCounters) -> ClusterMetrics {
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "astramq_redis_command_duration_seconds",
@@ -167,11 +173,22 @@ impl ClusterMetrics {
             stream_lag,
             inbox_full,
             queue_full,
+            node_refusals,
             fenced_refusals,
             stale_route_refusals,
             redeliveries,
             recoveries,
             fenced,
+        }
+    }
+
+    /// Counts a delivery a persistent session's Redis queue refused (full
+    /// by `why`): here, and in the node's drop and limit counters.
+    pub fn queue_refused(&self, why: QueueFull) {
+        self.queue_full.inc();
+        self.node_refusals.dropped_queue_full.inc();
+        if why == QueueFull::Bytes {
+            self.node_refusals.queued_bytes.inc();
         }
     }
 

@@ -1,6 +1,20 @@
 //! Commands that write a persistent session's queue and a publisher's
 //! QoS 2 record, shared by the store, the forwarder, the inbox reader and
 //! recovery (they go into their pipelines).
+//!
+//! A session's queue is bounded by a [`QueueBound`]: entries, and bytes of
+//! topic plus payload. The byte count lives in the session hash (field
+//! `qbytes`, so every script touching it stays in the session's hash
+//! slot). What is guaranteed, as long as only the scripts change a queue:
+//! `ENQUEUE` adds each entry's size, `SESSION_PROGRESS` subtracts the
+//! sizes of the entries its deletes actually removed (an entry deleted
+//! twice is subtracted once), and a claim that empties the queue or a
+//! discard resets it; so the count is exactly the bytes queued. Not
+//! guaranteed: entries deleted by hand, or queued by a version without the
+//! count, make it drift — it is then reset whenever the queue is found
+//! empty, so drift can delay a session's deliveries until its client has
+//! drained its queue, never refuse them for good. A refused delivery is
+//! dropped and counted ([`Enqueued::Full`]); nothing queued is evicted.
 
 use std::time::Duration;
 
@@ -8,6 +22,7 @@ use redis::Value;
 
 use super::scripts::{evalsha, Scripts};
 use super::{keys, value as rv, wire};
+use crate::limits::queue::{queued_size, QueueBound, QueueFull};
 use crate::message::{unix_millis, ClientId, Delivery, Qos, QueueId};
 use crate::session_state::SessionOwner;
 
@@ -23,18 +38,20 @@ pub enum Enqueued {
     Queued(QueueId),
     /// Its publish id was queued for the session already (exactly once).
     Duplicate,
-    /// The session's queue holds its bound: dropped and counted.
-    Full,
+    /// The session's queue holds its bound (of entries or of bytes):
+    /// dropped and counted.
+    Full(QueueFull),
     /// QoS 0: not queued.
     Qos0,
     /// The client has no persistent session (anymore).
     NoSession,
 }
 
-/// The command that queues `delivery` for `client_id`'s persistent session.
+/// The command that queues `delivery` for `client_id`'s persistent session,
+/// within `bound`.
 pub fn enqueue_cmd(
     scripts: &Scripts,
-    max_queued: usize,
+    bound: QueueBound,
     node_id: &str,
     client_id: &str,
     delivery: &Delivery,
@@ -51,13 +68,15 @@ pub fn enqueue_cmd(
         }
         _ => "",
     };
-    cmd.arg(max_queued)
+    cmd.arg(bound.messages)
         .arg(delivery.qos.as_u8())
         .arg(publish_id)
         .arg(wire::encode_delivery(delivery).as_ref())
         .arg(unix_millis())
         .arg(SEEN_WINDOW.as_millis() as u64)
-        .arg(node_id);
+        .arg(node_id)
+        .arg(bound.bytes)
+        .arg(queued_size(delivery));
     cmd
 }
 
@@ -87,7 +106,8 @@ pub fn parse_enqueue_reply(reply: &Value) -> (Enqueued, Option<ClientId>) {
 fn parse_status(reply: &Value) -> Enqueued {
     match rv::bulk(reply).as_deref() {
         Some(b"d") => Enqueued::Duplicate,
-        Some(b"f") => Enqueued::Full,
+        Some(b"f") => Enqueued::Full(QueueFull::Messages),
+        Some(b"b") => Enqueued::Full(QueueFull::Bytes),
         Some(b"z") => Enqueued::Qos0,
         Some(b"n") | None => Enqueued::NoSession,
         Some(id) => Enqueued::Queued(String::from_utf8_lossy(id).into()),
@@ -130,6 +150,11 @@ mod tests {
             (Enqueued::Queued("5-1".into()), None)
         );
         assert_eq!(parse_enqueue_reply(&bulk("d")), (Enqueued::Duplicate, None));
+        assert_eq!(
+            parse_enqueued(&bulk("f")),
+            Enqueued::Full(QueueFull::Messages)
+        );
+        assert_eq!(parse_enqueued(&bulk("b")), Enqueued::Full(QueueFull::Bytes));
         assert_eq!(
             parse_enqueue_reply(&Value::Nil),
             (Enqueued::NoSession, None)

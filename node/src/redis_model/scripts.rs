@@ -7,8 +7,9 @@
 //! Cluster.
 
 /// Claims a session for a node. Nothing is deleted except what a clean
-/// session discards: the queue stays in Redis until its entries are
-/// acknowledged, so a claimer that dies right after loses nothing.
+/// session discards (with the queue's byte count): the queue stays in
+/// Redis until its entries are acknowledged, so a claimer that dies right
+/// after loses nothing.
 /// KEYS: session, subs, inflight, qos2, queue, seen.
 /// ARGV: node id, clean (0/1), will record ("" for none).
 /// Returns {epoch, previous owner, had persistent state (0/1), subs
@@ -28,6 +29,7 @@ end
 local persistent = '1'
 if ARGV[2] == '1' or not had_state then
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+  redis.call('HDEL', KEYS[1], 'qbytes')
 end
 if ARGV[2] == '1' then persistent = '0' end
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'connected', '1', 'persistent', persistent, 'will', ARGV[3])
@@ -72,22 +74,33 @@ redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return 1
 "#;
 
-/// Queues one delivery for a persistent session (connected or not).
+/// Queues one delivery for a persistent session (connected or not),
+/// within the queue's bound of entries and of bytes (topic plus payload,
+/// counted in the session hash's `qbytes`; see `redis_model::queue`).
 /// KEYS: session, queue, seen.
 /// ARGV: max queue length, qos, publish id ("" for none), record, now
-/// (ms), how long publish ids are remembered (ms), the queueing node.
+/// (ms), how long publish ids are remembered (ms), the queueing node, max
+/// queued bytes, this delivery's size.
 /// Returns the new entry id, or 'n' (no persistent session), 'z' (QoS 0:
-/// not queued), 'd' (this publish id is queued already), 'f' (queue full);
-/// when a new entry is for a session connected to another node, returns
-/// {entry id, that node} instead: the caller tells that node to read it.
+/// not queued), 'd' (this publish id is queued already), 'f' (queue full:
+/// entries), 'b' (queue full: bytes); when a new entry is for a session
+/// connected to another node, returns {entry id, that node} instead: the
+/// caller tells that node to read it. An empty queue resets the count (a
+/// count that drifted cannot outlive it).
 pub const ENQUEUE: &str = r#"
-local session = redis.call('HMGET', KEYS[1], 'persistent', 'owner', 'connected')
+local session = redis.call('HMGET', KEYS[1], 'persistent', 'owner', 'connected', 'qbytes')
 if session[1] ~= '1' then return 'n' end
 if ARGV[2] == '0' then return 'z' end
 local publish_id = ARGV[3]
 if publish_id ~= '' and redis.call('ZSCORE', KEYS[3], publish_id) then return 'd' end
-if redis.call('XLEN', KEYS[2]) >= tonumber(ARGV[1]) then return 'f' end
+local length = redis.call('XLEN', KEYS[2])
+if length >= tonumber(ARGV[1]) then return 'f' end
+local bytes = tonumber(session[4]) or 0
+if length == 0 then bytes = 0 end
+local size = tonumber(ARGV[9])
+if bytes + size > tonumber(ARGV[8]) then return 'b' end
 local id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[4])
+redis.call('HSET', KEYS[1], 'qbytes', string.format('%d', bytes + size))
 if publish_id ~= '' then
   local now = tonumber(ARGV[5])
   redis.call('ZADD', KEYS[3], now, publish_id)
@@ -113,11 +126,13 @@ return 1
 "#;
 
 /// A connected session's outgoing progress: in-flight records set and
-/// removed, and acknowledged queue entries deleted.
+/// removed, and acknowledged queue entries deleted, their sizes taken off
+/// the queue's byte count (only for entries this call removed; an empty
+/// queue resets the count).
 /// KEYS: session, inflight, queue.
 /// ARGV: epoch, n removed, packet id*, n set, (packet id, record)*,
-/// acknowledged entry id*. Removals go first: a packet id completed and
-/// reused in the same report keeps its new record.
+/// (acknowledged entry id, its size)*. Removals go first: a packet id
+/// completed and reused in the same report keeps its new record.
 /// Returns 1, or 0 when the epoch is stale (then only the acknowledged
 /// entries are deleted: the client has them, whoever owns the session).
 pub const SESSION_PROGRESS: &str = r#"
@@ -133,7 +148,16 @@ for _ = 1, n do
   if current then redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
   i = i + 2
 end
-if i <= #ARGV then redis.call('XDEL', KEYS[3], unpack(ARGV, i)) end
+local freed = 0
+while i < #ARGV do
+  if redis.call('XDEL', KEYS[3], ARGV[i]) == 1 then freed = freed + tonumber(ARGV[i + 1]) end
+  i = i + 2
+end
+if freed > 0 and redis.call('HEXISTS', KEYS[1], 'qbytes') == 1 then
+  if redis.call('XLEN', KEYS[3]) == 0 or redis.call('HINCRBY', KEYS[1], 'qbytes', string.format('%d', -freed)) < 0 then
+    redis.call('HDEL', KEYS[1], 'qbytes')
+  end
+end
 return current and 1 or 0
 "#;
 

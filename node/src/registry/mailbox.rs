@@ -9,14 +9,15 @@
 //! Bounds: [`Mailbox::post`] refuses beyond a count and beyond a byte
 //! total (topic plus payload of what waits), so a session that does not
 //! keep up costs bounded memory; deliveries already queued in Redis
-//! ([`Mailbox::post_queued`]) are bounded there and are always taken, but
-//! count towards the bytes.
+//! ([`Mailbox::post_queued`]) are bounded there, by the same
+//! [`QueueBound`], and are always taken, but count towards the bytes.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
+use crate::limits::queue::{queued_size, QueueBound, QueueFull};
 use crate::message::Delivery;
 
 /// Why a delivery was not accepted.
@@ -33,7 +34,7 @@ pub enum Refused {
 #[derive(Debug, Default)]
 struct Queue {
     deliveries: VecDeque<Delivery>,
-    /// Sum of [`size`] over `deliveries`.
+    /// Sum of [`queued_size`] over `deliveries`.
     bytes: usize,
     closed: bool,
     /// Another node queued messages for this session in the store.
@@ -45,11 +46,6 @@ struct Queue {
 pub struct Mailbox {
     queue: Mutex<Queue>,
     wake: Notify,
-}
-
-/// What one delivery counts against the byte bound.
-fn size(delivery: &Delivery) -> usize {
-    delivery.message.topic.len() + delivery.message.payload.len()
 }
 
 impl Mailbox {
@@ -64,12 +60,15 @@ impl Mailbox {
         if queue.closed {
             return Err(Refused::Closed(delivery));
         }
-        if queue.deliveries.len() >= limit {
-            return Err(Refused::Full);
-        }
-        let bytes = size(&delivery);
-        if queue.bytes.saturating_add(bytes) > max_bytes {
-            return Err(Refused::FullBytes);
+        let bound = QueueBound {
+            messages: limit,
+            bytes: max_bytes,
+        };
+        let bytes = queued_size(&delivery);
+        match bound.admits(queue.deliveries.len(), queue.bytes, bytes) {
+            Ok(()) => {}
+            Err(QueueFull::Messages) => return Err(Refused::Full),
+            Err(QueueFull::Bytes) => return Err(Refused::FullBytes),
         }
         let was_empty = queue.deliveries.is_empty();
         queue.bytes += bytes;
@@ -90,7 +89,7 @@ impl Mailbox {
             return false;
         }
         let was_empty = queue.deliveries.is_empty();
-        queue.bytes = queue.bytes.saturating_add(size(&delivery));
+        queue.bytes = queue.bytes.saturating_add(queued_size(&delivery));
         queue.deliveries.push_back(delivery);
         drop(queue);
         if was_empty {

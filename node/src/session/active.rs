@@ -16,6 +16,7 @@ use super::window::{AckOutcome, OutgoingWindow};
 use super::ShutdownSignal;
 use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionError, Input};
+use crate::limits::queue::queued_size;
 use crate::message::{ClientId, Delivery, Message, Qos, QueueId};
 use crate::protocol::codec::{
     encode_ack, encode_connack, encode_pingresp, encode_publish, Ack, ConnackCode,
@@ -552,13 +553,14 @@ impl ActiveSession {
     fn completed(&mut self, entry: Option<OutgoingInflight>) {
         count_completion(self.broker.stats(), &entry);
         let Some(entry) = entry else { return };
+        let size = queued_size(&entry.delivery);
         let Some(queued) = entry.delivery.queued else {
             return;
         };
         // Its in-flight record (QoS 2 stages, or a parked QoS 1 id) is done.
         self.progress.completed.push(entry.packet_id);
         self.acknowledged.insert(queued.clone());
-        self.progress.acknowledged.push(queued);
+        self.progress.acknowledged.push((queued, size));
     }
 
     pub(super) fn protocol_error(&self, reason: String) -> End {

@@ -13,6 +13,7 @@ use super::active::{ActiveSession, SessionSetup};
 use super::ShutdownSignal;
 use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionError};
+use crate::limits::sessions::SessionSlot;
 use crate::message::{ClientId, Message};
 use crate::protocol::codec::{encode_connack, ConnackCode, ConnectPacket};
 use crate::protocol::{decode, Inbound, ProtocolError};
@@ -85,15 +86,15 @@ async fn handshake(
         connection.close(broker.limits().write_timeout).await;
         return None;
     }
-    if !broker.may_hold_session(&client_id) {
+    let Some(slot) = broker.reserve_session(&client_id) else {
         tracing::debug!(client_id = %untrusted(&client_id), "connection refused: max-sessions reached");
         broker.stats().limit_refused(LimitReason::Sessions);
         broker.stats().refused(Refusal::ServerUnavailable);
         encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
         connection.close(broker.limits().write_timeout).await;
         return None;
-    }
-    let (connection, setup) = establish(broker, connection, connect, client_id).await?;
+    };
+    let (connection, setup) = establish(broker, connection, connect, client_id, slot).await?;
     Some((connection, setup, client_addr))
 }
 
@@ -206,12 +207,14 @@ fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<Co
 }
 
 /// Registers the session (taking the id over from an older connection)
-/// and claims it in the store.
+/// and claims it in the store. `slot` holds its room under `max-sessions`
+/// until the registry counts it.
 async fn establish(
     broker: &Broker,
     mut connection: Connection,
     connect: ConnectPacket,
     client_id: ClientId,
+    slot: SessionSlot<'_>,
 ) -> Option<(Connection, SessionSetup)> {
     let (finished_tx, finished_rx) = watch::channel(false);
     let handle = SessionHandle {
@@ -223,11 +226,14 @@ async fn establish(
         persistent: !connect.clean_session,
     };
     if !take_over(broker, &client_id, &handle).await {
+        drop(slot);
         broker.stats().refused(Refusal::ServerUnavailable);
         encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
         connection.close(broker.limits().write_timeout).await;
         return None;
     }
+    // Registered: the registry counts the session from here on.
+    drop(slot);
     let will = connect
         .will
         .map(|w| Arc::new(Message::new(w.topic.as_str(), w.payload, w.qos, w.retain)));

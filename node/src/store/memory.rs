@@ -1,4 +1,11 @@
 //! The embedded store: everything in this process's memory.
+//!
+//! Each persistent session's offline queue is bounded by a [`QueueBound`]
+//! (messages, and bytes of topic plus payload): a delivery beyond it is
+//! refused and counted, and what is queued is never evicted. The
+//! deliveries a session parks itself are kept whole even beyond the bound
+//! (they were accepted while it was connected); they count against it, so
+//! what arrives after them is refused until the client takes them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -6,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
+use crate::limits::queue::{queued_size, QueueBound, QueueFull};
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::retained::memory::MemoryRetained;
 use crate::retained::{RetainOutcome, RetainedLimits};
@@ -19,7 +27,39 @@ struct StoredSession {
     /// Parked state; `None` while a connection owns the session.
     parked: Option<SessionState>,
     /// Deliveries that arrived while the client was offline.
-    offline: VecDeque<Delivery>,
+    offline: OfflineQueue,
+}
+
+/// A persistent session's deliveries waiting for its client, with their
+/// total size.
+#[derive(Debug, Default)]
+struct OfflineQueue {
+    deliveries: VecDeque<Delivery>,
+    /// Sum of [`queued_size`] over `deliveries`.
+    bytes: usize,
+}
+
+impl OfflineQueue {
+    /// Queues `delivery` unless `bound` refuses it.
+    fn push(&mut self, delivery: Delivery, bound: QueueBound) -> Result<(), QueueFull> {
+        let size = queued_size(&delivery);
+        bound.admits(self.deliveries.len(), self.bytes, size)?;
+        self.bytes += size;
+        self.deliveries.push_back(delivery);
+        Ok(())
+    }
+
+    /// Takes everything queued, oldest first.
+    fn take(&mut self) -> VecDeque<Delivery> {
+        self.bytes = 0;
+        std::mem::take(&mut self.deliveries)
+    }
+
+    /// Replaces the queue with `deliveries`, whole, whatever their size.
+    fn replace(&mut self, deliveries: VecDeque<Delivery>) {
+        self.bytes = deliveries.iter().map(queued_size).sum();
+        self.deliveries = deliveries;
+    }
 }
 
 /// Sessions and retained messages in memory, for a single node.
@@ -28,18 +68,18 @@ pub struct MemoryStore {
     /// Retained messages, indexed by topic level.
     retained: Mutex<MemoryRetained>,
     /// Bound of each session's offline queue.
-    max_queued: usize,
+    queue_bound: QueueBound,
     next_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl MemoryStore {
-    /// An empty store whose offline queues hold at most `max_queued`
-    /// messages each.
-    pub fn new(max_queued: usize) -> MemoryStore {
+    /// An empty store whose offline queues each hold at most what
+    /// `queue_bound` allows.
+    pub fn new(queue_bound: QueueBound) -> MemoryStore {
         MemoryStore {
             sessions: Mutex::new(HashMap::new()),
             retained: Mutex::new(MemoryRetained::new(RetainedLimits::default())),
-            max_queued,
+            queue_bound,
             next_epoch: std::sync::atomic::AtomicU64::new(1),
         }
     }
@@ -75,7 +115,7 @@ impl Store for MemoryStore {
         let mut sessions = self.sessions();
         let previous = sessions.remove(client_id).map(|mut stored| {
             let mut state = stored.parked.take().unwrap_or_default();
-            state.pending.extend(stored.offline.drain(..));
+            state.pending.extend(stored.offline.take());
             state
         });
         if !clean_session {
@@ -107,7 +147,7 @@ impl Store for MemoryStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         let mut sessions = self.sessions();
         Ok(match sessions.get_mut(&owner.client_id) {
-            Some(stored) if stored.epoch == owner.epoch => stored.offline.drain(..).collect(),
+            Some(stored) if stored.epoch == owner.epoch => stored.offline.take().into(),
             _ => Vec::new(),
         })
     }
@@ -143,8 +183,8 @@ impl Store for MemoryStore {
         }
         // Deliveries queued while the session was being parked are newer
         // than the ones it parked itself.
-        state.pending.extend(stored.offline.drain(..));
-        stored.offline = std::mem::take(&mut state.pending);
+        state.pending.extend(stored.offline.take());
+        stored.offline.replace(std::mem::take(&mut state.pending));
         stored.parked = Some(state);
         Ok(())
     }
@@ -173,11 +213,12 @@ impl Store for MemoryStore {
             };
             if delivery.qos == Qos::AtMostOnce {
                 outcome.dropped_qos0 += 1;
-            } else if stored.offline.len() >= self.max_queued {
-                outcome.dropped_queue_full += 1;
-            } else {
-                stored.offline.push_back(delivery);
-                outcome.queued += 1;
+                continue;
+            }
+            match stored.offline.push(delivery, self.queue_bound) {
+                Ok(()) => outcome.queued += 1,
+                Err(QueueFull::Messages) => outcome.dropped_queue_full += 1,
+                Err(QueueFull::Bytes) => outcome.dropped_queue_bytes += 1,
             }
         }
         Ok(outcome)
@@ -224,6 +265,15 @@ mod tests {
         }
     }
 
+    /// Claims `id`'s persistent session and returns its owner.
+    async fn owner_of(store: &MemoryStore, id: &ClientId) -> SessionOwner {
+        store
+            .claim_session(&request(id, false))
+            .await
+            .unwrap()
+            .owner
+    }
+
     fn payloads(state: &SessionState) -> Vec<&[u8]> {
         state
             .pending
@@ -234,7 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn persistent_session_resumes_with_parked_then_offline_messages() {
-        let store = MemoryStore::new(10);
+        let store = MemoryStore::new(QueueBound::messages(10));
         let id: ClientId = "c".into();
         let claim = store.claim_session(&request(&id, false)).await.unwrap();
         assert!(claim.previous.is_none());
@@ -262,18 +312,10 @@ mod tests {
 
     #[tokio::test]
     async fn stale_owner_cannot_park_over_a_newer_claim() {
-        let store = MemoryStore::new(10);
+        let store = MemoryStore::new(QueueBound::messages(10));
         let id: ClientId = "c".into();
-        let old = store
-            .claim_session(&request(&id, false))
-            .await
-            .unwrap()
-            .owner;
-        let new = store
-            .claim_session(&request(&id, false))
-            .await
-            .unwrap()
-            .owner;
+        let old = owner_of(&store, &id).await;
+        let new = owner_of(&store, &id).await;
         let mut stale = SessionState::default();
         stale.subscriptions.insert("stale".into(), Qos::AtMostOnce);
         store.park_session(&old, stale).await.unwrap();
@@ -292,7 +334,7 @@ mod tests {
 
     #[tokio::test]
     async fn offline_queue_is_bounded_and_skips_qos0() {
-        let store = MemoryStore::new(2);
+        let store = MemoryStore::new(QueueBound::messages(2));
         let id: ClientId = "c".into();
         store.claim_session(&request(&id, false)).await.unwrap();
         let batch = (0..4)
@@ -304,6 +346,7 @@ mod tests {
             QueueOutcome {
                 queued: 2,
                 dropped_queue_full: 2,
+                dropped_queue_bytes: 0,
                 dropped_qos0: 1,
                 no_session: 0
             }
@@ -311,8 +354,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn offline_queue_is_bounded_by_bytes_and_parked_deliveries_count() {
+        // Each delivery is 1 (topic) + 4 bytes.
+        let bound = QueueBound {
+            messages: 100,
+            bytes: 12,
+        };
+        let store = MemoryStore::new(bound);
+        let id: ClientId = "c".into();
+        let owner = owner_of(&store, &id).await;
+        let mut parked = SessionState::default();
+        for payload in ["p1..", "p2..", "p3.."] {
+            parked
+                .pending
+                .push_back(delivery(Qos::AtLeastOnce, payload));
+        }
+        // Parked whole although 15 bytes are over the bound...
+        store.park_session(&owner, parked).await.unwrap();
+        let outcome = store
+            .enqueue_offline(vec![(id.clone(), delivery(Qos::AtLeastOnce, "late"))])
+            .await
+            .unwrap();
+        // ...and they count: nothing more fits.
+        assert_eq!((outcome.queued, outcome.dropped_queue_bytes), (0, 1));
+        let resumed = store.claim_session(&request(&id, false)).await.unwrap();
+        assert_eq!(payloads(&resumed.previous.unwrap()).len(), 3);
+        // Taken: the bytes are free again, up to the bound.
+        let batch = ["a...", "b...", "c..."]
+            .map(|p| (id.clone(), delivery(Qos::AtLeastOnce, p)))
+            .to_vec();
+        let outcome = store.enqueue_offline(batch).await.unwrap();
+        assert_eq!((outcome.queued, outcome.dropped_queue_bytes), (2, 1));
+    }
+
+    #[tokio::test]
     async fn clean_session_discards_and_is_not_kept() {
-        let store = MemoryStore::new(2);
+        let store = MemoryStore::new(QueueBound::messages(2));
         let id: ClientId = "c".into();
         let owner = store
             .claim_session(&request(&id, false))
@@ -344,7 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn retained_set_replace_clear_and_match() {
-        let store = MemoryStore::new(2);
+        let store = MemoryStore::new(QueueBound::messages(2));
         let msg = |topic: &str, payload: &'static str| {
             Arc::new(Message::new(
                 topic,

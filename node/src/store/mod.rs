@@ -62,8 +62,11 @@ pub struct SessionClaim {
 pub struct QueueOutcome {
     /// Queued for a later resume.
     pub queued: usize,
-    /// Refused because the session's queue was full.
+    /// Refused because the session's queue held its number of messages.
     pub dropped_queue_full: usize,
+    /// Refused because the session's queue would have held more than its
+    /// bytes (`max-queued-bytes-per-session`).
+    pub dropped_queue_bytes: usize,
     /// Not queued: QoS 0 messages are not kept for offline sessions.
     pub dropped_qos0: usize,
     /// Not queued: the client has no persistent session (anymore).

@@ -7,7 +7,9 @@
 //! - `...:subs`: the subscriptions of a persistent session, written through
 //!   on every SUBSCRIBE/UNSUBSCRIBE so they outlive the owner node;
 //! - `...:q` (stream): **every QoS 1/2 delivery to a persistent session
-//!   that its client has not acknowledged**, connected or not. It is
+//!   that its client has not acknowledged**, connected or not, within the
+//!   session's bound of entries and bytes (the bytes counted in the
+//!   session hash, see `redis_model::queue`). It is
 //!   written before the publisher is acknowledged and an entry is deleted
 //!   only after the client acknowledged it, so whoever owns the session
 //!   next — after a disconnect, a takeover or the owner's death — delivers
@@ -35,6 +37,7 @@ use redis::aio::ConnectionManager;
 use redis::Value;
 
 use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
+use crate::limits::queue::{QueueBound, QueueFull};
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::redis_model::metrics::{ClusterMetrics, RedisOp};
 use crate::redis_model::queue::{enqueue_cmd, parse_enqueued, qos2_record_cmd, Enqueued};
@@ -73,7 +76,8 @@ pub struct RedisStore {
     connection: ConnectionManager,
     metrics: Arc<ClusterMetrics>,
     node_id: Arc<str>,
-    max_queued: usize,
+    /// Bound of each persistent session's queue.
+    queue_bound: QueueBound,
     /// How long a claim waits for another node to park a connected session.
     takeover_timeout: Duration,
     scripts: Arc<Scripts>,
@@ -87,7 +91,7 @@ impl RedisStore {
         connection: ConnectionManager,
         metrics: Arc<ClusterMetrics>,
         node_id: Arc<str>,
-        max_queued: usize,
+        queue_bound: QueueBound,
         takeover_timeout: Duration,
         scripts: Arc<Scripts>,
         retained_limits: RetainedLimits,
@@ -98,7 +102,7 @@ impl RedisStore {
             connection,
             metrics,
             node_id,
-            max_queued,
+            queue_bound,
             takeover_timeout,
             scripts,
         }
@@ -172,7 +176,7 @@ impl RedisStore {
         for (client_id, delivery) in items {
             pipe.add_command(enqueue_cmd(
                 &self.scripts,
-                self.max_queued,
+                self.queue_bound,
                 &self.node_id,
                 client_id,
                 delivery,
@@ -375,8 +379,8 @@ impl Store for RedisStore {
             cmd.arg(*packet_id)
                 .arg(wire::encode_inflight(*stage, queued));
         }
-        for queued in &progress.acknowledged {
-            cmd.arg(&**queued);
+        for (queued, size) in &progress.acknowledged {
+            cmd.arg(&**queued).arg(*size);
         }
         let mut con = self.con();
         let recorded = query_cmd::<i64>(&self.scripts, &mut con, &cmd);
@@ -465,7 +469,8 @@ impl Store for RedisStore {
         for reply in &self.enqueue_all(items).await? {
             match parse_enqueued(reply) {
                 Enqueued::Queued(_) | Enqueued::Duplicate => outcome.queued += 1,
-                Enqueued::Full => outcome.dropped_queue_full += 1,
+                Enqueued::Full(QueueFull::Messages) => outcome.dropped_queue_full += 1,
+                Enqueued::Full(QueueFull::Bytes) => outcome.dropped_queue_bytes += 1,
                 Enqueued::Qos0 => outcome.dropped_qos0 += 1,
                 Enqueued::NoSession => outcome.no_session += 1,
             }
