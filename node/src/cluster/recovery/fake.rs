@@ -9,7 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::lock::LOCK_RENEW_EVERY;
-use super::store::{InboxEntry, RecoveryStore, SessionRecord, StoreResult, UnreadStream};
+use super::store::{
+    ClientList, InboxEntry, NodeCleanup, RecoveryStore, SessionRecord, StoreResult, UnreadPage,
+    UnreadStream,
+};
 use crate::cluster::bus::QueueTarget;
 use crate::cluster::LocalNode;
 use crate::message::{ClientId, Delivery, Message, Qos};
@@ -25,20 +28,11 @@ pub enum Call {
     LiftFence(String),
     Adopt(String),
     DeleteSession(String),
-    SendDrain {
-        owner: String,
-        client_id: String,
-    },
+    SendDrain { owner: String, client_id: String },
     SyncRoutes(String, Vec<String>),
     DropRoutes(String),
-    ReadEntries {
-        from: String,
-        count: usize,
-    },
-    Forget {
-        node: String,
-        keep_from: Option<String>,
-    },
+    ReadEntries { from: String, count: usize },
+    Forget(String, NodeCleanup),
     // The local node:
     AdoptedOffline(String, Vec<(String, Qos)>),
     WillPublished(String),
@@ -106,7 +100,7 @@ pub type Meanwhile = Box<dyn FnOnce(&mut FakeRedis) + Send>;
 
 /// [`RecoveryStore`] in memory.
 pub struct FakeStore {
-    pub redis: Mutex<FakeRedis>,
+    redis: Mutex<FakeRedis>,
     journal: Journal,
 }
 
@@ -121,6 +115,13 @@ impl FakeStore {
     /// The fake Redis, to set up or inspect.
     pub fn redis(&self) -> MutexGuard<'_, FakeRedis> {
         lock(&self.redis)
+    }
+
+    /// Journals `call`, then makes its `change`.
+    async fn act(&self, call: Call, change: impl FnOnce(&mut FakeRedis) + Send) -> StoreResult<()> {
+        self.record(call).await;
+        change(&mut self.redis());
+        Ok(())
     }
 
     /// Journals `call` and applies what happens meanwhile; at the chosen
@@ -181,26 +182,28 @@ impl RecoveryStore for FakeStore {
     }
 
     async fn heartbeat(&self) -> StoreResult<()> {
-        self.record(Call::Heartbeat).await;
-        Ok(())
+        self.act(Call::Heartbeat, |_| {}).await
     }
 
     async fn unregister(&self, node: &str) -> StoreResult<()> {
-        self.record(Call::Unregister(node.into())).await;
-        self.redis().nodes.remove(node);
-        Ok(())
+        let change = |r: &mut FakeRedis| {
+            r.nodes.remove(node);
+        };
+        self.act(Call::Unregister(node.into()), change).await
     }
 
     async fn fence(&self, node: &str, by: &str) -> StoreResult<()> {
-        self.record(Call::Fence(node.into())).await;
-        self.redis().fenced.insert(node.into(), by.into());
-        Ok(())
+        let change = |r: &mut FakeRedis| {
+            r.fenced.insert(node.into(), by.into());
+        };
+        self.act(Call::Fence(node.into()), change).await
     }
 
     async fn lift_fence(&self, node: &str) -> StoreResult<()> {
-        self.record(Call::LiftFence(node.into())).await;
-        self.redis().fenced.remove(node);
-        Ok(())
+        let change = |r: &mut FakeRedis| {
+            r.fenced.remove(node);
+        };
+        self.act(Call::LiftFence(node.into()), change).await
     }
 
     async fn sessions_of(&self, node: &str) -> StoreResult<Vec<SessionRecord>> {
@@ -248,9 +251,11 @@ impl RecoveryStore for FakeStore {
     }
 
     async fn delete_session(&self, client_id: &str) -> StoreResult<()> {
-        self.record(Call::DeleteSession(client_id.into())).await;
-        self.redis().sessions.remove(client_id);
-        Ok(())
+        let change = |r: &mut FakeRedis| {
+            r.sessions.remove(client_id);
+        };
+        self.act(Call::DeleteSession(client_id.into()), change)
+            .await
     }
 
     async fn connected_owner(&self, client_id: &str) -> StoreResult<Option<String>> {
@@ -261,62 +266,58 @@ impl RecoveryStore for FakeStore {
 
     async fn send_drain(&self, owner: &str, client_id: &str) -> StoreResult<()> {
         let (owner, client_id) = (owner.into(), client_id.into());
-        self.record(Call::SendDrain { owner, client_id }).await;
-        Ok(())
+        self.act(Call::SendDrain { owner, client_id }, |_| {}).await
     }
 
     async fn sync_routes(&self, node: &str, filters: &[String]) -> StoreResult<()> {
-        self.record(Call::SyncRoutes(node.into(), filters.to_vec()))
-            .await;
-        let filters = filters.iter().cloned().collect();
-        self.redis().routes.insert(node.into(), filters);
-        Ok(())
+        let set = filters.iter().cloned().collect();
+        let change = |r: &mut FakeRedis| {
+            r.routes.insert(node.into(), set);
+        };
+        self.act(Call::SyncRoutes(node.into(), filters.to_vec()), change)
+            .await
     }
 
     async fn drop_routes(&self, node: &str) -> StoreResult<()> {
-        self.record(Call::DropRoutes(node.into())).await;
-        self.redis().routes.remove(node);
-        Ok(())
+        let change = |r: &mut FakeRedis| {
+            r.routes.remove(node);
+        };
+        self.act(Call::DropRoutes(node.into()), change).await
     }
 
     async fn bus_cursor(&self, node: &str) -> StoreResult<Option<String>> {
         Ok(self.redis().cursors.get(node).cloned())
     }
 
-    async fn read_entries(
-        &self,
-        stream: &UnreadStream,
-        from: &str,
-        count: usize,
-    ) -> StoreResult<Vec<InboxEntry>> {
-        self.record(Call::ReadEntries {
-            from: from.into(),
-            count,
-        })
-        .await;
+    async fn read_entries(&self, page: &UnreadPage) -> StoreResult<Vec<InboxEntry>> {
+        let (from, count) = (page.from.clone(), page.count);
+        self.record(Call::ReadEntries { from, count }).await;
         let redis = self.redis();
-        let entries = match stream {
+        let entries = match &page.stream {
             UnreadStream::Inbox(node) => redis.inboxes.get(node).cloned().unwrap_or_default(),
             UnreadStream::Broadcast => redis.broadcast.clone(),
         };
-        let from = id_key(from);
-        Ok(entries
-            .into_iter()
-            .filter(|e| id_key(&e.id) >= from)
-            .take(count)
-            .collect())
+        let from = id_key(&page.from);
+        let unread = entries.into_iter().filter(|e| id_key(&e.id) >= from);
+        Ok(unread.take(page.count).collect())
     }
 
-    async fn forget_node(&self, node: &str, keep_from: Option<String>) -> StoreResult<()> {
-        let call = Call::Forget {
-            node: node.into(),
-            keep_from: keep_from.clone(),
-        };
-        self.record(call).await;
+    async fn forget_node(&self, node: &str, cleanup: NodeCleanup) -> StoreResult<()> {
+        self.record(Call::Forget(node.into(), cleanup.clone()))
+            .await;
         let mut redis = self.redis();
-        redis.clients.remove(node);
+        match cleanup.clients {
+            ClientList::Delete => {
+                redis.clients.remove(node);
+            }
+            ClientList::Remove(ids) => {
+                let listed = redis.clients.entry(node.into()).or_default();
+                listed.retain(|id| !ids.iter().any(|gone| **gone == **id));
+            }
+        }
         redis.cursors.remove(node);
-        if let (Some(keep_from), Some(inbox)) = (keep_from, redis.inboxes.get_mut(node)) {
+        let inbox = redis.inboxes.get_mut(node);
+        if let (Some(keep_from), Some(inbox)) = (cleanup.keep_inbox_from, inbox) {
             inbox.retain(|e| id_key(&e.id) >= id_key(&keep_from));
         }
         Ok(())

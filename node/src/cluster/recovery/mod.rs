@@ -32,7 +32,9 @@
 //! sessions the same way, and only then writes its heartbeat: a node that
 //! restarts while it is being recovered loses nothing. Its route set is
 //! not dropped but brought to what the adopted sessions hold, so a filter
-//! it keeps never leaves the other nodes' tables. While a fenced node
+//! it keeps never leaves the other nodes' tables; its client list keeps
+//! the sessions it adopted (only those deleted or claimed elsewhere leave
+//! it), so a survivor of its next death finds them. While a fenced node
 //! rejoins it takes no client ([`Cluster::accepts_clients`]): a session
 //! claimed meanwhile would be adopted from under its own connection.
 //!

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Value;
 
-use super::store::{InboxEntry, RecoveryStore, SessionRecord, StoreResult, UnreadStream};
+use super::store::{
+    ClientList, InboxEntry, NodeCleanup, RecoveryStore, SessionRecord, StoreResult, UnreadPage,
+    UnreadStream,
+};
 use crate::cluster::{liveness, routes, Cluster};
 use crate::message::Qos;
 use crate::redis_model::inbox::{send_drain, FIELD_MESSAGES};
@@ -208,22 +211,17 @@ impl RecoveryStore for RedisRecoveryStore {
             .await?)
     }
 
-    async fn read_entries(
-        &self,
-        stream: &UnreadStream,
-        from: &str,
-        count: usize,
-    ) -> StoreResult<Vec<InboxEntry>> {
-        let key = match stream {
+    async fn read_entries(&self, page: &UnreadPage) -> StoreResult<Vec<InboxEntry>> {
+        let key = match &page.stream {
             UnreadStream::Inbox(node) => keys::inbox(node),
             UnreadStream::Broadcast => keys::bus(),
         };
         let reply: Value = redis::cmd("XRANGE")
             .arg(key)
-            .arg(from)
+            .arg(&page.from)
             .arg("+")
             .arg("COUNT")
-            .arg(count)
+            .arg(page.count)
             .query_async(&mut self.con())
             .await?;
         Ok(rv::stream_entries(&reply)?
@@ -232,13 +230,23 @@ impl RecoveryStore for RedisRecoveryStore {
             .collect())
     }
 
-    async fn forget_node(&self, node: &str, keep_from: Option<String>) -> StoreResult<()> {
+    async fn forget_node(&self, node: &str, cleanup: NodeCleanup) -> StoreResult<()> {
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(keys::node_clients(node))
-            .arg(keys::bus_cursor(node))
-            .ignore();
-        if let Some(keep_from) = keep_from {
+        match cleanup.clients {
+            ClientList::Delete => {
+                pipe.cmd("DEL").arg(keys::node_clients(node)).ignore();
+            }
+            ClientList::Remove(ids) if ids.is_empty() => {}
+            ClientList::Remove(ids) => {
+                let ids = ids.iter().map(|id| &**id);
+                pipe.cmd("SREM")
+                    .arg(keys::node_clients(node))
+                    .arg(ids.collect::<Vec<_>>())
+                    .ignore();
+            }
+        }
+        pipe.cmd("DEL").arg(keys::bus_cursor(node)).ignore();
+        if let Some(keep_from) = cleanup.keep_inbox_from {
             pipe.cmd("XTRIM")
                 .arg(keys::inbox(node))
                 .arg("MINID")

@@ -14,7 +14,7 @@
 //! - [`RecoveryStore::adopt`] changes the owner only if `from` still owns
 //!   the session, in one step;
 //! - [`RecoveryStore::read_entries`] returns entries in id order, from
-//!   `from` inclusive, at most `count` of them; an entry that carries no
+//!   the page's `from` inclusive, at most `count` of them; an entry that carries no
 //!   messages (a control entry, an unreadable batch) is still returned, so
 //!   paging and trimming account for it.
 //!
@@ -69,6 +69,17 @@ pub enum UnreadStream {
     Broadcast,
 }
 
+/// One page of a dead node's unread entries to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadPage {
+    /// The stream they are in.
+    pub stream: UnreadStream,
+    /// The first id to read (inclusive; "-" is the start).
+    pub from: String,
+    /// How many entries at most.
+    pub count: usize,
+}
+
 /// One stream entry, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboxEntry {
@@ -77,6 +88,29 @@ pub struct InboxEntry {
     /// The publishes it carries; empty for a control entry or a batch
     /// that cannot be decoded.
     pub messages: Vec<Arc<Message>>,
+}
+
+/// What a finished recovery does to the client list of the node it took
+/// over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientList {
+    /// Deletes it: the node is dead, its sessions were handed on.
+    Delete,
+    /// Removes these ids, the sessions that are no longer the node's (it
+    /// is this node, rejoining: the sessions it kept stay listed, so a
+    /// survivor of its next death finds them).
+    Remove(Vec<ClientId>),
+}
+
+/// What a finished recovery removes of the node it took over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeCleanup {
+    /// What becomes of its client list.
+    pub clients: ClientList,
+    /// Its inbox is trimmed of every entry before this id (trimmed, not
+    /// deleted: a restarting node may append already); `None` trims
+    /// nothing.
+    pub keep_inbox_from: Option<String>,
 }
 
 /// The Redis operations of recovery and rejoin.
@@ -138,18 +172,10 @@ pub trait RecoveryStore: Send + Sync + 'static {
     /// The last broadcast entry `node` had handled, if it recorded one.
     async fn bus_cursor(&self, node: &str) -> StoreResult<Option<String>>;
 
-    /// Up to `count` entries of `stream` from id `from` (inclusive; "-"
-    /// is the start).
-    async fn read_entries(
-        &self,
-        stream: &UnreadStream,
-        from: &str,
-        count: usize,
-    ) -> StoreResult<Vec<InboxEntry>>;
+    /// The entries of `page`.
+    async fn read_entries(&self, page: &UnreadPage) -> StoreResult<Vec<InboxEntry>>;
 
-    /// Ends a recovery of `node`: deletes its client list and broadcast
-    /// cursor and, given `keep_from`, trims its inbox of every entry
-    /// before that id (trimmed, not deleted: a restarting node may append
-    /// already).
-    async fn forget_node(&self, node: &str, keep_from: Option<String>) -> StoreResult<()>;
+    /// Ends a recovery of `node`: deletes its broadcast cursor, and its
+    /// client list and inbox as `cleanup` says.
+    async fn forget_node(&self, node: &str, cleanup: NodeCleanup) -> StoreResult<()>;
 }

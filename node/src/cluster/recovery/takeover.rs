@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::lock::Lock;
-use super::store::SessionRecord;
+use super::store::{ClientList, NodeCleanup, SessionRecord};
 use super::{Recovery, RecoveryError};
 use crate::message::{ClientId, Message};
 use crate::redis_model::value as rv;
@@ -57,11 +57,15 @@ impl Recovery {
         let sessions = self.store.sessions_of(node).await?;
         let mut adopted = SubscriptionTree::default();
         let mut wills = Vec::new();
+        let mut not_kept = Vec::new();
         for record in sessions {
             lock.check()?;
             let mut session = DeadSession::of(record, node);
             wills.extend(session.will.take());
-            self.take_session(node, session, &mut adopted).await?;
+            let client_id = session.client_id.clone();
+            if !self.take_session(node, session, &mut adopted).await? {
+                not_kept.push(client_id);
+            }
         }
         self.hand_over_routes(node, is_self).await?;
         for will in wills {
@@ -70,40 +74,51 @@ impl Recovery {
         lock.check()?;
         let unread = self.queue_unread(node, &adopted).await?;
         self.notify_connected_owners(unread.queued_for).await?;
-        let keep_from = unread.read_to.as_deref().and_then(rv::next_stream_id);
-        self.store.forget_node(node, keep_from).await?;
+        let cleanup = NodeCleanup {
+            clients: match is_self {
+                true => ClientList::Remove(not_kept),
+                false => ClientList::Delete,
+            },
+            keep_inbox_from: unread.read_to.as_deref().and_then(rv::next_stream_id),
+        };
+        self.store.forget_node(node, cleanup).await?;
         Ok(())
     }
 
     /// Adopts a persistent session still owned by `node`, deletes a clean
     /// one, and records the filters of both adopted and moved persistent
-    /// sessions in `adopted` (what the unread inbox is queued for).
+    /// sessions in `adopted` (what the unread inbox is queued for). True
+    /// when this node owns the session now.
     async fn take_session(
         &self,
         node: &str,
         session: DeadSession,
         adopted: &mut SubscriptionTree,
-    ) -> Result<(), RecoveryError> {
+    ) -> Result<bool, RecoveryError> {
         match (session.persistent, session.moved_to) {
             (true, Some(_)) => {
                 for (filter, qos) in self.store.subscriptions(&session.client_id).await? {
                     adopted.subscribe(&filter, &session.client_id, qos);
                 }
+                Ok(false)
             }
-            (true, None) => self.adopt(node, &session.client_id, adopted).await?,
-            (false, None) => self.store.delete_session(&session.client_id).await?,
-            (false, Some(_)) => {}
+            (true, None) => self.adopt(node, &session.client_id, adopted).await,
+            (false, None) => {
+                self.store.delete_session(&session.client_id).await?;
+                Ok(false)
+            }
+            (false, Some(_)) => Ok(false),
         }
-        Ok(())
     }
 
-    /// Makes this node the owner of an offline persistent session.
+    /// Makes this node the owner of an offline persistent session; false
+    /// when another node claimed it first.
     async fn adopt(
         &self,
         node: &str,
         client_id: &ClientId,
         adopted: &mut SubscriptionTree,
-    ) -> Result<(), RecoveryError> {
+    ) -> Result<bool, RecoveryError> {
         let filters = self.store.subscriptions(client_id).await?;
         for (filter, qos) in &filters {
             adopted.subscribe(filter, client_id, *qos);
@@ -111,10 +126,10 @@ impl Recovery {
         if !self.store.adopt(client_id, node, &self.me).await? {
             // Claimed by its client on another node meanwhile: that node
             // owns it; only what the dead inbox holds for it is queued.
-            return Ok(());
+            return Ok(false);
         }
         self.node.adopt_offline_session(client_id, filters).await;
-        Ok(())
+        Ok(true)
     }
 
     /// A dead node is fenced and its routes dropped. Our own previous run:

@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 
-use super::store::{InboxEntry, UnreadStream};
+use super::store::{InboxEntry, UnreadPage, UnreadStream};
 use super::{Recovery, RecoveryError};
 use crate::cluster::Mode;
 use crate::message::{ClientId, Delivery};
@@ -43,10 +43,10 @@ impl Recovery {
             queued_for: HashSet::new(),
             read_to: None,
         };
-        let (stream, mut from) = self.unread_start(dead).await?;
+        let mut page = self.unread_start(dead).await?;
         let mut queued = 0usize;
         loop {
-            let entries = self.store.read_entries(&stream, &from, DRAIN_PAGE).await?;
+            let entries = self.store.read_entries(&page).await?;
             let Some(last) = entries.last() else {
                 break;
             };
@@ -65,7 +65,7 @@ impl Recovery {
             if self.mode == Mode::Routed {
                 unread.read_to = Some(last.id.clone());
             }
-            from = next;
+            page.from = next;
             if entries.len() < DRAIN_PAGE {
                 break;
             }
@@ -74,10 +74,9 @@ impl Recovery {
         Ok(unread)
     }
 
-    /// The stream holding `dead`'s unread entries, and the first id to
-    /// read.
-    async fn unread_start(&self, dead: &str) -> Result<(UnreadStream, String), RecoveryError> {
-        Ok(match self.mode {
+    /// The first page of `dead`'s unread entries.
+    async fn unread_start(&self, dead: &str) -> Result<UnreadPage, RecoveryError> {
+        let (stream, from) = match self.mode {
             Mode::Routed => (UnreadStream::Inbox(dead.to_string()), "-".to_string()),
             Mode::Broadcast => {
                 let cursor = self.store.bus_cursor(dead).await?;
@@ -86,6 +85,11 @@ impl Recovery {
                     .unwrap_or_else(|| "-".into());
                 (UnreadStream::Broadcast, after)
             }
+        };
+        Ok(UnreadPage {
+            stream,
+            from,
+            count: DRAIN_PAGE,
         })
     }
 }

@@ -140,10 +140,7 @@ async fn a_dead_node_is_fenced_and_its_routes_dropped_in_order() {
         h.at(Call::DropRoutes(DEAD.into())),
         h.at(Call::WillPublished("w".into())),
         h.at(Call::Queued("c1".into(), "a/1".into())),
-        h.at(Call::Forget {
-            node: DEAD.into(),
-            keep_from: Some("1-1".into()),
-        }),
+        h.at(forget_dead(Some("1-1"))),
         h.at(Call::Unregister(DEAD.into())),
     ];
     assert!(
@@ -197,10 +194,7 @@ async fn the_inbox_is_read_in_pages_and_trimmed_only_past_what_was_read() {
         inbox.push(entry("5000-0", &["a/late"]));
     });
     let trim_from = format!("{total}-1");
-    let forget = Call::Forget {
-        node: DEAD.into(),
-        keep_from: Some(trim_from.clone()),
-    };
+    let forget = forget_dead(Some(&trim_from));
     h.store.redis().meanwhile.push((forget.clone(), late));
 
     h.recovery.recover(DEAD).await.expect("recovered");
@@ -241,10 +235,6 @@ async fn broadcast_mode_reads_past_the_cursor_and_trims_nothing() {
     };
     assert!(h.has(&read));
     assert_eq!(h.queued(), vec![pair("c1", "a/new")]);
-    let forget = Call::Forget {
-        node: DEAD.into(),
-        keep_from: None,
-    };
-    assert!(h.has(&forget));
+    assert!(h.has(&forget_dead(None)));
     assert_eq!(h.store.redis().broadcast.len(), 2);
 }

@@ -92,3 +92,31 @@ async fn a_lost_lock_stops_the_recovery_before_queueing() {
     assert!(h.queued().is_empty());
     assert_eq!(h.store.redis().inboxes[DEAD].len(), 1, "nothing trimmed");
 }
+
+#[tokio::test]
+async fn sessions_kept_on_rejoin_stay_listed_for_the_next_recovery() {
+    let h = harness(Mode::Routed);
+    h.session(ME, "kept", persistent(ME, &["a/#"]));
+    let clean = FakeSession {
+        owner: Some(ME.into()),
+        ..FakeSession::default()
+    };
+    h.session(ME, "clean", clean);
+    h.session(ME, "moved", connected(persistent("n3", &["b/#"])));
+
+    h.recovery.rejoin().await.expect("rejoined");
+
+    let cleanup = NodeCleanup {
+        clients: ClientList::Remove(vec!["clean".into(), "moved".into()]),
+        keep_inbox_from: None,
+    };
+    assert!(h.has(&Call::Forget(ME.into(), cleanup)));
+    let listed = h.store.redis().clients.get(ME).cloned().unwrap_or_default();
+    assert_eq!(listed, ["kept".to_string()].into());
+    // This node dies again: a survivor must find the session it kept.
+    let survivor = h.survivor("n3");
+    survivor.recover(ME).await.expect("recovered");
+    let subscriptions = vec![("a/#".to_string(), Qos::AtLeastOnce)];
+    assert_eq!(h.owner("kept").as_deref(), Some("n3"));
+    assert!(h.has(&Call::AdoptedOffline("kept".into(), subscriptions)));
+}

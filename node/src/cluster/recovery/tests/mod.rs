@@ -13,7 +13,7 @@ use bytes::Bytes;
 use prometheus::IntCounter;
 
 use super::fake::{Call, FakeNode, FakeRedis, FakeSession, FakeStore, Journal};
-use super::store::InboxEntry;
+use super::store::{ClientList, InboxEntry, NodeCleanup};
 use super::unread::DRAIN_PAGE;
 use super::{Recovery, RecoveryCounters, RecoveryError};
 use crate::cluster::Mode;
@@ -33,10 +33,7 @@ fn harness(mode: Mode) -> Harness {
     let journal = Journal::default();
     let store = Arc::new(FakeStore::new(journal.clone()));
     let node = Arc::new(FakeNode::new(journal.clone()));
-    let counters = RecoveryCounters {
-        recoveries: IntCounter::new("recoveries", "test").expect("valid counter"),
-        redeliveries: IntCounter::new("redeliveries", "test").expect("valid counter"),
-    };
+    let counters = counters();
     let recovery = Recovery::new(ME.into(), mode, counters.clone(), store.clone(), node);
     store
         .redis()
@@ -50,7 +47,21 @@ fn harness(mode: Mode) -> Harness {
     }
 }
 
+fn counters() -> RecoveryCounters {
+    RecoveryCounters {
+        recoveries: IntCounter::new("recoveries", "test").expect("valid counter"),
+        redeliveries: IntCounter::new("redeliveries", "test").expect("valid counter"),
+    }
+}
+
 impl Harness {
+    /// Another node's recovery, on the same Redis and journal.
+    fn survivor(&self, me: &str) -> Recovery {
+        let node = Arc::new(FakeNode::new(self.journal.clone()));
+        let store = self.store.clone();
+        Recovery::new(me.into(), Mode::Routed, counters(), store, node)
+    }
+
     /// Stores `session` as `client_id`'s, listed in `listed_by`'s clients.
     fn session(&self, listed_by: &str, client_id: &str, session: FakeSession) {
         let mut redis = self.store.redis();
@@ -124,4 +135,14 @@ fn entry(id: &str, topics: &[&str]) -> InboxEntry {
 
 fn pair(client_id: &str, topic: &str) -> (String, String) {
     (client_id.into(), topic.into())
+}
+
+/// The end of a recovery of [`DEAD`]: its client list deleted, its inbox
+/// trimmed before `keep_from`.
+fn forget_dead(keep_from: Option<&str>) -> Call {
+    let cleanup = NodeCleanup {
+        clients: ClientList::Delete,
+        keep_inbox_from: keep_from.map(Into::into),
+    };
+    Call::Forget(DEAD.into(), cleanup)
 }
