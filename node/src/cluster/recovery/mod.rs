@@ -5,27 +5,30 @@
 //! 1. checks the node is still dead, then reads its sessions: a persistent
 //!    one is **adopted** (this node becomes its owner and loads its
 //!    subscriptions as an offline session, so from now on its messages are
-//!    queued); a clean one is deleted; a client that was connected has its
-//!    **will** published;
+//!    queued); a clean one is deleted;
 //! 2. **fences** the dead node: its inbox refuses appends (publishers
 //!    re-read the routes and send to the adopter) and, should the node come
 //!    back (it was frozen or cut off, not dead), its heartbeat is refused,
 //!    so it drops its clients and rejoins afresh instead of serving
 //!    sessions it no longer owns;
 //! 3. drops the dead node's routes (every node reloads its route cache);
-//! 4. queues what the dead node's inbox still holds — entries it never
+//! 4. publishes the **will** of every client that was connected;
+//! 5. queues what the dead node's inbox still holds — entries it never
 //!    read, or read without having queued them yet — for the adopted
 //!    sessions and for sessions whose clients already reconnected
 //!    elsewhere (their new node is told to take them). QoS 2 messages
 //!    already queued are refused by the sessions' publish-id record.
 //!    Everything the dead node held in memory for its persistent sessions
 //!    (in flight, behind the window) is in their Redis queues already;
-//! 5. deletes the dead node's keys (but the fence) and releases the lock.
+//! 6. deletes the dead node's client list and cursor, trims its inbox up
+//!    to what step 5 read, unregisters it and releases the lock (the fence
+//!    stays).
 //!
 //! The lock carries a random token, is renewed while the recovery runs and
 //! is released only by its holder: a recovery that outlives its lock stops
-//! at the next step. Recoveries run as their own tasks, never inside the
-//! heartbeat loop.
+//! at its next check — before each session of step 1 and before step 5
+//! (a step under way is finished). Recoveries run as their own tasks,
+//! never inside the heartbeat loop.
 //!
 //! **A node (re)starting** ([`rejoin`]) waits until no survivor is
 //! recovering it, lifts its fence, takes over its own previous run's

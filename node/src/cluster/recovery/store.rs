@@ -14,9 +14,9 @@
 //! - [`RecoveryStore::adopt`] changes the owner only if `from` still owns
 //!   the session, in one step;
 //! - [`RecoveryStore::read_entries`] returns entries in id order, from
-//!   the page's `from` inclusive, at most `count` of them; an entry that carries no
-//!   messages (a control entry, an unreadable batch) is still returned, so
-//!   paging and trimming account for it.
+//!   the page's `from` inclusive, at most `count` of them; an entry that
+//!   carries no messages (a control entry, an unreadable batch) is still
+//!   returned, so paging and trimming account for it.
 //!
 //! Nothing here is retried: an error ends the recovery, which the liveness
 //! task starts again on its next check.
