@@ -317,7 +317,7 @@ impl Cluster {
                         .routes
                         .reload(&mut cluster.connection())
                         .await
-                        .map_err(Into::into),
+                        .map_err(|error| recovery::RecoveryError::Store(error.into())),
                     Err(error) => Err(error),
                 };
                 match rejoined {
