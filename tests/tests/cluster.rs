@@ -460,21 +460,9 @@ async fn client_reconnecting_before_recovery_gets_what_was_published_meanwhile()
 #[tokio::test]
 async fn a_full_inbox_refuses_publishes_and_evicts_nothing() -> Result<()> {
     let redis = RedisProcess::start()?;
-    let flags = |node: &str| -> Result<NodeProcess> {
-        NodeProcess::start_named(
-            &unique_id(node),
-            &[
-                ("--redis", &redis.url()),
-                ("--stream-maxlen", "4"),
-                ("--heartbeat-interval-ms", "200"),
-                ("--heartbeat-ttl-ms", "60000"),
-                ("--redis-timeout-ms", "500"),
-                ("--sys-interval", "0"),
-            ],
-        )
-    };
-    let node_a = flags("ib-a")?;
-    let node_b = flags("ib-b")?;
+    let inbox_bound = [("--stream-maxlen", "4")];
+    let node_a = never_declared_dead(&redis, &unique_id("ib-a"), &inbox_bound)?;
+    let node_b = never_declared_dead(&redis, &unique_id("ib-b"), &inbox_bound)?;
     let (mut sub, _) =
         RawClient::connected(node_b.addr(), &Connect::new(&unique_id("ib-sub"))).await?;
     sub.subscribe(1, &[("ib/#", 1)]).await?;
@@ -525,6 +513,25 @@ async fn next_puback(publisher: &mut RawClient, id: u16) -> Result<bool> {
             return Ok(true);
         }
     }
+}
+
+/// A node with a heartbeat TTL of a minute: a test can hang it (SIGSTOP)
+/// without any other node declaring it dead.
+fn never_declared_dead(
+    redis: &RedisProcess,
+    node_id: &str,
+    extra: &[(&str, &str)],
+) -> Result<NodeProcess> {
+    let url = redis.url();
+    let mut flags = vec![
+        ("--redis", url.as_str()),
+        ("--heartbeat-interval-ms", "200"),
+        ("--heartbeat-ttl-ms", "60000"),
+        ("--redis-timeout-ms", "500"),
+        ("--sys-interval", "0"),
+    ];
+    flags.extend_from_slice(extra);
+    NodeProcess::start_named(node_id, &flags)
 }
 
 /// Publishes QoS 0 probes on `probe` from `publisher` until the raw
@@ -672,21 +679,9 @@ async fn a_node_back_from_a_freeze_takes_no_client_until_it_has_rejoined() -> Re
 #[tokio::test]
 async fn a_publish_only_fenced_nodes_subscribe_to_is_not_acknowledged() -> Result<()> {
     let redis = RedisProcess::start()?;
-    let flags = |node: &str| -> Result<NodeProcess> {
-        NodeProcess::start_named(
-            node,
-            &[
-                ("--redis", &redis.url()),
-                ("--heartbeat-interval-ms", "200"),
-                ("--heartbeat-ttl-ms", "60000"),
-                ("--redis-timeout-ms", "500"),
-                ("--sys-interval", "0"),
-            ],
-        )
-    };
     let id_b = unique_id("fd-b");
-    let node_a = flags(&unique_id("fd-a"))?;
-    let node_b = flags(&id_b)?;
+    let node_a = never_declared_dead(&redis, &unique_id("fd-a"), &[])?;
+    let node_b = never_declared_dead(&redis, &id_b, &[])?;
     let (mut sub, _) =
         RawClient::connected(node_b.addr(), &Connect::new(&unique_id("fd-sub"))).await?;
     sub.subscribe(1, &[("fd/#", 1)]).await?;

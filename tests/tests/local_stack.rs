@@ -111,6 +111,7 @@ impl Script {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        restore_sigint(&mut command);
         let mut child = command.spawn().context("running scripts/start")?;
         let output = Arc::new(Mutex::new(String::new()));
         drain(child.stdout.take().context("stdout")?, output.clone());
@@ -203,6 +204,23 @@ fn drain(pipe: impl Read + Send + 'static, output: Arc<Mutex<String>>) {
             }
         }
     });
+}
+
+/// Gives the script the default SIGINT disposition. A suite started in
+/// the background of a non-interactive shell (`scripts/test &`) inherits
+/// SIGINT as ignored, and bash cannot trap a signal ignored on entry: the
+/// Ctrl-C this test sends would do nothing.
+#[allow(unsafe_code)] // a libc call in the child; SAFETY comment below
+fn restore_sigint(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; signal(2) is
+    // async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
 }
 
 fn loopback(port: u16) -> SocketAddr {
