@@ -1,9 +1,12 @@
 //! Slowing down password guessing: failed logins are counted per client
 //! address, and once an address has failed [`FREE_FAILURES`] times within
-//! [`WINDOW`], each further CONNECT from it that carries credentials waits
-//! before it is checked — [`FIRST_DELAY`], doubling with every further
-//! failure, at most [`MAX_DELAY`]. A success from the address forgets its
-//! failures; so does [`WINDOW`] without a failure.
+//! [`WINDOW`], the CONNACK of each further failure from it is held back —
+//! [`FIRST_DELAY`], doubling with every further failure, at most
+//! [`MAX_DELAY`]. Successful logins are never delayed, so other clients
+//! behind the same address (NAT) are not punished for one misconfigured
+//! client, and a success does not reset the count (an attacker with one
+//! valid account cannot use it to start over). [`WINDOW`] without a
+//! failure forgets the address.
 //!
 //! The table is bounded ([`MAX_ADDRESSES`]): when it is full, expired
 //! entries are dropped, and if none has expired the address whose last
@@ -66,20 +69,26 @@ impl FailureLimiter {
         }
     }
 
-    /// How long a login attempt from `ip` must wait before it is checked.
-    pub fn delay(&self, ip: IpAddr, now: Instant) -> Duration {
+    /// Counts a failed login from `ip` and returns how long its CONNACK
+    /// is held back.
+    pub fn failed(&mut self, ip: IpAddr, now: Instant) -> Duration {
+        self.count(ip, now);
+        self.delay(ip, now)
+    }
+
+    /// The delay `ip`'s failures so far earn.
+    fn delay(&self, ip: IpAddr, now: Instant) -> Duration {
         let Some(f) = self.failures.get(&ip) else {
             return Duration::ZERO;
         };
-        if now.duration_since(f.last) >= WINDOW || f.count < FREE_FAILURES {
+        if now.duration_since(f.last) >= WINDOW || f.count <= FREE_FAILURES {
             return Duration::ZERO;
         }
-        let doublings = (f.count - FREE_FAILURES).min(16);
+        let doublings = (f.count - FREE_FAILURES - 1).min(16);
         FIRST_DELAY.saturating_mul(1 << doublings).min(MAX_DELAY)
     }
 
-    /// Counts a failed login from `ip`.
-    pub fn failed(&mut self, ip: IpAddr, now: Instant) {
+    fn count(&mut self, ip: IpAddr, now: Instant) {
         if !self.failures.contains_key(&ip) && self.failures.len() >= self.capacity {
             self.make_room(now);
         }
@@ -92,11 +101,6 @@ impl FailureLimiter {
         }
         entry.count = entry.count.saturating_add(1);
         entry.last = now;
-    }
-
-    /// Forgets `ip`'s failures after it logged in.
-    pub fn succeeded(&mut self, ip: IpAddr) {
-        self.failures.remove(&ip);
     }
 
     /// Addresses remembered now.
@@ -140,39 +144,30 @@ mod tests {
         let mut limiter = FailureLimiter::default();
         let now = Instant::now();
         for _ in 0..FREE_FAILURES {
-            assert_eq!(limiter.delay(ip(1), now), Duration::ZERO);
-            limiter.failed(ip(1), now);
+            assert_eq!(limiter.failed(ip(1), now), Duration::ZERO);
         }
-        assert_eq!(limiter.delay(ip(1), now), FIRST_DELAY);
-        limiter.failed(ip(1), now);
-        assert_eq!(limiter.delay(ip(1), now), FIRST_DELAY * 2);
+        assert_eq!(limiter.failed(ip(1), now), FIRST_DELAY);
+        assert_eq!(limiter.failed(ip(1), now), FIRST_DELAY * 2);
+        assert_eq!(limiter.failed(ip(1), now), FIRST_DELAY * 4);
         for _ in 0..100 {
             limiter.failed(ip(1), now);
         }
-        assert_eq!(limiter.delay(ip(1), now), MAX_DELAY);
+        assert_eq!(limiter.failed(ip(1), now), MAX_DELAY);
         // Other addresses are not affected.
-        assert_eq!(limiter.delay(ip(2), now), Duration::ZERO);
+        assert_eq!(limiter.failed(ip(2), now), Duration::ZERO);
     }
 
     #[test]
-    fn failures_are_forgotten_after_the_window_or_a_success() {
+    fn failures_are_forgotten_after_the_window() {
         let mut limiter = FailureLimiter::default();
         let start = Instant::now();
         for _ in 0..10 {
             limiter.failed(ip(1), start);
         }
-        assert!(limiter.delay(ip(1), start) > Duration::ZERO);
-        let later = start + WINDOW;
-        assert_eq!(limiter.delay(ip(1), later), Duration::ZERO);
-        // A failure after the window starts a new count.
-        limiter.failed(ip(1), later);
-        assert_eq!(limiter.delay(ip(1), later), Duration::ZERO);
-        for _ in 0..10 {
-            limiter.failed(ip(1), later);
-        }
-        limiter.succeeded(ip(1));
-        assert_eq!(limiter.delay(ip(1), later), Duration::ZERO);
-        assert!(limiter.is_empty());
+        assert!(limiter.failed(ip(1), start + WINDOW / 2) > Duration::ZERO);
+        // A failure a whole window after the last one starts a new count.
+        let later = start + WINDOW / 2 + WINDOW;
+        assert_eq!(limiter.failed(ip(1), later), Duration::ZERO);
     }
 
     #[test]
@@ -186,13 +181,11 @@ mod tests {
             }
         }
         // Full and nothing expired: the oldest (ip 0) makes room.
-        limiter.failed(ip(9), start + Duration::from_secs(5));
+        let at = start + Duration::from_secs(5);
+        limiter.failed(ip(9), at);
         assert_eq!(limiter.len(), 3);
-        assert_eq!(
-            limiter.delay(ip(0), start + Duration::from_secs(5)),
-            Duration::ZERO
-        );
-        assert!(limiter.delay(ip(2), start + Duration::from_secs(5)) > Duration::ZERO);
+        assert_eq!(limiter.failed(ip(0), at), Duration::ZERO);
+        assert!(limiter.failed(ip(2), at) > Duration::ZERO);
         // Expired entries are all dropped first.
         let much_later = start + WINDOW * 3;
         limiter.failed(ip(7), much_later);
@@ -201,5 +194,6 @@ mod tests {
             limiter.failed(ip(i), much_later);
         }
         assert_eq!(limiter.len(), 3);
+        assert!(!limiter.is_empty());
     }
 }

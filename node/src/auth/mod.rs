@@ -21,7 +21,7 @@
 //! is cached); an unknown user costs one verification of a decoy hash, so
 //! timing does not reveal which names exist; verifications run on blocking
 //! threads, at most one per CPU at once, so the runtime never stalls on
-//! them; failures are slowed per address ([`limiter`]). Passwords and
+//! them; repeated failures from one address are slowed ([`limiter`]). Passwords and
 //! hashes are never logged. Not guaranteed: secrecy on the wire — without
 //! TLS, passwords cross the network in clear (see `docs/security.md`).
 
@@ -119,8 +119,8 @@ impl Authenticator {
         self.allow_anonymous
     }
 
-    /// Checks a CONNECT's credentials from `ip`. May wait: first for the
-    /// failure limiter's delay, then for a verification slot.
+    /// Checks a CONNECT's credentials from `ip`. May wait for a
+    /// verification slot and, after a failure, for the failure limiter.
     pub async fn check(
         &self,
         username: Option<&str>,
@@ -139,11 +139,6 @@ impl Authenticator {
         if self.allow_anonymous && !self.has_user_source() {
             return Verdict::Accepted;
         }
-        let delay = self.lock_limiter().delay(ip, Instant::now());
-        if !delay.is_zero() {
-            tracing::debug!(%ip, ?delay, "slowing a login after repeated failures");
-            tokio::time::sleep(delay).await;
-        }
         let stored = match self.stored_hash(name).await {
             Ok(stored) => stored,
             Err(error) => {
@@ -160,13 +155,14 @@ impl Authenticator {
             None => false,
         };
         if matched {
-            self.lock_limiter().succeeded(ip);
-            Verdict::Accepted
-        } else {
-            self.lock_limiter().failed(ip, Instant::now());
-            tracing::info!(user = %untrusted(name), %ip, "login failed");
-            Verdict::BadCredentials
+            return Verdict::Accepted;
         }
+        let delay = self.lock_limiter().failed(ip, Instant::now());
+        tracing::info!(user = %untrusted(name), %ip, ?delay, "login failed");
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Verdict::BadCredentials
     }
 
     /// Re-reads the password file (on SIGHUP). A file that cannot be read
