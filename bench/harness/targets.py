@@ -87,7 +87,14 @@ def start_astramq_node(ctx, extra_args=(), name="astramq", binary=None):
         "--max-queued-messages", str(MAX_QUEUED),
         *extra_args,
     ]
-    env = dict(os.environ, RUST_LOG=os.environ.get("ASTRAMQ_BENCH_LOG", "warn"))
+    # The bench connects without credentials. Set through the environment
+    # rather than `--allow-anonymous true`, so a --baseline binary older
+    # than the flag (which lets everyone in anyway) still starts.
+    env = dict(
+        os.environ,
+        RUST_LOG=os.environ.get("ASTRAMQ_BENCH_LOG", "warn"),
+        ASTRAMQ_ALLOW_ANONYMOUS="true",
+    )
     log = ctx.log(name)
     proc = procs.spawn(argv, log, env=env, stdout=subprocess.PIPE)
     try:

@@ -24,6 +24,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use crate::auth::Authenticator;
 use crate::cluster::bus::{Qos2Origin, QueueTarget};
 use crate::cluster::{Cluster, Durability, LocalNode};
 use crate::config::Limits;
@@ -77,6 +78,8 @@ pub struct Broker {
     /// Sessions another node claimed, still subscribed here until the
     /// given time (see [`RELEASE_GRACE`]).
     released: Mutex<Vec<(tokio::time::Instant, ClientId, Vec<String>)>>,
+    /// Checks each CONNECT's credentials.
+    auth: Authenticator,
 }
 
 /// How long a node goes on queueing (in Redis) for a session another node
@@ -123,6 +126,9 @@ pub struct Routed {
 
 impl Broker {
     /// A broker with no sessions yet.
+    ///
+    /// It lets every client in until [`Broker::with_authenticator`] says
+    /// otherwise.
     pub fn new(
         node_id: &str,
         limits: Limits,
@@ -144,8 +150,20 @@ impl Broker {
             incarnation: crate::message::unix_millis(),
             recent_publishes: Mutex::new(RecentIds::default()),
             released: Mutex::new(Vec::new()),
+            auth: Authenticator::anonymous(),
             limits,
         }
+    }
+
+    /// The same broker, checking logins with `auth`.
+    pub fn with_authenticator(mut self, auth: Authenticator) -> Broker {
+        self.auth = auth;
+        self
+    }
+
+    /// Who may connect.
+    pub fn auth(&self) -> &Authenticator {
+        &self.auth
     }
 
     /// A cluster-unique id for a QoS 2 publish (see `Message::publish_id`).

@@ -13,6 +13,7 @@ use astramq_shared::config::Layered;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::auth::AuthOptions;
 use crate::cluster::{ClusterOptions, Mode};
 use crate::limits::keep_alive::KeepAlivePolicy;
 use crate::limits::queue::QueueBound;
@@ -35,7 +36,8 @@ const DEFAULT_HEARTBEAT_TTL_MS: u64 = 2000;
 #[command(
     name = "astramq-node",
     version,
-    about = "AstraMQ broker node: MQTT 3.1.1 over TCP, alone or in a Redis-backed cluster."
+    about = "AstraMQ broker node: MQTT 3.1.1 over TCP, alone or in a Redis-backed cluster.",
+    after_help = "Users: `astramq-node user add|remove|list NAME [--password-file FILE | --redis URL]` (see `astramq-node user --help`)."
 )]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
@@ -92,6 +94,14 @@ pub struct Settings {
     /// Shared gossip encryption key, 16/24/32 bytes as base64 or hex [default: off, plaintext].
     #[arg(long, env = "ASTRAMQ_GOSSIP_KEY", hide_env_values = true)]
     pub gossip_key: Option<String>,
+
+    /// Let clients without a user name connect (`true` or `false`); with `false` they get CONNACK 0x05 [default: false].
+    #[arg(long, env = "ASTRAMQ_ALLOW_ANONYMOUS", value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
+
+    /// Users who may log in: `name:PHC-hash` lines (argon2id; see `astramq-node user add`), re-read on SIGHUP; checked before the users in Redis [default: none].
+    #[arg(long, env = "ASTRAMQ_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 
     /// Load balancers (IP addresses, comma separated) whose connections start with a PROXY protocol v2 header carrying the client's address [default: none].
     #[arg(long, env = "ASTRAMQ_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -206,6 +216,8 @@ impl Layered for Settings {
             join: self.join.or(lower.join),
             gossip_key: self.gossip_key.or(lower.gossip_key),
             trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
+            allow_anonymous: self.allow_anonymous.or(lower.allow_anonymous),
+            password_file: self.password_file.or(lower.password_file),
             cluster_mode: self.cluster_mode.or(lower.cluster_mode),
             redis_timeout_ms: self.redis_timeout_ms.or(lower.redis_timeout_ms),
             stream_maxlen: self.stream_maxlen.or(lower.stream_maxlen),
@@ -257,6 +269,8 @@ pub struct NodeConfig {
     pub gossip: Option<GossipOptions>,
     /// Limits that protect the node from clients.
     pub limits: Limits,
+    /// Who may connect.
+    pub auth: AuthOptions,
     /// Seconds between `$SYS` publishes; `None` when disabled.
     pub sys_interval: Option<Duration>,
     /// How long shutdown waits for sessions to close.
@@ -365,6 +379,11 @@ impl NodeConfig {
     /// sense) and applies defaults.
     pub fn resolve(s: Settings) -> anyhow::Result<NodeConfig> {
         checks::check(&s)?;
+        let auth = AuthOptions {
+            allow_anonymous: s.allow_anonymous.unwrap_or(false),
+            users: checks::password_file(&s)?,
+            password_file: s.password_file.clone(),
+        };
         let defaults = Limits::default();
         let limits = Limits {
             max_packet_size: s.max_packet_size.unwrap_or(defaults.max_packet_size),
@@ -444,6 +463,7 @@ impl NodeConfig {
                 key: s.gossip_key.clone(),
             }),
             limits,
+            auth,
             sys_interval: match s.sys_interval.unwrap_or(10) {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
@@ -476,6 +496,33 @@ mod tests {
         assert_eq!(config.limits.max_inflight, 9);
         assert_eq!(config.limits.max_queued_messages, 1000);
         assert!(config.cluster.is_none());
+    }
+
+    #[test]
+    fn anonymous_clients_are_refused_unless_allowed() {
+        let config = NodeConfig::resolve(Settings::default()).unwrap();
+        assert!(!config.auth.allow_anonymous);
+        assert!(config.auth.password_file.is_none());
+        let flags =
+            Settings::try_parse_from(["astramq-node", "--allow-anonymous", "true"]).unwrap();
+        assert!(NodeConfig::resolve(flags).unwrap().auth.allow_anonymous);
+        let file: Settings = toml::from_str("allow-anonymous = true\n").unwrap();
+        assert!(NodeConfig::resolve(file).unwrap().auth.allow_anonymous);
+        assert!(Settings::try_parse_from(["astramq-node", "--allow-anonymous", "yes"]).is_err());
+    }
+
+    #[test]
+    fn a_malformed_password_file_is_refused_with_its_line() {
+        let path = std::env::temp_dir().join(format!("astramq-pw-{}", std::process::id()));
+        std::fs::write(&path, "# users\nalice:not-a-hash\n").unwrap();
+        let s = Settings {
+            password_file: Some(path.clone()),
+            ..Settings::default()
+        };
+        let error = NodeConfig::resolve(s).unwrap_err().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(error.starts_with("password-file: "), "{error}");
+        assert!(error.contains("line 2"), "{error}");
     }
 
     #[test]

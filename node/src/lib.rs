@@ -8,7 +8,9 @@
 //!   gracefully; [`limits`] decides which it admits (per IP, per second)
 //!   and the keep-alive each client is held to.
 //! - [`session`]: one task per connection: CONNECT handshake, takeover,
-//!   the packet loop, keep-alive, will, persistent-session parking.
+//!   the packet loop, keep-alive, will, persistent-session parking;
+//!   [`auth`] checks the CONNECT's credentials (password file, Redis) and
+//!   holds the `user` admin command.
 //! - [`connection`]: bytes ⇄ whole MQTT frames, with coalesced writes and
 //!   no buffers held while idle.
 //! - [`protocol`]: framing, bounds-checked validation and the mqttrs codec.
@@ -31,6 +33,7 @@
 //!   failures early.
 //! - [`config`]: flags, environment and TOML.
 
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;
@@ -56,7 +59,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
@@ -70,12 +75,26 @@ use crate::store::Store;
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let stats = Stats::default();
     let (store, cluster) = open_store(&config, &stats).await?;
-    let broker = Arc::new(Broker::new(
-        &config.node_id,
-        config.limits.clone(),
-        store,
-        cluster.clone(),
-        stats,
+    let auth = Authenticator::new(
+        config.auth.clone(),
+        cluster.as_ref().map(|c| c.connection()),
+    );
+    log_auth_mode(&auth, &config);
+    let broker = Arc::new(
+        Broker::new(
+            &config.node_id,
+            config.limits.clone(),
+            store,
+            cluster.clone(),
+            stats,
+        )
+        .with_authenticator(auth),
+    );
+    // Installed before the readiness line: SIGHUP's default action would
+    // end the process.
+    let reload_task = tokio::spawn(reload_on_sighup(
+        broker.clone(),
+        signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     ));
     if let Some(cluster) = &cluster {
         cluster.start(broker.clone()).await?;
@@ -127,6 +146,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     listener::serve(broker, listener, shutdown, config.shutdown_timeout).await;
     gauges_task.abort();
     released_task.abort();
+    reload_task.abort();
     if let Some(task) = sys_task {
         task.abort();
     }
@@ -138,6 +158,31 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     }
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// Says at start-up who may connect, and warns when nobody can.
+fn log_auth_mode(auth: &Authenticator, config: &NodeConfig) {
+    let file_users = config.auth.users.len();
+    let redis_users = config.cluster.is_some();
+    tracing::info!(
+        allow_anonymous = auth.allows_anonymous(),
+        file_users,
+        redis_users,
+        "authentication"
+    );
+    if !auth.allows_anonymous() && !auth.has_user_source() {
+        tracing::warn!(
+            "anonymous clients are refused and no users are configured: \
+             no client can connect (give --password-file, --redis, or --allow-anonymous true)"
+        );
+    }
+}
+
+/// Re-reads the password file at every SIGHUP.
+async fn reload_on_sighup(broker: Arc<Broker>, mut hangup: Signal) {
+    while hangup.recv().await.is_some() {
+        broker.auth().reload();
+    }
 }
 
 /// The embedded store, or Redis and the cluster when a URL is configured.

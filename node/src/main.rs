@@ -1,4 +1,5 @@
-//! The `astramq-node` binary: configuration, logging, runtime, signals.
+//! The `astramq-node` binary: configuration, logging, runtime, signals;
+//! `astramq-node user ...` manages users instead of running a node.
 
 use anyhow::Context;
 use astramq_node::config::NodeConfig;
@@ -6,6 +7,10 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("user") {
+        std::process::exit(astramq_node::auth::admin::main(args.skip(1)));
+    }
     let config = NodeConfig::load()
         .unwrap_or_else(|error| astramq_shared::config::exit_invalid("astramq-node", &error));
     tracing_subscriber::fmt()

@@ -30,10 +30,17 @@ pub enum Refusal {
     PerIp,
     /// `max-connection-rate` exceeded.
     Rate,
+    /// CONNACK 0x04: unknown user, wrong or missing password.
+    BadCredentials,
+    /// CONNACK 0x05: no credentials while anonymous clients are refused.
+    NotAuthorized,
 }
 
+/// How many values the `reason` label of connection refusals has.
+const REFUSALS: usize = 9;
+
 impl Refusal {
-    const ALL: [(Refusal, &'static str); 7] = [
+    const ALL: [(Refusal, &'static str); REFUSALS] = [
         (Refusal::MaxConnections, "max_connections"),
         (Refusal::BadConnect, "bad_connect"),
         (Refusal::UnsupportedProtocol, "unsupported_protocol"),
@@ -41,6 +48,8 @@ impl Refusal {
         (Refusal::ServerUnavailable, "server_unavailable"),
         (Refusal::PerIp, "max_connections_per_ip"),
         (Refusal::Rate, "max_connection_rate"),
+        (Refusal::BadCredentials, "bad_credentials"),
+        (Refusal::NotAuthorized, "not_authorized"),
     ];
 }
 
@@ -153,7 +162,7 @@ pub struct Stats {
     pub connections_total: IntCounter,
     /// Sessions currently connected.
     pub clients_connected: IntGauge,
-    refused: [IntCounter; 7],
+    refused: [IntCounter; REFUSALS],
     limit_refusals: [IntCounter; LIMIT_REASONS],
     received: [IntCounter; 3],
     sent: [IntCounter; 3],
@@ -394,6 +403,7 @@ mod tests {
         stats.received(Qos::AtLeastOnce, 10);
         stats.dropped(DropReason::QueueFull, 2);
         stats.refused(Refusal::IdentifierRejected);
+        stats.refused(Refusal::BadCredentials);
         stats.limit_refused(TopicLimit::Levels.into());
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&stats.registry.gather())
@@ -403,6 +413,8 @@ mod tests {
         assert!(
             text.contains("astramq_connections_refused_total{reason=\"identifier_rejected\"} 1")
         );
+        assert!(text.contains("astramq_connections_refused_total{reason=\"bad_credentials\"} 1"));
+        assert!(text.contains("astramq_connections_refused_total{reason=\"not_authorized\"} 0"));
         assert!(text.contains("astramq_build_info{component=\"node\""));
         assert!(text.contains("astramq_limit_refusals_total{reason=\"topic_levels\"} 1"));
         assert!(text.contains("astramq_limit_refusals_total{reason=\"client_id_length\"} 0"));

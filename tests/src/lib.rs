@@ -17,6 +17,8 @@
 //!   library cannot express (malformed input, withheld acks, duplicates).
 //! - [`proxy`]: [`proxy::ProxyProcess`], the same for `astramq-proxy`.
 //! - [`redis`]: [`RedisProcess`], a private `redis-server` for cluster tests.
+//! - [`users`]: `astramq-node user ...` with the password on stdin, and
+//!   self-removing temporary directories for password files.
 //! - [`chaos`]: a fault-injecting cluster harness (kill, freeze, Redis
 //!   restart, partition) with a workload and a zero-loss checker.
 //! - [`client`]: [`TestClient`], a wrapper around the independent `rumqttc`
@@ -31,6 +33,7 @@ pub mod observability;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod users;
 pub mod wire;
 
 use std::future::Future;

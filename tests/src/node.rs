@@ -81,6 +81,8 @@ impl NodeProcess {
 
     /// Spawns `command` (the node binary, perhaps behind a launcher) with
     /// the harness's fixed flags and `flags`, and waits for readiness.
+    /// `--allow-anonymous true` is among the fixed flags unless `flags`
+    /// sets `--allow-anonymous` itself.
     fn spawn(
         mut command: Command,
         listen: &str,
@@ -94,6 +96,11 @@ impl NodeProcess {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // Nodes refuse anonymous clients by default; the suite's clients
+        // connect without credentials unless a test says otherwise.
+        if !flags.iter().any(|(flag, _)| *flag == "--allow-anonymous") {
+            command.args(["--allow-anonymous", "true"]);
+        }
         for (flag, value) in flags {
             command.args([flag, value]);
         }

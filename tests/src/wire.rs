@@ -115,8 +115,11 @@ pub struct Connect {
     pub will: Option<Will>,
     /// Sets the reserved flag bit 0, which the spec requires to be zero.
     pub reserved_flag: bool,
-    /// Optional user name (no password).
+    /// Optional user name.
     pub username: Option<String>,
+    /// Optional password (binary in MQTT); sent after the user name. A
+    /// password without a user name is a protocol violation tests may send.
+    pub password: Option<Vec<u8>>,
 }
 
 impl Connect {
@@ -131,6 +134,7 @@ impl Connect {
             will: None,
             reserved_flag: false,
             username: None,
+            password: None,
         }
     }
 
@@ -165,6 +169,18 @@ impl Connect {
         self
     }
 
+    /// Sets a password.
+    pub fn with_password(mut self, password: &[u8]) -> Self {
+        self.password = Some(password.to_vec());
+        self
+    }
+
+    /// Sets a user name and password.
+    pub fn with_credentials(self, username: &str, password: &str) -> Self {
+        self.with_username(username)
+            .with_password(password.as_bytes())
+    }
+
     /// Sets the reserved flag bit (a protocol violation).
     pub fn with_reserved_flag(mut self) -> Self {
         self.reserved_flag = true;
@@ -180,6 +196,9 @@ impl Connect {
         }
         if self.username.is_some() {
             flags |= 0x80;
+        }
+        if self.password.is_some() {
+            flags |= 0x40;
         }
         flags
     }
@@ -198,6 +217,9 @@ impl Connect {
         }
         if let Some(username) = &self.username {
             put_field(&mut body, username.as_bytes());
+        }
+        if let Some(password) = &self.password {
+            put_field(&mut body, password);
         }
         frame(0x10, &body)
     }

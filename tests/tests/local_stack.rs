@@ -234,9 +234,13 @@ async fn scripts_start_runs_the_local_stack_and_ctrl_c_stops_all_of_it() -> Resu
     let mut script = Script::start(&ports, &data_dir)?;
     script.wait_ready()?;
 
-    // The banner names the MQTT address, every metrics address, how to stop.
+    // The banner names the MQTT address, every metrics address, how to stop,
+    // and says that anonymous clients are let in.
     let banner = script.output();
-    let mut expected = vec![format!("mqtt://127.0.0.1:{}", ports.mqtt)];
+    let mut expected = vec![
+        format!("mqtt://127.0.0.1:{}", ports.mqtt),
+        "--allow-anonymous true".to_owned(),
+    ];
     expected.extend((0..4).map(|i| format!("http://127.0.0.1:{}/metrics", ports.metrics + i)));
     expected.push("Ctrl-C".to_owned());
     for text in &expected {

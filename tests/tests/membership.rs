@@ -267,6 +267,10 @@ fn spawn(
     }
     // Both serve MQTT: a free loopback port, never the default 1883.
     cmd.args(["--listen", "127.0.0.1:0"]);
+    if matches!(bin, Bin::Node) {
+        // Its clients connect without credentials.
+        cmd.args(["--allow-anonymous", "true"]);
+    }
     for (flag, value) in extra {
         cmd.args([flag, value]);
     }

@@ -4,10 +4,13 @@
 //! the setting's name in the message. `main` exits with code 2 on them.
 //!
 //! Checked: every value that is given, against the smallest (and, where
-//! the protocol sets one, largest) value that makes sense. Not checked:
-//! whether addresses can be bound or Redis reached (start-up reports those).
+//! the protocol sets one, largest) value that makes sense; the password
+//! file, which must be readable and well-formed (the message names the
+//! malformed line). Not checked: whether addresses can be bound or Redis
+//! reached (start-up reports those).
 
 use super::{Settings, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TTL_MS};
+use crate::auth::password_file::UserTable;
 use crate::router::topic::MAX_TOPIC_LEN;
 
 /// Shortest client id a 3.1.1 server must accept (MQTT-3.1.3-5).
@@ -108,6 +111,18 @@ pub fn check(s: &Settings) -> Result<(), InvalidSetting> {
     at_least("write-timeout", s.write_timeout, 1)?;
     at_least("threads", s.threads, 1)?;
     Ok(())
+}
+
+/// Reads the password file, if one is given: a file that cannot be read
+/// or has a malformed line refuses start-up.
+pub fn password_file(s: &Settings) -> Result<UserTable, InvalidSetting> {
+    let Some(path) = &s.password_file else {
+        return Ok(UserTable::default());
+    };
+    UserTable::load(path).map_err(|error| InvalidSetting {
+        setting: "password-file",
+        problem: error.to_string(),
+    })
 }
 
 #[cfg(test)]

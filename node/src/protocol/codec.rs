@@ -46,8 +46,9 @@ pub enum Inbound {
     Disconnect,
 }
 
-/// The CONNECT fields the broker acts on.
-#[derive(Debug, Clone, PartialEq)]
+/// The CONNECT fields the broker acts on. Its `Debug` shows whether a
+/// password is present, never the password.
+#[derive(Clone, PartialEq)]
 pub struct ConnectPacket {
     /// 4 for MQTT 3.1.1, 3 for MQTT 3.1.
     pub protocol_level: u8,
@@ -59,10 +60,25 @@ pub struct ConnectPacket {
     pub keep_alive: u16,
     /// The message to publish if the client goes away uncleanly.
     pub will: Option<WillPacket>,
-    /// For authentication (not yet enforced).
+    /// The user name, checked by [`crate::auth`].
     pub username: Option<String>,
-    /// For authentication (not yet enforced).
+    /// The password (binary in MQTT), checked by [`crate::auth`]; never
+    /// logged.
     pub password: Option<Bytes>,
+}
+
+impl std::fmt::Debug for ConnectPacket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectPacket")
+            .field("protocol_level", &self.protocol_level)
+            .field("client_id", &self.client_id)
+            .field("clean_session", &self.clean_session)
+            .field("keep_alive", &self.keep_alive)
+            .field("will", &self.will)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A CONNECT's last will.
@@ -182,6 +198,10 @@ pub enum ConnackCode {
     IdentifierRejected,
     /// The broker cannot serve the client now (0x03).
     ServerUnavailable,
+    /// Unknown user, wrong password, or a user name without one (0x04).
+    BadUserNameOrPassword,
+    /// No credentials while anonymous clients are refused (0x05).
+    NotAuthorized,
 }
 
 /// Why encoding failed: only a packet the protocol cannot express
@@ -220,6 +240,8 @@ pub fn encode_connack(out: &mut BytesMut, session_present: bool, code: ConnackCo
         ConnackCode::UnacceptableProtocol => ConnectReturnCode::RefusedProtocolVersion,
         ConnackCode::IdentifierRejected => ConnectReturnCode::RefusedIdentifierRejected,
         ConnackCode::ServerUnavailable => ConnectReturnCode::ServerUnavailable,
+        ConnackCode::BadUserNameOrPassword => ConnectReturnCode::BadUsernamePassword,
+        ConnackCode::NotAuthorized => ConnectReturnCode::NotAuthorized,
     };
     let packet = Packet::Connack(Connack {
         session_present,

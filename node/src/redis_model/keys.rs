@@ -4,8 +4,9 @@
 //! share the slot of `{client id}`, a node's keys the slot of `{node id}`.
 //! Each Lua script touches the keys of one entity only, so every script
 //! runs unchanged on Redis Cluster. The only keys without an entity are the
-//! cluster-wide `nodes` set, the route log, the retained hash and the
-//! broadcast stream; no script touches them together with another key.
+//! cluster-wide `nodes` set, the route log, the retained hash, the
+//! broadcast stream and the users hash; no script touches them together
+//! with another key.
 
 /// Prefix of every key; lets a Redis instance host other data.
 const PREFIX: &str = "astramq";
@@ -48,6 +49,13 @@ pub fn seen(client_id: &str) -> String {
 /// Retained messages: topic → encoded message.
 pub fn retained() -> String {
     format!("{PREFIX}:retained")
+}
+
+/// The cluster's users: user name → argon2id PHC hash. Written by
+/// `astramq-node user add/remove --redis URL`, read by every node at each
+/// login (never cached, so a removal holds at the next CONNECT).
+pub fn users() -> String {
+    format!("{PREFIX}:users")
 }
 
 /// Every node id that has joined and not been cleaned up after death.

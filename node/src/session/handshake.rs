@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::active::{ActiveSession, SessionSetup};
 use super::ShutdownSignal;
+use crate::auth::Verdict;
 use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionError};
 use crate::limits::sessions::SessionSlot;
@@ -79,6 +80,11 @@ async fn handshake(
             return None;
         }
     };
+    if let Some(code) = authenticate(broker, &connect, client_addr).await {
+        encode_connack(connection.output(), false, code);
+        connection.close(broker.limits().write_timeout).await;
+        return None;
+    }
     if !broker.accepts_clients() {
         tracing::debug!(client_id = %untrusted(&client_id), "connection refused: rejoining the cluster");
         broker.stats().refused(Refusal::ServerUnavailable);
@@ -204,6 +210,37 @@ fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<Co
         return Err(Some(ConnackCode::IdentifierRejected));
     }
     Ok(connect.client_id.as_str().into())
+}
+
+/// Checks the CONNECT's credentials; `None` lets it in, else the CONNACK
+/// code to refuse with (counted here).
+async fn authenticate(
+    broker: &Broker,
+    connect: &ConnectPacket,
+    client_addr: SocketAddr,
+) -> Option<ConnackCode> {
+    let verdict = broker
+        .auth()
+        .check(
+            connect.username.as_deref(),
+            connect.password.as_ref(),
+            client_addr.ip(),
+        )
+        .await;
+    let (refusal, code) = match verdict {
+        Verdict::Accepted => return None,
+        Verdict::BadCredentials => (Refusal::BadCredentials, ConnackCode::BadUserNameOrPassword),
+        Verdict::NotAuthorized => (Refusal::NotAuthorized, ConnackCode::NotAuthorized),
+        Verdict::Unavailable => (Refusal::ServerUnavailable, ConnackCode::ServerUnavailable),
+    };
+    tracing::debug!(
+        client_id = %untrusted(&connect.client_id),
+        user = %untrusted(connect.username.as_deref().unwrap_or("")),
+        ?verdict,
+        "connection refused"
+    );
+    broker.stats().refused(refusal);
+    Some(code)
 }
 
 /// Registers the session (taking the id over from an older connection)

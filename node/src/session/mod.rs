@@ -1,7 +1,8 @@
 //! One client session: from CONNECT to the end of the connection.
 //!
-//! - [`handshake`] reads and checks CONNECT, takes the client id over from
-//!   an older connection, claims the session in the store and answers
+//! - [`handshake`] reads and checks CONNECT (its credentials through
+//!   [`crate::auth`], before anything else of the client's is touched),
+//!   takes the client id over from an older connection, claims the session in the store and answers
 //!   CONNACK;
 //! - [`active`] runs the connected session: the loop, keep-alive, resume,
 //!   and what happens at the end (will, parking); `inbound` handles the
