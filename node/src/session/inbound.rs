@@ -217,7 +217,7 @@ impl ActiveSession {
 
     /// Removes from a resumed session's subscriptions those the ACL now
     /// denies (the rules may have changed since they were granted, here or
-    /// on another node), and forgets them in the store.
+    /// on another node): out of the subscription tree and the store.
     pub(super) async fn drop_denied_subscriptions(&self, subscriptions: &mut HashMap<String, Qos>) {
         if self.broker.acl().is_none() {
             return;
@@ -238,6 +238,11 @@ impl ActiveSession {
             dropped = denied.len(),
             "resumed subscriptions denied by the ACL"
         );
+        // An offline session's subscriptions are still in the tree (and its
+        // routes announced): take them out, not only out of the session.
+        self.broker
+            .unsubscribe(&self.client_id, denied.iter().map(String::as_str))
+            .await;
         self.persist_subscriptions(&[], &denied).await;
     }
 
