@@ -12,11 +12,9 @@
 //! ACL only reads the name, and `tests/tests/auth.rs` covers its check.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use astramq_tests::binary::node_binary;
 use astramq_tests::observability::cluster::node_metrics_addr;
 use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::users::TempDir;
@@ -262,12 +260,7 @@ async fn sighup_reloads_the_rules_and_a_bad_file_keeps_them() -> Result<()> {
     .await??;
     std::fs::write(&path, "[[rule]]\naction = \"subscribe\"\n")?;
     node.signal(libc::SIGHUP)?;
-    within("the refused reload is logged", async {
-        while !node.log().contains("ACL file not reloaded") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await?;
+    node.wait_for_log("ACL file not reloaded").await?;
     ensure!(client.subscribe(100, &[("test/nosubscribe", 0)]).await? == [0]);
     Ok(())
 }
@@ -302,23 +295,7 @@ async fn an_invalid_or_missing_acl_file_refuses_start_up_with_exit_code_2() -> R
 
 /// Starts a node with `--acl-file path` and waits for it to exit.
 fn run_node_to_exit(path: &Path) -> Result<(Option<i32>, String)> {
-    let output = Command::new(node_binary()?)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--allow-anonymous",
-            "true",
-            "--acl-file",
-        ])
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
-    Ok((
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    NodeProcess::exit_of(&["--acl-file".as_ref(), path.as_os_str()])
 }
 
 #[tokio::test]
@@ -392,12 +369,7 @@ async fn a_resumed_session_keeps_only_the_subscriptions_the_rules_now_allow() ->
         "default = \"allow\"\n[[rule]]\naction = \"subscribe\"\ntopic = \"p/#\"\npermission = \"deny\"\n",
     )?;
     node.signal(libc::SIGHUP)?;
-    within("the reload is logged", async {
-        while !node.log().contains("ACL file reloaded") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await?;
+    node.wait_for_log("ACL file reloaded").await?;
     let (mut keeper, present) = RawClient::connected(node.addr(), &connect).await?;
     ensure!(present, "the session was not resumed");
     let mut publisher = as_user(&node, "publisher").await?;
