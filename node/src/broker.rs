@@ -24,6 +24,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 
+use crate::acl::AccessControl;
 use crate::auth::Authenticator;
 use crate::cluster::bus::{Qos2Origin, QueueTarget};
 use crate::cluster::{Cluster, Durability, LocalNode};
@@ -80,6 +81,9 @@ pub struct Broker {
     released: Mutex<Vec<(tokio::time::Instant, ClientId, Vec<String>)>>,
     /// Checks each CONNECT's credentials.
     auth: Authenticator,
+    /// What clients may publish and subscribe to; `None` (no `--acl-file`):
+    /// everything, and nothing is checked.
+    acl: Option<AccessControl>,
 }
 
 /// How long a node goes on queueing (in Redis) for a session another node
@@ -151,6 +155,7 @@ impl Broker {
             recent_publishes: Mutex::new(RecentIds::default()),
             released: Mutex::new(Vec::new()),
             auth: Authenticator::anonymous(),
+            acl: None,
             limits,
         }
     }
@@ -164,6 +169,17 @@ impl Broker {
     /// Who may connect.
     pub fn auth(&self) -> &Authenticator {
         &self.auth
+    }
+
+    /// The same broker, authorizing with `acl`.
+    pub fn with_access_control(mut self, acl: Option<AccessControl>) -> Broker {
+        self.acl = acl;
+        self
+    }
+
+    /// The ACL, if one is configured.
+    pub fn acl(&self) -> Option<&AccessControl> {
+        self.acl.as_ref()
     }
 
     /// A cluster-unique id for a QoS 2 publish (see `Message::publish_id`).

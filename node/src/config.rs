@@ -13,6 +13,7 @@ use astramq_shared::config::Layered;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::acl::Rules;
 use crate::auth::AuthOptions;
 use crate::cluster::{ClusterOptions, Mode};
 use crate::limits::keep_alive::KeepAlivePolicy;
@@ -102,6 +103,10 @@ pub struct Settings {
     /// Users who may log in: `name:PHC-hash` lines (argon2id; see `astramq-node user add`), re-read on SIGHUP; checked before the users in Redis [default: none].
     #[arg(long, env = "ASTRAMQ_PASSWORD_FILE", value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+
+    /// Authorization rules (TOML `[[rule]]` tables: action, topic with `%u`/`%c`, optional user/client, permission; first match wins, then `default`, deny when absent), re-read on SIGHUP [default: none, everything allowed].
+    #[arg(long, env = "ASTRAMQ_ACL_FILE", value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
 
     /// Load balancers (IP addresses, comma separated) whose connections start with a PROXY protocol v2 header carrying the client's address [default: none].
     #[arg(long, env = "ASTRAMQ_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -218,6 +223,7 @@ impl Layered for Settings {
             trusted_proxies: self.trusted_proxies.or(lower.trusted_proxies),
             allow_anonymous: self.allow_anonymous.or(lower.allow_anonymous),
             password_file: self.password_file.or(lower.password_file),
+            acl_file: self.acl_file.or(lower.acl_file),
             cluster_mode: self.cluster_mode.or(lower.cluster_mode),
             redis_timeout_ms: self.redis_timeout_ms.or(lower.redis_timeout_ms),
             stream_maxlen: self.stream_maxlen.or(lower.stream_maxlen),
@@ -271,12 +277,24 @@ pub struct NodeConfig {
     pub limits: Limits,
     /// Who may connect.
     pub auth: AuthOptions,
+    /// What clients may publish and subscribe to; `None`: everything.
+    pub acl: Option<AclOptions>,
     /// Seconds between `$SYS` publishes; `None` when disabled.
     pub sys_interval: Option<Duration>,
     /// How long shutdown waits for sessions to close.
     pub shutdown_timeout: Duration,
     /// Runtime worker threads; `None` for one per CPU.
     pub threads: Option<usize>,
+}
+
+/// The ACL file and its rules as read at start-up (a bad file refuses
+/// start-up).
+#[derive(Debug, Clone)]
+pub struct AclOptions {
+    /// The file, re-read on SIGHUP.
+    pub path: PathBuf,
+    /// Its rules.
+    pub rules: Rules,
 }
 
 /// Gossip membership settings.
@@ -384,6 +402,7 @@ impl NodeConfig {
             users: checks::password_file(&s)?,
             password_file: s.password_file.clone(),
         };
+        let acl = checks::acl_file(&s)?;
         let defaults = Limits::default();
         let limits = Limits {
             max_packet_size: s.max_packet_size.unwrap_or(defaults.max_packet_size),
@@ -464,6 +483,7 @@ impl NodeConfig {
             }),
             limits,
             auth,
+            acl,
             sys_interval: match s.sys_interval.unwrap_or(10) {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
@@ -523,6 +543,31 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(error.starts_with("password-file: "), "{error}");
         assert!(error.contains("line 2"), "{error}");
+    }
+
+    #[test]
+    fn an_invalid_acl_file_is_refused_and_a_valid_one_read() {
+        let path = std::env::temp_dir().join(format!("astramq-acl-cfg-{}", std::process::id()));
+        std::fs::write(&path, "[[rule]]\naction = \"read\"\n").unwrap();
+        let flags =
+            Settings::try_parse_from(["astramq-node", "--acl-file", path.to_str().unwrap()])
+                .unwrap();
+        let error = NodeConfig::resolve(flags.clone()).unwrap_err().to_string();
+        assert!(error.starts_with("acl-file: "), "{error}");
+        std::fs::write(
+            &path,
+            "[[rule]]\naction = \"subscribe\"\ntopic = \"t\"\npermission = \"deny\"\n",
+        )
+        .unwrap();
+        let acl = NodeConfig::resolve(flags).unwrap().acl.expect("an ACL");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(acl.rules.len(), 1);
+        assert!(NodeConfig::resolve(Settings::default())
+            .unwrap()
+            .acl
+            .is_none());
+        let file: Settings = toml::from_str("acl-file = \"/x\"\n").unwrap();
+        assert_eq!(file.acl_file, Some(PathBuf::from("/x")));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - [`session`]: one task per connection: CONNECT handshake, takeover,
 //!   the packet loop, keep-alive, will, persistent-session parking;
 //!   [`auth`] checks the CONNECT's credentials (password file, Redis) and
-//!   holds the `user` admin command.
+//!   holds the `user` admin command; [`acl`] decides which topics a
+//!   client may publish and subscribe to.
 //! - [`connection`]: bytes ⇄ whole MQTT frames, with coalesced writes and
 //!   no buffers held while idle.
 //! - [`protocol`]: framing, bounds-checked validation and the mqttrs codec.
@@ -33,6 +34,7 @@
 //!   failures early.
 //! - [`config`]: flags, environment and TOML.
 
+pub mod acl;
 pub mod auth;
 pub mod broker;
 pub mod cluster;
@@ -61,6 +63,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use crate::acl::AccessControl;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::cluster::Cluster;
@@ -88,7 +91,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
             cluster.clone(),
             stats,
         )
-        .with_authenticator(auth),
+        .with_authenticator(auth)
+        .with_access_control(access_control(&config)),
     );
     // Installed before the readiness line: SIGHUP's default action would
     // end the process.
@@ -178,10 +182,23 @@ fn log_auth_mode(auth: &Authenticator, config: &NodeConfig) {
     }
 }
 
-/// Re-reads the password file at every SIGHUP.
+/// The ACL from `--acl-file`, logged; `None` without one.
+fn access_control(config: &NodeConfig) -> Option<AccessControl> {
+    let Some(acl) = &config.acl else {
+        tracing::info!("authorization: no ACL file, every topic allowed");
+        return None;
+    };
+    tracing::info!(path = %acl.path.display(), rules = acl.rules.len(), "authorization: ACL file read");
+    Some(AccessControl::new(acl.path.clone(), acl.rules.clone()))
+}
+
+/// Re-reads the password file and the ACL file at every SIGHUP.
 async fn reload_on_sighup(broker: Arc<Broker>, mut hangup: Signal) {
     while hangup.recv().await.is_some() {
         broker.auth().reload();
+        if let Some(acl) = broker.acl() {
+            acl.reload();
+        }
     }
 }
 

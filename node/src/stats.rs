@@ -129,7 +129,8 @@ pub enum DropReason {
     Expired,
     /// No subscription matched the published message.
     NoSubscribers,
-    /// An ACL refused it (no ACLs yet; kept so dashboards are stable).
+    /// An ACL refused it (unused: a denied PUBLISH is counted once, in
+    /// `astramq_acl_denials_total`; kept so dashboards are stable).
     Acl,
 }
 
@@ -141,6 +142,22 @@ impl DropReason {
         (DropReason::NoSubscribers, "no_subscribers"),
         (DropReason::Acl, "acl"),
     ];
+}
+
+/// What an ACL denied; one value of the `action` label of
+/// `astramq_acl_denials_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclDenial {
+    /// A PUBLISH (acknowledged, not delivered).
+    Publish,
+    /// A SUBSCRIBE filter (SUBACK 0x80).
+    Subscribe,
+    /// A will, dropped at CONNECT.
+    Will,
+}
+
+impl AclDenial {
+    const LABELS: [&'static str; 3] = ["publish", "subscribe", "will"];
 }
 
 /// The node counters a delivery refused by a full queue is counted in,
@@ -171,6 +188,7 @@ pub struct Stats {
     /// Payload bytes sent in PUBLISH packets.
     pub payload_bytes_sent: IntCounter,
     dropped: [IntCounter; 5],
+    acl_denials: [IntCounter; 3],
     /// Connections closed for breaking the protocol.
     pub protocol_errors: IntCounter,
     /// Unacknowledged outgoing QoS 1/2 messages, all sessions.
@@ -253,6 +271,12 @@ impl Stats {
             "Deliveries dropped, by reason.",
             "reason",
         );
+        let acl_denials = counter_vec(
+            r,
+            "astramq_acl_denials_total",
+            "Requests the ACL denied, by action (publish, subscribe, will).",
+            "action",
+        );
         let sessions = IntGaugeVec::new(
             Opts::new("astramq_sessions", "Sessions on this node, by state."),
             &["state"],
@@ -296,6 +320,7 @@ impl Stats {
                 "Payload bytes sent in PUBLISH packets.",
             ),
             dropped: DropReason::ALL.map(|(_, label)| dropped.with_label_values(&[label])),
+            acl_denials: AclDenial::LABELS.map(|label| acl_denials.with_label_values(&[label])),
             protocol_errors: counter(
                 r,
                 "astramq_protocol_errors_total",
@@ -325,6 +350,11 @@ impl Stats {
     /// Counts a refused connection.
     pub fn refused(&self, why: Refusal) {
         self.refused[why as usize].inc();
+    }
+
+    /// Counts an ACL denial.
+    pub fn acl_denied(&self, what: AclDenial) {
+        self.acl_denials[what as usize].inc();
     }
 
     /// Counts a request refused for a limit.

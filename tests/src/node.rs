@@ -230,6 +230,33 @@ impl NodeProcess {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Waits (at most [`crate::TIMEOUT`]) until the node's log contains
+    /// `text`, e.g. the line a SIGHUP reload writes.
+    pub async fn wait_for_log(&self, text: &str) -> Result<()> {
+        crate::within(&format!("the node to log {text:?}"), async {
+            while !self.log().contains(text) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+    }
+
+    /// Runs a node with `args` (after `--listen 127.0.0.1:0`) that is
+    /// expected to refuse to start; returns its exit code and stderr.
+    pub fn exit_of(args: &[&std::ffi::OsStr]) -> Result<(Option<i32>, String)> {
+        let output = Command::new(node_binary()?)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()?;
+        Ok((
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
     /// The tail of the node's stdout and stderr, for failure messages.
     pub fn log_tail(&self) -> String {
         let log = self.log.lock().map(|l| l.clone()).unwrap_or_default();

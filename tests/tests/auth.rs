@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -168,12 +168,7 @@ async fn the_password_file_is_reloaded_on_sighup_and_a_bad_one_is_ignored() -> R
     // A malformed file is not taken: the old users stay, the node says so.
     std::fs::write(&file, "bob:builder-in-clear\n")?;
     node.signal(libc::SIGHUP)?;
-    within("the refused reload is logged", async {
-        while !node.log().contains("password file not reloaded") {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await?;
+    node.wait_for_log("password file not reloaded").await?;
     ensure!(
         node.log().contains("line 1"),
         "the log does not name the line"
@@ -206,17 +201,7 @@ async fn a_malformed_password_file_refuses_start_up_with_exit_code_2() -> Result
 
 /// Starts a node with `--password-file path` and waits for it to exit.
 fn run_node_to_exit(path: &Path) -> Result<(Option<i32>, String)> {
-    let output = Command::new(node_binary()?)
-        .args(["--listen", "127.0.0.1:0", "--password-file"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
-    Ok((
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    NodeProcess::exit_of(&["--password-file".as_ref(), path.as_os_str()])
 }
 
 #[tokio::test]

@@ -6,10 +6,12 @@
 //! Checked: every value that is given, against the smallest (and, where
 //! the protocol sets one, largest) value that makes sense; the password
 //! file, which must be readable and well-formed (the message names the
-//! malformed line). Not checked: whether addresses can be bound or Redis
+//! malformed line); the ACL file, likewise (the message names the rule or
+//! the TOML position). Not checked: whether addresses can be bound or Redis
 //! reached (start-up reports those).
 
-use super::{Settings, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TTL_MS};
+use super::{AclOptions, Settings, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TTL_MS};
+use crate::acl::Rules;
 use crate::auth::password_file::UserTable;
 use crate::router::topic::MAX_TOPIC_LEN;
 
@@ -111,6 +113,22 @@ pub fn check(s: &Settings) -> Result<(), InvalidSetting> {
     at_least("write-timeout", s.write_timeout, 1)?;
     at_least("threads", s.threads, 1)?;
     Ok(())
+}
+
+/// Reads the ACL file, if one is given: a file that cannot be read or
+/// parsed refuses start-up.
+pub fn acl_file(s: &Settings) -> Result<Option<AclOptions>, InvalidSetting> {
+    let Some(path) = &s.acl_file else {
+        return Ok(None);
+    };
+    let rules = Rules::load(path).map_err(|error| InvalidSetting {
+        setting: "acl-file",
+        problem: error.to_string(),
+    })?;
+    Ok(Some(AclOptions {
+        path: path.clone(),
+        rules,
+    }))
 }
 
 /// Reads the password file, if one is given: a file that cannot be read

@@ -52,6 +52,8 @@ pub struct SessionSetup {
     pub keep_alive: Option<Duration>,
     /// Published if the connection ends without DISCONNECT.
     pub will: Option<Arc<Message>>,
+    /// The CONNECT's user name, for the ACL's `user` and `%u`.
+    pub user: Option<String>,
     /// This session's entry in the registry.
     pub handle: SessionHandle,
     /// Set when the session has parked its state (takeover waits on it).
@@ -157,6 +159,8 @@ pub struct ActiveSession {
     pub(super) owner: SessionOwner,
     pub(super) clean_session: bool,
     pub(super) will: Option<Arc<Message>>,
+    /// The CONNECT's user name (ACL checks); `None` when anonymous.
+    pub(super) user: Option<Box<str>>,
     pub(super) handle: SessionHandle,
     /// Filter → granted QoS, kept to park or undo on disconnect.
     pub(super) subscriptions: HashMap<String, Qos>,
@@ -238,6 +242,7 @@ impl ActiveSession {
             owner: setup.claim.owner,
             clean_session: setup.clean_session,
             will: setup.will,
+            user: setup.user.map(String::into_boxed_str),
             handle: setup.handle,
             subscriptions: HashMap::new(),
             incoming_qos2: HashMap::new(),
@@ -272,7 +277,9 @@ impl ActiveSession {
 
     /// Restores a parked session and re-sends its unacknowledged messages
     /// with DUP set (MQTT-4.4.0-1).
-    async fn resume(&mut self, state: SessionState) {
+    async fn resume(&mut self, mut state: SessionState) {
+        self.drop_denied_subscriptions(&mut state.subscriptions)
+            .await;
         for (filter, qos) in &state.subscriptions {
             self.broker.subscribe(&self.client_id, filter, *qos).await;
         }

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::active::{ActiveSession, SessionSetup};
 use super::ShutdownSignal;
+use crate::acl::Identity;
 use crate::auth::Verdict;
 use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionError};
@@ -21,7 +22,7 @@ use crate::protocol::{decode, Inbound, ProtocolError};
 use crate::registry::mailbox::Mailbox;
 use crate::registry::SessionHandle;
 use crate::router::topic::is_valid_topic_name;
-use crate::stats::{LimitReason, Refusal};
+use crate::stats::{AclDenial, LimitReason, Refusal};
 use crate::store::ClaimRequest;
 
 /// Longest client id MQTT 3.1 (protocol level 3) allows.
@@ -273,6 +274,7 @@ async fn establish(
     drop(slot);
     let will = connect
         .will
+        .filter(|w| may_publish_will(broker, &connect.username, &client_id, &w.topic))
         .map(|w| Arc::new(Message::new(w.topic.as_str(), w.payload, w.qos, w.retain)));
     let request = ClaimRequest {
         client_id: client_id.clone(),
@@ -312,11 +314,35 @@ async fn establish(
         clean_session: connect.clean_session,
         keep_alive,
         will,
+        user: connect.username,
         handle,
         finished: finished_tx,
         claim,
     };
     Some((connection, setup))
+}
+
+/// Whether the ACL lets this client's will be published; a denied will is
+/// dropped here, at CONNECT, so no node (this one or a survivor) fires it.
+fn may_publish_will(
+    broker: &Broker,
+    user: &Option<String>,
+    client_id: &ClientId,
+    topic: &str,
+) -> bool {
+    let Some(acl) = broker.acl() else {
+        return true;
+    };
+    let who = Identity {
+        user: user.as_deref(),
+        client: client_id,
+    };
+    if acl.may_publish(who, topic) {
+        return true;
+    }
+    tracing::debug!(client_id = %untrusted(client_id), topic = %untrusted(topic), "will dropped: ACL denies its topic");
+    broker.stats().acl_denied(AclDenial::Will);
+    false
 }
 
 /// A persistent session claimed just as the node started rejoining: held

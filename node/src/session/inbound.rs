@@ -1,21 +1,25 @@
 //! What a connected session does with the packets its client sends:
 //! publishes (acknowledged once safe), subscriptions and unsubscriptions
 //! (written through to the store for persistent sessions), and the
-//! retained messages a new subscription receives.
+//! retained messages a new subscription receives. With an ACL
+//! ([`crate::acl`]), a denied publish is acknowledged and dropped and a
+//! denied filter gets 0x80; without one, nothing is checked.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use astramq_shared::log_text::untrusted;
 
 use super::acks::Settled;
 use super::active::{ActiveSession, End};
+use crate::acl::{Action, Identity};
 use crate::cluster::bus::Qos2Origin;
 use crate::cluster::Durability;
 use crate::message::{Delivery, Message, Qos};
 use crate::protocol::codec::{encode_ack, encode_suback, Ack, PublishPacket};
 use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
 use crate::session_state::IncomingQos2;
-use crate::stats::LimitReason;
+use crate::stats::{AclDenial, LimitReason};
 
 impl ActiveSession {
     pub(super) async fn on_publish(&mut self, publish: PublishPacket) -> Option<End> {
@@ -29,6 +33,9 @@ impl ActiveSession {
         }
         let stats = self.broker.stats();
         stats.received(publish.qos, publish.payload.len());
+        if !self.allowed(Action::Publish, &publish.topic) {
+            return self.acknowledge_denied(&publish);
+        }
         let mut message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain);
         let (ack, id) = match (publish.qos, publish.packet_id) {
             (Qos::AtMostOnce, _) => {
@@ -86,6 +93,39 @@ impl ActiveSession {
         }
     }
 
+    /// Whether the ACL (if any) lets this client do `action` on `topic`.
+    /// Without `--acl-file` nothing is looked at.
+    fn allowed(&self, action: Action, topic: &str) -> bool {
+        let Some(acl) = self.broker.acl() else {
+            return true;
+        };
+        let who = Identity {
+            user: self.user.as_deref(),
+            client: &self.client_id,
+        };
+        match action {
+            Action::Publish => acl.may_publish(who, topic),
+            Action::Subscribe => acl.may_subscribe(who, topic),
+        }
+    }
+
+    /// A PUBLISH the ACL denies: counted, neither delivered nor retained,
+    /// and acknowledged as usual (3.1.1 cannot refuse a PUBLISH).
+    fn acknowledge_denied(&mut self, publish: &PublishPacket) -> Option<End> {
+        self.broker.stats().acl_denied(AclDenial::Publish);
+        tracing::debug!(topic = %untrusted(&publish.topic), "PUBLISH denied by the ACL");
+        let ack = match publish.qos {
+            Qos::AtMostOnce => return None,
+            Qos::AtLeastOnce => Ack::Puback,
+            Qos::ExactlyOnce => Ack::Pubrec,
+        };
+        let Some(id) = publish.packet_id else {
+            return Some(self.protocol_error("QoS 1/2 PUBLISH without id".into()));
+        };
+        self.owed.push(ack, id, Durability::Done);
+        None
+    }
+
     /// Sends the acknowledgements whose messages are safe, in order; a
     /// failed write ends the session unacknowledged (the client re-sends).
     pub(super) fn release_acks(&mut self) -> Option<End> {
@@ -115,6 +155,12 @@ impl ActiveSession {
         let mut accepted: Vec<(String, Qos)> = Vec::with_capacity(filters.len());
         for (filter, requested) in filters {
             if !is_valid_filter(&filter) || !self.within_limits(&filter) {
+                granted.push(None);
+                continue;
+            }
+            if !self.allowed(Action::Subscribe, &filter) {
+                self.broker.stats().acl_denied(AclDenial::Subscribe);
+                tracing::debug!(filter = %untrusted(&filter), "SUBSCRIBE denied by the ACL");
                 granted.push(None);
                 continue;
             }
@@ -167,6 +213,37 @@ impl ActiveSession {
             self.subscriptions.remove(filter);
         }
         self.persist_subscriptions(&[], &filters).await;
+    }
+
+    /// Removes from a resumed session's subscriptions those the ACL now
+    /// denies (the rules may have changed since they were granted, here or
+    /// on another node): out of the subscription tree and the store.
+    pub(super) async fn drop_denied_subscriptions(&self, subscriptions: &mut HashMap<String, Qos>) {
+        if self.broker.acl().is_none() {
+            return;
+        }
+        let denied: Vec<String> = subscriptions
+            .keys()
+            .filter(|f| !self.allowed(Action::Subscribe, f))
+            .cloned()
+            .collect();
+        if denied.is_empty() {
+            return;
+        }
+        for filter in &denied {
+            subscriptions.remove(filter);
+            self.broker.stats().acl_denied(AclDenial::Subscribe);
+        }
+        tracing::debug!(
+            dropped = denied.len(),
+            "resumed subscriptions denied by the ACL"
+        );
+        // An offline session's subscriptions are still in the tree (and its
+        // routes announced): take them out, not only out of the session.
+        self.broker
+            .unsubscribe(&self.client_id, denied.iter().map(String::as_str))
+            .await;
+        self.persist_subscriptions(&[], &denied).await;
     }
 
     /// Writes subscription changes of a persistent session through to the

@@ -1,7 +1,8 @@
 //! One client session: from CONNECT to the end of the connection.
 //!
 //! - [`handshake`] reads and checks CONNECT (its credentials through
-//!   [`crate::auth`], before anything else of the client's is touched),
+//!   [`crate::auth`], before anything else of the client's is touched;
+//!   a will the ACL denies is dropped there),
 //!   takes the client id over from an older connection, claims the session in the store and answers
 //!   CONNACK;
 //! - [`active`] runs the connected session: the loop, keep-alive, resume,
