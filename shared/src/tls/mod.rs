@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls::crypto::ring::default_provider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -122,14 +123,18 @@ impl ServerTls {
         Ok(())
     }
 
-    /// Runs the server side of a handshake on `tcp`, within `timeout`.
-    pub async fn accept(
+    /// Runs the server side of a handshake on `stream` (a TCP socket, or
+    /// the proxy's accepted stream), within `timeout`.
+    pub async fn accept<S>(
         &self,
-        tcp: TcpStream,
+        stream: S,
         timeout: Duration,
-    ) -> Result<TlsStream<TcpStream>, HandshakeError> {
+    ) -> Result<TlsStream<S>, HandshakeError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let acceptor = TlsAcceptor::from(self.current.load_full());
-        match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
             Ok(result) => Ok(result?),
             Err(_) => Err(HandshakeError::TimedOut),
         }
