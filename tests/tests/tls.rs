@@ -7,6 +7,8 @@
 //! client without a certificate is refused and one with a CA-signed
 //! certificate is let in under its CN, without a password; SIGHUP reloads
 //! the certificates and keeps the old ones when the new files are bad.
+//! The proxy's `--tls-listen` is tested the same way (round trip with
+//! `rumqttc` and `mosquitto_sub`, plain MQTT refused, exit code 2).
 
 mod tls_pki;
 
@@ -15,9 +17,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use astramq_tests::binary::node_binary;
+use astramq_tests::binary::{node_binary, proxy_binary};
 use astramq_tests::observability::cluster::node_metrics_addr;
 use astramq_tests::observability::exposition::Exposition;
+use astramq_tests::proxy::ProxyProcess;
 use astramq_tests::wire::Connect;
 use astramq_tests::{unique_id, within, NodeProcess, RawClient, TestClient, TIMEOUT};
 use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
@@ -318,6 +321,147 @@ async fn sighup_reloads_the_certificates_and_keeps_them_when_the_new_files_are_b
     ensure!(
         connects(tls_addr, &second).await?,
         "a bad reload dropped the certificate in use"
+    );
+    Ok(())
+}
+
+/// A proxy in front of `node` with a TLS listener using `server`; its
+/// TLS address (announced on its own line, maybe after the plain one).
+async fn tls_proxy(node: &NodeProcess, server: &Identity) -> Result<(ProxyProcess, SocketAddr)> {
+    let cert = server.cert.display().to_string();
+    let key = server.key.display().to_string();
+    let backend = node.addr().to_string();
+    let proxy = ProxyProcess::start(&[
+        ("--backends", backend.as_str()),
+        ("--tls-listen", "127.0.0.1:0"),
+        ("--tls-cert", cert.as_str()),
+        ("--tls-key", key.as_str()),
+    ])?;
+    let addr = within("the proxy's TLS listening line", async {
+        loop {
+            let found = proxy
+                .log_tail()
+                .lines()
+                .find_map(|line| line.strip_prefix("astramq-proxy listening on mqtts://"))
+                .and_then(|addr| addr.trim().parse::<SocketAddr>().ok());
+            if let Some(addr) = found {
+                return addr;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    Ok((proxy, addr))
+}
+
+#[tokio::test]
+async fn through_the_proxys_tls_port_rumqttc_and_mosquitto_connect_and_plain_mqtt_fails(
+) -> Result<()> {
+    let ca = Pki::new("proxy")?;
+    let node = NodeProcess::start()?;
+    let (proxy, tls_addr) = tls_proxy(&node, &ca.server()?).await?;
+    let mut secure =
+        TestClient::connect_with(tls_options(tls_addr, &unique_id("ptls"), &ca, None)?).await?;
+    let mut plain = TestClient::connect(node.addr(), &unique_id("plain")).await?;
+    round_trip(&mut secure, &mut plain, "ptls/in").await?;
+    round_trip(&mut plain, &mut secure, "ptls/out").await?;
+
+    let topic = unique_id("ptls/mosquitto");
+    let subscriber = tokio::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &tls_addr.port().to_string(),
+            "--cafile",
+        ])
+        .arg(ca.ca_file())
+        .args([
+            "-t",
+            &topic,
+            "-q",
+            "1",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-i",
+            &unique_id("mosq"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("running mosquitto_sub")?;
+    let output = subscriber.wait_with_output();
+    tokio::pin!(output);
+    let output = within("mosquitto_sub through the proxy", async {
+        loop {
+            tokio::select! {
+                output = &mut output => return output,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    let _ = plain.publish(&topic, QoS::AtMostOnce, false, b"via proxy".to_vec()).await;
+                }
+            }
+        }
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success() && stdout.trim() == "via proxy",
+        "mosquitto_sub {}: {stdout} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut raw = RawClient::connect_tcp(tls_addr).await?;
+    raw.send(&Connect::new(&unique_id("raw")).encode()).await?;
+    raw.expect_closed(TIMEOUT).await?;
+    let metrics = Exposition::scrape(proxy.metrics)?;
+    ensure!(
+        metrics.total(
+            "astramq_proxy_rejects_total",
+            &[("reason", "tls_handshake")]
+        ) >= 1.0,
+        "the failed handshake was not counted"
+    );
+    round_trip(&mut secure, &mut plain, "ptls/after").await?;
+    let (mut fresh, _) =
+        RawClient::connected(proxy.addr, &Connect::new(&unique_id("fresh"))).await?;
+    fresh.ping().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_proxy_with_a_missing_tls_file_refuses_to_start_with_exit_code_2() -> Result<()> {
+    let output = Command::new(proxy_binary()?)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--backends",
+            "127.0.0.1:1",
+            "--tls-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--tls-cert",
+            "/nonexistent/astramq-cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2),
+        "exit {:?}: {stderr}",
+        output.status.code()
+    );
+    ensure!(
+        stderr.contains("tls-cert") && stderr.contains("/nonexistent/astramq-cert.pem"),
+        "{stderr}"
     );
     Ok(())
 }
