@@ -135,19 +135,12 @@ async fn a_silent_tls_socket_is_closed_at_the_connect_timeout() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn mosquitto_sub_with_cafile_receives_over_tls() -> Result<()> {
-    let ca = Pki::new("mosq")?;
-    let (node, tls_addr) = tls_node(&ca.server()?, &[])?;
+/// `mosquitto_sub --cafile` on the TLS port `port` receives one message
+/// that `publisher` (on a plain port) publishes until it arrives.
+async fn mosquitto_sub_receives(port: u16, ca: &Pki, publisher: &mut TestClient) -> Result<()> {
     let topic = unique_id("tls/mosquitto");
     let subscriber = tokio::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &tls_addr.port().to_string(),
-            "--cafile",
-        ])
+        .args(["-h", "localhost", "-p", &port.to_string(), "--cafile"])
         .arg(ca.ca_file())
         .args([
             "-t",
@@ -167,7 +160,6 @@ async fn mosquitto_sub_with_cafile_receives_over_tls() -> Result<()> {
         .spawn()
         .context("running mosquitto_sub")?;
     // Publish until the subscriber has subscribed and received one.
-    let mut publisher = TestClient::connect(node.addr(), &unique_id("pub")).await?;
     let output = subscriber.wait_with_output();
     tokio::pin!(output);
     let output = within("mosquitto_sub", async {
@@ -189,6 +181,14 @@ async fn mosquitto_sub_with_cafile_receives_over_tls() -> Result<()> {
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn mosquitto_sub_with_cafile_receives_over_tls() -> Result<()> {
+    let ca = Pki::new("mosq")?;
+    let (node, tls_addr) = tls_node(&ca.server()?, &[])?;
+    let mut publisher = TestClient::connect(node.addr(), &unique_id("pub")).await?;
+    mosquitto_sub_receives(tls_addr.port(), &ca, &mut publisher).await
 }
 
 /// Runs a node with `flags` that must refuse to start; its exit code and stderr.
@@ -366,53 +366,7 @@ async fn through_the_proxys_tls_port_rumqttc_and_mosquitto_connect_and_plain_mqt
     round_trip(&mut secure, &mut plain, "ptls/in").await?;
     round_trip(&mut plain, &mut secure, "ptls/out").await?;
 
-    let topic = unique_id("ptls/mosquitto");
-    let subscriber = tokio::process::Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &tls_addr.port().to_string(),
-            "--cafile",
-        ])
-        .arg(ca.ca_file())
-        .args([
-            "-t",
-            &topic,
-            "-q",
-            "1",
-            "-C",
-            "1",
-            "-W",
-            "10",
-            "-i",
-            &unique_id("mosq"),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("running mosquitto_sub")?;
-    let output = subscriber.wait_with_output();
-    tokio::pin!(output);
-    let output = within("mosquitto_sub through the proxy", async {
-        loop {
-            tokio::select! {
-                output = &mut output => return output,
-                () = tokio::time::sleep(Duration::from_millis(200)) => {
-                    let _ = plain.publish(&topic, QoS::AtMostOnce, false, b"via proxy".to_vec()).await;
-                }
-            }
-        }
-    })
-    .await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        output.status.success() && stdout.trim() == "via proxy",
-        "mosquitto_sub {}: {stdout} {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    mosquitto_sub_receives(tls_addr.port(), &ca, &mut plain).await?;
 
     let mut raw = RawClient::connect_tcp(tls_addr).await?;
     raw.send(&Connect::new(&unique_id("raw")).encode()).await?;
