@@ -7,9 +7,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use astramq_shared::config::Layered;
+use astramq_shared::tls::ServerTls;
 use clap::Parser;
 use serde::Deserialize;
 
@@ -50,6 +52,22 @@ pub struct Settings {
     /// MQTT over TCP listen address [default: 0.0.0.0:1883].
     #[arg(long, env = "ASTRAMQ_LISTEN")]
     pub listen: Option<SocketAddr>,
+
+    /// MQTT over TLS listen address, in addition to `--listen`; needs `--tls-cert` and `--tls-key` [default: off].
+    #[arg(long, env = "ASTRAMQ_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain of the TLS listener, leaf first; re-read on SIGHUP [default: none].
+    #[arg(long, env = "ASTRAMQ_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`; re-read on SIGHUP [default: none].
+    #[arg(long, env = "ASTRAMQ_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: TLS clients must present a certificate they signed, and its subject CN is the client's user name, let in without a password; re-read on SIGHUP [default: none, no client certificates].
+    #[arg(long, env = "ASTRAMQ_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Prometheus metrics and health endpoint address [default: off].
     #[arg(long, env = "ASTRAMQ_METRICS_LISTEN")]
@@ -214,6 +232,10 @@ impl Layered for Settings {
         Settings {
             config: self.config.or(lower.config),
             listen: self.listen.or(lower.listen),
+            tls_listen: self.tls_listen.or(lower.tls_listen),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             node_id: self.node_id.or(lower.node_id),
             redis: self.redis.or(lower.redis),
@@ -265,6 +287,8 @@ impl Layered for Settings {
 pub struct NodeConfig {
     /// MQTT listen address.
     pub listen: SocketAddr,
+    /// The TLS listener, if enabled.
+    pub tls: Option<TlsListen>,
     /// Metrics endpoint address, if enabled.
     pub metrics_listen: Option<SocketAddr>,
     /// This node's id.
@@ -295,6 +319,15 @@ pub struct AclOptions {
     pub path: PathBuf,
     /// Its rules.
     pub rules: Rules,
+}
+
+/// The MQTT over TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsListen {
+    /// Where to bind.
+    pub listen: SocketAddr,
+    /// Its certificates, loaded (and checked) at start-up.
+    pub tls: Arc<ServerTls>,
 }
 
 /// Gossip membership settings.
@@ -397,6 +430,7 @@ impl NodeConfig {
     /// sense) and applies defaults.
     pub fn resolve(s: Settings) -> anyhow::Result<NodeConfig> {
         checks::check(&s)?;
+        let tls = checks::tls(&s)?;
         let auth = AuthOptions {
             allow_anonymous: s.allow_anonymous.unwrap_or(false),
             users: checks::password_file(&s)?,
@@ -459,6 +493,7 @@ impl NodeConfig {
             listen: s
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883))),
+            tls,
             metrics_listen: s.metrics_listen,
             node_id: s.node_id.unwrap_or_else(random_node_id),
             cluster: s.redis.map(|redis_url| ClusterOptions {

@@ -1,4 +1,5 @@
-//! One client's TCP stream, as whole MQTT frames in and coalesced bytes out.
+//! One client's byte stream (TCP, or TLS over TCP: [`Transport`]), as whole
+//! MQTT frames in and coalesced bytes out.
 //!
 //! Reads go straight into a buffer that exists only while bytes are
 //! pending: once every buffered frame is handed out the buffer is released,
@@ -14,16 +15,18 @@
 //! connection stops reading until the client takes bytes again, so the
 //! answers to what it sends cannot grow without bound.
 
+use std::future::Future;
 use std::io;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::frame::{self, parse_header};
 use crate::protocol::proxy_header;
 use crate::protocol::{FrameError, FrameHeader, ProtocolError};
+use crate::transport::Transport;
 
 /// How much to read at a time.
 const READ_CHUNK: usize = 4096;
@@ -47,8 +50,10 @@ pub enum Input {
 
 /// What woke a connection waiting to read and write.
 enum Wake {
-    Readable(io::Result<()>),
-    Writable(io::Result<()>),
+    /// Bytes were read (or the read failed, or the stream ended).
+    Read(io::Result<usize>),
+    /// Bytes were written (or the transport's own buffer flushed).
+    Written(io::Result<usize>),
     WriteTimedOut,
 }
 
@@ -75,7 +80,7 @@ pub enum ConnectionError {
 /// A client's socket with MQTT framing.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    stream: Transport,
     read_buf: BytesMut,
     write_buf: BytesMut,
     max_packet_size: usize,
@@ -85,8 +90,8 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Wraps an accepted socket.
-    pub fn new(stream: TcpStream, max_packet_size: usize) -> Connection {
+    /// Wraps an accepted connection (for TLS, after its handshake).
+    pub fn new(stream: Transport, max_packet_size: usize) -> Connection {
         Connection {
             stream,
             read_buf: BytesMut::new(),
@@ -94,6 +99,12 @@ impl Connection {
             max_packet_size,
             write_stalled_since: None,
         }
+    }
+
+    /// The transport underneath (TCP or TLS), for what it says about the
+    /// client: whether it came over TLS, its certificate's name.
+    pub fn transport(&self) -> &Transport {
+        &self.stream
     }
 
     /// The next complete frame already buffered, without waiting.
@@ -140,32 +151,31 @@ impl Connection {
             if let Some(frame) = self.buffered_frame()? {
                 return Ok(Some(frame));
             }
-            self.stream.readable().await?;
-            if self.read_available()? {
+            let read = std::future::poll_fn(|cx| {
+                self.stream
+                    .poll_read_into(cx, &mut self.read_buf, reserve_read)
+            })
+            .await;
+            if self.read_done(read)? {
                 return Ok(None);
             }
         }
     }
 
-    /// Reads what the socket has after it was readable; true on a clean
-    /// close between packets.
-    fn read_available(&mut self) -> Result<bool, ConnectionError> {
-        if self.read_buf.capacity() - self.read_buf.len() < READ_CHUNK / 4 {
-            self.read_buf.reserve(READ_CHUNK);
-        }
-        match self.stream.try_read_buf(&mut self.read_buf) {
+    /// What a read means; true on a clean close between packets.
+    fn read_done(&self, read: io::Result<usize>) -> Result<bool, ConnectionError> {
+        match read {
             Ok(0) if self.read_buf.is_empty() => Ok(true),
             Ok(0) => Err(ConnectionError::Truncated),
             Ok(_) => Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Readiness was stale: don't hold a buffer while waiting.
-                if self.read_buf.is_empty() {
-                    self.read_buf = BytesMut::new();
-                }
-                Ok(false)
-            }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether output waits: encoded bytes not yet written, or (TLS)
+    /// records the socket has not taken yet.
+    fn has_unsent(&self) -> bool {
+        !self.write_buf.is_empty() || self.stream.wants_write()
     }
 
     /// Bytes encoded and not yet sent.
@@ -190,6 +200,8 @@ impl Connection {
         if self.write_buf.is_empty() {
             // Release the allocation; an idle connection keeps no buffer.
             self.write_buf = BytesMut::new();
+        }
+        if !self.has_unsent() {
             self.write_stalled_since = None;
         } else if self.write_stalled_since.is_none() {
             self.write_stalled_since = Some(tokio::time::Instant::now());
@@ -208,7 +220,7 @@ impl Connection {
         report_drained: bool,
     ) -> Result<Input, ConnectionError> {
         loop {
-            if self.write_buf.is_empty() {
+            if !self.has_unsent() {
                 if report_drained {
                     return Ok(Input::Drained);
                 }
@@ -223,20 +235,43 @@ impl Connection {
             let stalled = self
                 .write_stalled_since
                 .unwrap_or_else(tokio::time::Instant::now);
-            let wake = tokio::select! {
-                ready = self.stream.readable(), if reading => Wake::Readable(ready),
-                ready = self.stream.writable() => Wake::Writable(ready),
-                () = tokio::time::sleep_until(stalled + write_timeout) => Wake::WriteTimedOut,
-            };
+            let mut timer = std::pin::pin!(tokio::time::sleep_until(stalled + write_timeout));
+            let wake = std::future::poll_fn(|cx| {
+                if reading {
+                    let read = self
+                        .stream
+                        .poll_read_into(cx, &mut self.read_buf, reserve_read);
+                    if let Poll::Ready(read) = read {
+                        return Poll::Ready(Wake::Read(read));
+                    }
+                }
+                let written = if self.write_buf.is_empty() {
+                    // Only the transport's own buffer (TLS records) waits.
+                    std::pin::Pin::new(&mut self.stream)
+                        .poll_flush(cx)
+                        .map_ok(|()| 0)
+                } else {
+                    std::pin::Pin::new(&mut self.stream).poll_write(cx, &self.write_buf)
+                };
+                if let Poll::Ready(written) = written {
+                    return Poll::Ready(Wake::Written(written));
+                }
+                timer.as_mut().poll(cx).map(|()| Wake::WriteTimedOut)
+            })
+            .await;
             match wake {
-                Wake::Readable(ready) => {
-                    ready?;
-                    if self.read_available()? {
+                Wake::Read(read) => {
+                    if self.read_done(read)? {
                         return Ok(Input::Frame(None));
                     }
                 }
-                Wake::Writable(ready) => {
-                    ready?;
+                Wake::Written(written) => {
+                    let written = written?;
+                    if written == 0 && !self.write_buf.is_empty() {
+                        return Err(io::Error::from(io::ErrorKind::WriteZero).into());
+                    }
+                    let _ = self.write_buf.split_to(written);
+                    self.write_stalled_since = None;
                     self.write_now()?;
                 }
                 Wake::WriteTimedOut => return Err(ConnectionError::WriteTimeout),
@@ -256,13 +291,13 @@ impl Connection {
                 let _ = self.read_buf.split_to(header.len);
                 return Ok(header.source);
             }
-            self.stream.readable().await?;
-            self.read_buf.reserve(READ_CHUNK / 4);
-            match self.stream.try_read_buf(&mut self.read_buf) {
-                Ok(0) => return Err(ConnectionError::Truncated),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
+            let read = std::future::poll_fn(|cx| {
+                self.stream
+                    .poll_read_into(cx, &mut self.read_buf, |buf| buf.reserve(READ_CHUNK / 4))
+            })
+            .await;
+            if read? == 0 {
+                return Err(ConnectionError::Truncated);
             }
         }
     }
@@ -274,7 +309,7 @@ impl Connection {
 
     /// Sends everything encoded since the last flush in one write.
     pub async fn flush(&mut self, timeout: Duration) -> Result<(), ConnectionError> {
-        if self.write_buf.is_empty() {
+        if !self.has_unsent() {
             return Ok(());
         }
         // Most writes fit the socket buffer at once: try without arming a
@@ -284,9 +319,14 @@ impl Connection {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(e) => return Err(e.into()),
         };
-        if written < self.write_buf.len() {
+        if written < self.write_buf.len() || self.stream.wants_write() {
             let rest = &self.write_buf[written..];
-            match tokio::time::timeout(timeout, self.stream.write_all(rest)).await {
+            let stream = &mut self.stream;
+            let send = async move {
+                stream.write_all(rest).await?;
+                stream.flush().await
+            };
+            match tokio::time::timeout(timeout, send).await {
                 Ok(result) => result?,
                 Err(_) => return Err(ConnectionError::WriteTimeout),
             }
@@ -301,5 +341,12 @@ impl Connection {
     pub async fn close(mut self, timeout: Duration) {
         let _ = self.flush(timeout).await;
         let _ = tokio::time::timeout(timeout, self.stream.shutdown()).await;
+    }
+}
+
+/// Makes room to read into, keeping a partly filled buffer's capacity.
+fn reserve_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
     }
 }

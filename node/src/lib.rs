@@ -4,7 +4,8 @@
 //!
 //! A request travels down this list:
 //!
-//! - [`listener`]: accepts TCP connections, caps their number, shuts down
+//! - [`listener`]: accepts TCP connections (and TLS ones, handshake
+//!   included, on `--tls-listen`), caps their number, shuts down
 //!   gracefully; [`limits`] decides which it admits (per IP, per second)
 //!   and the keep-alive each client is held to.
 //! - [`session`]: one task per connection: CONNECT handshake, takeover,
@@ -13,7 +14,7 @@
 //!   holds the `user` admin command; [`acl`] decides which topics a
 //!   client may publish and subscribe to.
 //! - [`connection`]: bytes ⇄ whole MQTT frames, with coalesced writes and
-//!   no buffers held while idle.
+//!   no buffers held while idle, over a [`transport`] (TCP, or TLS).
 //! - [`protocol`]: framing, bounds-checked validation and the mqttrs codec.
 //! - [`broker`]: the publish path: route, post to mailboxes, queue offline.
 //! - [`registry`]: connected sessions by client id, and their mailboxes.
@@ -55,6 +56,7 @@ pub mod session_state;
 pub mod stats;
 pub mod store;
 pub mod sys;
+pub mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -98,6 +100,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     // end the process.
     let reload_task = tokio::spawn(reload_on_sighup(
         broker.clone(),
+        config.tls.as_ref().map(|options| options.tls.clone()),
         signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     ));
     if let Some(cluster) = &cluster {
@@ -121,7 +124,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let local = listener
         .local_addr()
         .context("reading the bound MQTT address")?;
-    tracing::info!(node_id = %config.node_id, mqtt = %local, "node started");
+    let tls = match &config.tls {
+        Some(options) => {
+            let listener = TcpListener::bind(options.listen)
+                .await
+                .with_context(|| format!("binding MQTT TLS listener on {}", options.listen))?;
+            let bound = listener
+                .local_addr()
+                .context("reading the bound MQTT TLS address")?;
+            Some((listener, options.tls.clone(), bound))
+        }
+        None => None,
+    };
+    let tls_local = tls.as_ref().map(|(_, _, bound)| *bound);
+    tracing::info!(node_id = %config.node_id, mqtt = %local, mqtts = ?tls_local, "node started");
     let membership = match &config.gossip {
         Some(options) => {
             let membership = gossip::join(&config.node_id, options, local, metrics_addr).await?;
@@ -131,7 +147,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         }
         None => None,
     };
-    // A stable line on stdout: scripts and tests wait for it.
+    // Stable lines on stdout: scripts and tests wait for them (the TLS one
+    // first, so the plain one still means everything is bound).
+    if let Some(bound) = tls_local {
+        println!("astramq-node listening on mqtts://{bound}");
+    }
     println!("astramq-node listening on mqtt://{local}");
     // Leave gossip as soon as shutdown starts, so proxies stop sending new
     // clients here while the connected ones are closed.
@@ -147,7 +167,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let sys_task = config
         .sys_interval
         .map(|every| tokio::spawn(sys::publish_periodically(broker.clone(), every)));
-    listener::serve(broker, listener, shutdown, config.shutdown_timeout).await;
+    let listeners = listener::Listeners {
+        plain: listener,
+        tls: tls.map(|(listener, tls, _)| (listener, tls)),
+    };
+    listener::serve(broker, listeners, shutdown, config.shutdown_timeout).await;
     gauges_task.abort();
     released_task.abort();
     reload_task.abort();
@@ -192,12 +216,26 @@ fn access_control(config: &NodeConfig) -> Option<AccessControl> {
     Some(AccessControl::new(acl.path.clone(), acl.rules.clone()))
 }
 
-/// Re-reads the password file and the ACL file at every SIGHUP.
-async fn reload_on_sighup(broker: Arc<Broker>, mut hangup: Signal) {
+/// Re-reads the password file, the ACL file and the TLS files at every
+/// SIGHUP. New TLS handshakes use the new certificates; bad files keep the
+/// old ones (and the old rules).
+async fn reload_on_sighup(
+    broker: Arc<Broker>,
+    tls: Option<Arc<astramq_shared::tls::ServerTls>>,
+    mut hangup: Signal,
+) {
     while hangup.recv().await.is_some() {
         broker.auth().reload();
         if let Some(acl) = broker.acl() {
             acl.reload();
+        }
+        if let Some(tls) = &tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "TLS certificates not reloaded; keeping the previous ones")
+                }
+            }
         }
     }
 }

@@ -1,5 +1,14 @@
 //! The accept loop and graceful shutdown.
 //!
+//! One loop accepts on the plain listener and, when configured, the TLS
+//! one; both share the limits below, so a client counts the same against
+//! them whichever port it uses. A TLS connection's handshake runs in its
+//! own task, within `--connect-timeout` (a socket that never finishes it
+//! is closed, so idle TLS sockets cannot pile up); a failed handshake —
+//! plain MQTT sent to the TLS port, an untrusted client certificate — is
+//! closed and counted as a `tls_handshake` refusal. After the handshake
+//! the connection is served by the same session code as a TCP one.
+//!
 //! Every connection gets its own task. Four things bound and track them:
 //! [`Admission`] closes connections over the per-IP and per-second limits
 //! before anything is read, a semaphore caps concurrent connections, a
@@ -8,22 +17,43 @@
 //! listener, by being dropped, when the last session has finished.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use astramq_shared::tls::ServerTls;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::broker::Broker;
 use crate::limits::{Admission, NotAdmitted};
 use crate::session;
 use crate::stats::{LimitReason, Refusal};
+use crate::transport::Transport;
+
+/// The sockets clients connect to.
+pub struct Listeners {
+    /// MQTT over TCP (`--listen`).
+    pub plain: TcpListener,
+    /// MQTT over TLS (`--tls-listen`), with its certificates.
+    pub tls: Option<(TcpListener, Arc<ServerTls>)>,
+}
+
+/// Accepts on the TLS listener, or never when there is none.
+async fn accept_tls(
+    tls: &Option<(TcpListener, Arc<ServerTls>)>,
+) -> (std::io::Result<(TcpStream, SocketAddr)>, Arc<ServerTls>) {
+    match tls {
+        Some((listener, config)) => (listener.accept().await, config.clone()),
+        None => std::future::pending().await,
+    }
+}
 
 /// Accepts connections until `shutdown` resolves, then ends every session
 /// and waits (at most `drain_timeout`) for them to save their state.
 pub async fn serve(
     broker: Arc<Broker>,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) {
@@ -37,42 +67,50 @@ pub async fn serve(
     );
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let (accepted, tls) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(error) => {
-                        // Out of file descriptors or similar: back off, keep serving.
-                        tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let ip_slot = match admission.admit(peer.ip()) {
-                    Ok(slot) => slot,
-                    Err(why) => {
-                        refuse(&broker, why);
-                        continue;
-                    }
-                };
-                let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "connection refused: max-connections reached");
-                    broker.stats().refused(Refusal::MaxConnections);
-                    continue;
-                };
-                broker.stats().connections_total.inc();
-                let _ = stream.set_nodelay(true);
-                let task = session::serve(broker.clone(), stream, peer, stop_rx.clone(), done_tx.clone());
-                tokio::spawn(async move {
-                    task.await;
-                    drop(permit);
-                    drop(ip_slot);
-                });
+            accepted = listeners.plain.accept() => (accepted, None),
+            (accepted, tls) = accept_tls(&listeners.tls) => (accepted, Some(tls)),
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors or similar: back off, keep serving.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let ip_slot = match admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                refuse(&broker, why);
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: max-connections reached");
+            broker.stats().refused(Refusal::MaxConnections);
+            continue;
+        };
+        broker.stats().connections_total.inc();
+        let _ = stream.set_nodelay(true);
+        let broker = broker.clone();
+        let stop_rx = stop_rx.clone();
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            let transport = match tls {
+                None => Some(Transport::Tcp(stream)),
+                Some(tls) => tls_handshake(&broker, &tls, stream, peer).await,
+            };
+            if let Some(transport) = transport {
+                session::serve(broker, transport, peer, stop_rx, done_tx).await;
+            }
+            drop(permit);
+            drop(ip_slot);
+        });
     }
-    drop(listener);
+    drop(listeners);
     tracing::info!("shutting down: closing client connections");
     let _ = stop_tx.send(true);
     drop(done_tx);
@@ -81,6 +119,24 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("some sessions did not finish within the shutdown timeout");
+    }
+}
+
+/// Runs the TLS handshake within the connect timeout; a failure is
+/// counted and closes the connection (dropping the socket).
+async fn tls_handshake(
+    broker: &Broker,
+    tls: &ServerTls,
+    stream: TcpStream,
+    peer: SocketAddr,
+) -> Option<Transport> {
+    match tls.accept(stream, broker.limits().connect_timeout).await {
+        Ok(stream) => Some(Transport::Tls(Box::new(stream))),
+        Err(error) => {
+            tracing::debug!(%peer, %error, "connection closed: TLS handshake failed");
+            broker.stats().refused(Refusal::TlsHandshake);
+            None
+        }
     }
 }
 

@@ -34,10 +34,13 @@ pub enum Refusal {
     BadCredentials,
     /// CONNACK 0x05: no credentials while anonymous clients are refused.
     NotAuthorized,
+    /// The TLS handshake failed (not TLS, untrusted client certificate)
+    /// or did not finish within the connect timeout.
+    TlsHandshake,
 }
 
 /// How many values the `reason` label of connection refusals has.
-const REFUSALS: usize = 9;
+const REFUSALS: usize = 10;
 
 impl Refusal {
     const ALL: [(Refusal, &'static str); REFUSALS] = [
@@ -50,6 +53,7 @@ impl Refusal {
         (Refusal::Rate, "max_connection_rate"),
         (Refusal::BadCredentials, "bad_credentials"),
         (Refusal::NotAuthorized, "not_authorized"),
+        (Refusal::TlsHandshake, "tls_handshake"),
     ];
 }
 

@@ -17,6 +17,14 @@
 //! 3. **Pass through**: optionally a PROXY v2 header, then the CONNECT bytes
 //!    exactly as received (and whatever the client sent after them), then
 //!    [`crate::relay`] copies both ways until both sides close.
+//!
+//! On the TLS listener (`--tls-listen`) the TLS handshake comes between
+//! admission and accept, within the same `--connect-timeout` deadline as
+//! the first packet; a failed handshake (plain MQTT, an untrusted client
+//! certificate) is closed and counted. The steps after it run on the
+//! decrypted stream, the same code (monomorphised: the plain path keeps
+//! its stream type) as for a plain connection; the node gets plain MQTT.
+//!
 //! 4. **End**: a reset by the client resets the node connection (SO_LINGER
 //!    0), so the node sees the abrupt end as abrupt; a failure on the node
 //!    side closes the client at once. When the proxy shuts down, every
@@ -27,11 +35,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use astramq_shared::log_text::untrusted;
+use astramq_shared::tls::ServerTls;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::Instrument;
 
@@ -75,7 +84,15 @@ pub struct MqttProxy {
     pub metrics: Arc<ProxyMetrics>,
     /// Timeouts, limits and the PROXY protocol switch.
     pub options: ConnectionOptions,
+    /// The certificates of the TLS listener; `None` on the plain one.
+    pub tls: Option<Arc<ServerTls>>,
 }
+
+/// What the proxy needs of a client connection: pingora's accepted
+/// stream, or TLS over it.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + ?Sized> ClientStream for T {}
 
 /// A node connection ready to relay to.
 struct Dialled {
@@ -87,7 +104,7 @@ struct Dialled {
 impl ServerApp for MqttProxy {
     async fn process_new(
         self: &Arc<Self>,
-        mut client: Stream,
+        client: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let digest = client.get_socket_digest();
@@ -114,7 +131,7 @@ impl ServerApp for MqttProxy {
         };
         let span = tracing::info_span!("client", peer = peer.map(tracing::field::display));
         let mut shutdown = shutdown.clone();
-        let serve = self.serve(client.as_mut(), peer, local).instrument(span);
+        let serve = self.serve_transport(client, peer, local).instrument(span);
         tokio::select! {
             biased; // the connection's own work first; shutdown is rare
             () = serve => {}
@@ -127,11 +144,31 @@ impl ServerApp for MqttProxy {
 }
 
 impl MqttProxy {
+    /// [`Self::serve`] on the plain stream, or on TLS after a handshake
+    /// within the connect timeout.
+    async fn serve_transport(
+        &self,
+        mut client: Stream,
+        peer: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+    ) {
+        let Some(tls) = &self.tls else {
+            return self.serve(client.as_mut(), peer, local).await;
+        };
+        match tls.accept(client, self.options.connect_timeout).await {
+            Ok(mut stream) => self.serve(&mut stream, peer, local).await,
+            Err(error) => {
+                tracing::debug!(%error, "client closed: TLS handshake failed");
+                self.metrics.tls_handshake_failed();
+            }
+        }
+    }
+
     /// Everything after accept, for one client; returns when the connection
     /// should be closed (dropping the streams closes them).
-    async fn serve(
+    async fn serve<C: ClientStream + ?Sized>(
         &self,
-        client: &mut dyn pingora_core::protocols::IO,
+        client: &mut C,
         peer: Option<SocketAddr>,
         local: Option<SocketAddr>,
     ) {
@@ -165,9 +202,9 @@ impl MqttProxy {
     }
 
     /// Dials a node for the client and relays until the connection ends.
-    async fn route(
+    async fn route<C: ClientStream + ?Sized>(
         &self,
-        client: &mut dyn pingora_core::protocols::IO,
+        client: &mut C,
         info: ConnectInfo,
         first: Vec<u8>,
         peer: Option<SocketAddr>,
@@ -264,8 +301,8 @@ impl MqttProxy {
 }
 
 /// Writes a short answer and pushes it out (the accepted stream buffers).
-async fn write_and_flush(
-    client: &mut dyn pingora_core::protocols::IO,
+async fn write_and_flush<C: ClientStream + ?Sized>(
+    client: &mut C,
     bytes: &[u8],
 ) -> std::io::Result<()> {
     client.write_all(bytes).await?;

@@ -11,7 +11,8 @@
 //! finds the fd and uses it instead of binding.
 //!
 //! The wrapper also prints the readiness line,
-//! `astramq-proxy listening on mqtt://ADDR`, with the real bound address,
+//! `astramq-proxy listening on mqtt://ADDR` (`mqtts://` for the TLS
+//! listener), with the real bound address,
 //! once the services it depends on (the control plane: metrics, gossip)
 //! are ready and the signal handlers are installed.
 
@@ -36,6 +37,8 @@ pub struct PreboundListener<S> {
     key: String,
     /// The bound address, for the readiness line.
     bound: SocketAddr,
+    /// The readiness line's scheme: `mqtt`, or `mqtts` for TLS.
+    scheme: &'static str,
     /// Set when start-up failed elsewhere: then no readiness line.
     fatal: Arc<Fatal>,
     /// Becomes true once the signal handlers are installed (see `main`).
@@ -47,6 +50,7 @@ impl<S> PreboundListener<S> {
     /// address written as a string (see [`endpoint_key`]).
     pub fn new(
         inner: S,
+        scheme: &'static str,
         socket: TcpListener,
         fatal: Arc<Fatal>,
         signals_ready: watch::Receiver<bool>,
@@ -59,6 +63,7 @@ impl<S> PreboundListener<S> {
             socket: Some(socket),
             key: endpoint_key(bound),
             bound,
+            scheme,
             fatal,
             signals_ready,
         })
@@ -98,7 +103,10 @@ impl<S: Service + 'static> ServiceWithDependents for PreboundListener<S> {
         if self.fatal.is_tripped() {
             return;
         }
-        println!("astramq-proxy listening on mqtt://{}", self.bound);
+        println!(
+            "astramq-proxy listening on {}://{}",
+            self.scheme, self.bound
+        );
         ready.notify_ready();
         Service::start_service(&mut self.inner, fds, shutdown, listeners_per_fd).await;
     }

@@ -139,6 +139,42 @@ fn main() -> anyhow::Result<()> {
         balancer: Balancer::new(config.balance),
         metrics,
         options: config.connection.clone(),
+        tls: None,
+    };
+    // The TLS listener: the same application (sharing admission, backends
+    // and metrics) behind a handshake, as a second pingora service.
+    let tls_service = match &config.tls {
+        Some((addr, tls)) => {
+            let socket = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for MQTT over TLS on {addr}"))?;
+            let bound = socket
+                .local_addr()
+                .context("reading the bound MQTT TLS address")?;
+            let app = MqttProxy {
+                admission: app.admission.clone(),
+                backends: app.backends.clone(),
+                balancer: Balancer::new(config.balance),
+                metrics: app.metrics.clone(),
+                options: config.connection.clone(),
+                tls: Some(tls.clone()),
+            };
+            let mut service = ListeningService::new("mqtts".to_owned(), app);
+            service.add_listener(
+                ListenerConfig::tcp(listener::endpoint_key(bound))
+                    .l4_buffer(L4BufferSettings::unbuffered()),
+            );
+            Some(
+                PreboundListener::new(
+                    service,
+                    "mqtts",
+                    socket,
+                    fatal.clone(),
+                    signals_ready.clone(),
+                )
+                .context("preparing the MQTT TLS socket")?,
+            )
+        }
+        None => None,
     };
     let bound = socket
         .local_addr()
@@ -149,10 +185,13 @@ fn main() -> anyhow::Result<()> {
         ListenerConfig::tcp(listener::endpoint_key(bound))
             .l4_buffer(L4BufferSettings::unbuffered()),
     );
-    let mqtt = PreboundListener::new(mqtt, socket, fatal.clone(), signals_ready)
+    let mqtt = PreboundListener::new(mqtt, "mqtt", socket, fatal.clone(), signals_ready)
         .context("preparing the MQTT socket")?;
     let mqtt = server.add_service(mqtt);
     mqtt.add_dependency(&control);
+    if let Some(service) = tls_service {
+        server.add_service(service).add_dependency(&control);
+    }
 
     tracing::info!(
         listen = %bound,
@@ -171,6 +210,7 @@ fn main() -> anyhow::Result<()> {
         shutdown_signal: Box::new(Signals {
             fatal: fatal.clone(),
             ready: signals_ready_tx,
+            tls: config.tls.as_ref().map(|(_, tls)| tls.clone()),
         }),
     });
     if fatal.is_tripped() {
@@ -182,13 +222,33 @@ fn main() -> anyhow::Result<()> {
 
 /// What ends the server: SIGTERM, SIGINT or SIGQUIT (all graceful: listener
 /// closed, connections closed, cluster left), or a [`Fatal`] error (at once).
-/// Hot upgrade by SIGQUIT is not used by AstraMQ.
+/// Hot upgrade by SIGQUIT is not used by AstraMQ. SIGHUP does not end it:
+/// it re-reads the TLS files.
 struct Signals {
     /// Tripped when the proxy cannot go on.
     fatal: Arc<Fatal>,
     /// Set once the handlers are installed; the readiness line waits for it
     /// so a SIGTERM sent right after it is a graceful stop, not a kill.
     ready: watch::Sender<bool>,
+    /// The TLS listener's certificates, re-read on SIGHUP.
+    tls: Option<Arc<astramq_shared::tls::ServerTls>>,
+}
+
+impl Signals {
+    /// Re-reads the TLS files: new handshakes use the new certificates;
+    /// bad files keep the old ones.
+    fn reload_tls(&self) {
+        let Some(tls) = &self.tls else {
+            tracing::info!("SIGHUP received: no TLS listener, nothing to reload");
+            return;
+        };
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificates reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "TLS certificates not reloaded; keeping the previous ones")
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -199,9 +259,10 @@ impl ShutdownSignalWatch for Signals {
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::interrupt())?,
                 signal(SignalKind::quit())?,
+                signal(SignalKind::hangup())?,
             ))
         })();
-        let (mut term, mut int, mut quit) = match installed {
+        let (mut term, mut int, mut quit, mut hangup) = match installed {
             Ok(signals) => signals,
             Err(error) => {
                 tracing::error!(%error, "cannot install signal handlers");
@@ -210,12 +271,18 @@ impl ShutdownSignalWatch for Signals {
             }
         };
         let _ = self.ready.send(true);
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received: closing connections and leaving"),
-            _ = int.recv() => tracing::info!("SIGINT received: closing connections and leaving"),
-            _ = quit.recv() => tracing::info!("SIGQUIT received: closing connections and leaving"),
-            () = self.fatal.tripped() => return ShutdownSignal::FastShutdown,
+        loop {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received: closing connections and leaving"),
+                _ = int.recv() => tracing::info!("SIGINT received: closing connections and leaving"),
+                _ = quit.recv() => tracing::info!("SIGQUIT received: closing connections and leaving"),
+                _ = hangup.recv() => {
+                    self.reload_tls();
+                    continue;
+                }
+                () = self.fatal.tripped() => return ShutdownSignal::FastShutdown,
+            }
+            return ShutdownSignal::GracefulTerminate;
         }
-        ShutdownSignal::GracefulTerminate
     }
 }

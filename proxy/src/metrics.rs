@@ -31,13 +31,14 @@ use crate::connect::Reject;
 /// Every reject reason of the CONNECT reader and `no_backend`, so each
 /// series exists (at 0) from the start; the admission limits' reasons
 /// ([`Refusal::reason`]) are registered beside them.
-pub const REJECT_REASONS: [&str; 6] = [
+pub const REJECT_REASONS: [&str; 7] = [
     "timeout",
     "not_connect",
     "malformed",
     "too_large",
     "no_backend",
     "closed",
+    "tls_handshake",
 ];
 
 /// Membership states reported by `astramq_membership_members`.
@@ -240,6 +241,11 @@ impl ProxyMetrics {
     /// Counts a connection for which no node could be reached.
     pub fn no_backend(&self) {
         self.rejects.with_label_values(&["no_backend"]).inc();
+    }
+
+    /// Counts a client closed because its TLS handshake failed or timed out.
+    pub fn tls_handshake_failed(&self) {
+        self.rejects.with_label_values(&["tls_handshake"]).inc();
     }
 
     /// Active connections to `backend` (the least-connections load).

@@ -7,6 +7,8 @@
 //! - [`config`] — flags, environment and TOML file, layered the same way
 //!   for every binary.
 //! - [`ops_http`] — the `/metrics`, `/healthz` and `/readyz` endpoint.
+//! - [`tls`] — TLS listener configuration from PEM files (rustls),
+//!   reloadable, and the client certificate's CN.
 //! - [`log_text`] — client-supplied strings truncated and escaped for logs,
 //!   and passwords redacted from URLs.
 
@@ -14,3 +16,4 @@ pub mod config;
 pub mod log_text;
 pub mod membership;
 pub mod ops_http;
+pub mod tls;

@@ -7,10 +7,17 @@
 //! the protocol sets one, largest) value that makes sense; the password
 //! file, which must be readable and well-formed (the message names the
 //! malformed line); the ACL file, likewise (the message names the rule or
-//! the TOML position). Not checked: whether addresses can be bound or Redis
-//! reached (start-up reports those).
+//! the TOML position); the TLS files, which must be readable, valid PEM and
+//! fit together (the message names the setting and the file). Not checked:
+//! whether addresses can be bound or Redis reached (start-up reports those).
 
-use super::{AclOptions, Settings, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TTL_MS};
+use std::sync::Arc;
+
+use astramq_shared::tls::{ServerTls, TlsFiles};
+
+use super::{
+    AclOptions, Settings, TlsListen, DEFAULT_HEARTBEAT_INTERVAL_MS, DEFAULT_HEARTBEAT_TTL_MS,
+};
 use crate::acl::Rules;
 use crate::auth::password_file::UserTable;
 use crate::router::topic::MAX_TOPIC_LEN;
@@ -141,6 +148,44 @@ pub fn password_file(s: &Settings) -> Result<UserTable, InvalidSetting> {
         setting: "password-file",
         problem: error.to_string(),
     })
+}
+
+/// Loads the TLS listener's files when `--tls-listen` is given; refuses
+/// TLS files without it and a TLS listener without them.
+pub fn tls(s: &Settings) -> Result<Option<TlsListen>, InvalidSetting> {
+    let Some(listen) = s.tls_listen else {
+        let given = [
+            ("tls-cert", s.tls_cert.is_some()),
+            ("tls-key", s.tls_key.is_some()),
+            ("tls-client-ca", s.tls_client_ca.is_some()),
+        ];
+        return match given.iter().find(|(_, given)| *given) {
+            Some((setting, _)) => Err(InvalidSetting {
+                setting,
+                problem: "given without --tls-listen".to_owned(),
+            }),
+            None => Ok(None),
+        };
+    };
+    let required = |setting: &'static str, path: &Option<std::path::PathBuf>| {
+        path.clone().ok_or_else(|| InvalidSetting {
+            setting,
+            problem: "required with --tls-listen".to_owned(),
+        })
+    };
+    let files = TlsFiles {
+        cert: required("tls-cert", &s.tls_cert)?,
+        key: required("tls-key", &s.tls_key)?,
+        client_ca: s.tls_client_ca.clone(),
+    };
+    let tls = ServerTls::load(files).map_err(|error| InvalidSetting {
+        setting: error.setting,
+        problem: format!("{}: {}", error.path, error.problem),
+    })?;
+    Ok(Some(TlsListen {
+        listen,
+        tls: Arc::new(tls),
+    }))
 }
 
 #[cfg(test)]

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use astramq_shared::log_text::untrusted;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
 
@@ -24,6 +23,7 @@ use crate::registry::SessionHandle;
 use crate::router::topic::is_valid_topic_name;
 use crate::stats::{AclDenial, LimitReason, Refusal};
 use crate::store::ClaimRequest;
+use crate::transport::Transport;
 
 /// Longest client id MQTT 3.1 (protocol level 3) allows.
 const MQTT31_MAX_CLIENT_ID: usize = 23;
@@ -32,11 +32,12 @@ const MQTT31_MAX_CLIENT_ID: usize = 23;
 /// hand its session over.
 const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one accepted connection until it ends. `_done` is dropped when
-/// the connection ends, which is how shutdown knows every session is gone.
+/// Serves one accepted connection (TLS: after its handshake) until it
+/// ends. `_done` is dropped when the connection ends, which is how
+/// shutdown knows every session is gone.
 pub async fn serve(
     broker: Arc<Broker>,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     shutdown: ShutdownSignal,
     _done: mpsc::Sender<()>,
@@ -57,12 +58,12 @@ pub async fn serve(
 /// CONNECT in, checks, takeover and claim; on refusal answers and closes.
 async fn handshake(
     broker: &Arc<Broker>,
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
 ) -> Option<(Connection, SessionSetup, SocketAddr)> {
     let mut connection = Connection::new(stream, broker.limits().max_packet_size);
     let client_addr = client_address(broker, &mut connection, peer).await?;
-    let Some(connect) = read_connect(broker, &mut connection).await else {
+    let Some(mut connect) = read_connect(broker, &mut connection).await else {
         connection.close(broker.limits().write_timeout).await;
         return None;
     };
@@ -81,7 +82,7 @@ async fn handshake(
             return None;
         }
     };
-    if let Some(code) = authenticate(broker, &connect, client_addr).await {
+    if let Some(code) = authenticate(broker, &connection, &mut connect, client_addr).await {
         encode_connack(connection.output(), false, code);
         connection.close(broker.limits().write_timeout).await;
         return None;
@@ -106,13 +107,15 @@ async fn handshake(
 }
 
 /// The client's address: the peer's, or, behind a trusted load balancer,
-/// the one in its PROXY protocol header (within the connect timeout).
+/// the one in its PROXY protocol header (within the connect timeout). A
+/// TLS connection never carries one: the header would have to come before
+/// the handshake, and load balancers in front of TLS ports terminate TLS.
 async fn client_address(
     broker: &Broker,
     connection: &mut Connection,
     peer: SocketAddr,
 ) -> Option<SocketAddr> {
-    if !broker.limits().trusted_proxies.contains(&peer.ip()) {
+    if connection.transport().is_tls() || !broker.limits().trusted_proxies.contains(&peer.ip()) {
         return Some(peer);
     }
     let header = tokio::time::timeout(
@@ -215,11 +218,24 @@ fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<Co
 
 /// Checks the CONNECT's credentials; `None` lets it in, else the CONNACK
 /// code to refuse with (counted here).
+///
+/// A client certificate verified against `--tls-client-ca` that has a
+/// subject CN authenticates the client by itself: the CN replaces the
+/// CONNECT's user name (its password is dropped unchecked) and the client
+/// is let in. A certificate without a CN leaves the CONNECT's own
+/// credentials to be checked as on any connection.
 async fn authenticate(
     broker: &Broker,
-    connect: &ConnectPacket,
+    connection: &Connection,
+    connect: &mut ConnectPacket,
     client_addr: SocketAddr,
 ) -> Option<ConnackCode> {
+    if let Some(Some(name)) = connection.transport().certificate_name() {
+        tracing::debug!(user = %untrusted(&name), "authenticated by client certificate");
+        connect.username = Some(name);
+        connect.password = None;
+        return None;
+    }
     let verdict = broker
         .auth()
         .check(

@@ -7,9 +7,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use astramq_shared::config::Layered;
+use astramq_shared::tls::{ServerTls, TlsFiles};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -58,6 +60,22 @@ pub struct Settings {
     /// MQTT listen address; port 0 picks a free port (printed at start) [default: 0.0.0.0:1883].
     #[arg(long, env = "ASTRAMQ_LISTEN")]
     pub listen: Option<SocketAddr>,
+
+    /// MQTT over TLS listen address, in addition to `--listen`; needs `--tls-cert` and `--tls-key` [default: off].
+    #[arg(long, env = "ASTRAMQ_TLS_LISTEN", value_name = "ADDR")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain of the TLS listener, leaf first; re-read on SIGHUP [default: none].
+    #[arg(long, env = "ASTRAMQ_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`; re-read on SIGHUP [default: none].
+    #[arg(long, env = "ASTRAMQ_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificates: TLS clients must present a certificate they signed (the CONNECT still goes to the node unchanged); re-read on SIGHUP [default: none, no client certificates].
+    #[arg(long, env = "ASTRAMQ_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Prometheus metrics and health endpoint address [default: off].
     #[arg(long, env = "ASTRAMQ_METRICS_LISTEN")]
@@ -135,6 +153,10 @@ impl Layered for Settings {
         Settings {
             config: self.config.or(lower.config),
             listen: self.listen.or(lower.listen),
+            tls_listen: self.tls_listen.or(lower.tls_listen),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             node_id: self.node_id.or(lower.node_id),
             gossip_listen: self.gossip_listen.or(lower.gossip_listen),
@@ -170,6 +192,8 @@ pub struct GossipSettings {
 pub struct ProxyConfig {
     /// MQTT listen address.
     pub listen: SocketAddr,
+    /// The MQTT over TLS listener and its certificates, if enabled.
+    pub tls: Option<(SocketAddr, Arc<ServerTls>)>,
     /// Metrics endpoint, if enabled.
     pub metrics_listen: Option<SocketAddr>,
     /// Gossip member name.
@@ -196,6 +220,7 @@ impl ProxyConfig {
 
     /// Applies defaults and checks values.
     pub fn resolve(s: Settings) -> anyhow::Result<ProxyConfig> {
+        let tls = tls(&s)?;
         let backends = s.backends.unwrap_or_default();
         let gossip = s.gossip_listen.map(|listen| GossipSettings {
             listen,
@@ -249,6 +274,7 @@ impl ProxyConfig {
             listen: s
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883))),
+            tls,
             metrics_listen: s.metrics_listen,
             node_id: s.node_id.unwrap_or_else(default_node_id),
             gossip,
@@ -278,6 +304,36 @@ fn within(setting: &str, value: impl TryInto<u64>, min: u64, max: u64) -> anyhow
         anyhow::bail!("{setting}: {value} is too small; it must be at least {min}")
     }
     anyhow::bail!("{setting}: {value} is out of range; it must be between {min} and {max}")
+}
+
+/// Loads the TLS listener's files when `--tls-listen` is given, naming
+/// the setting and the file of any that cannot be used (exit code 2);
+/// refuses TLS files without `--tls-listen` and the listener without them.
+fn tls(s: &Settings) -> anyhow::Result<Option<(SocketAddr, Arc<ServerTls>)>> {
+    let Some(listen) = s.tls_listen else {
+        for (setting, given) in [
+            ("tls-cert", s.tls_cert.is_some()),
+            ("tls-key", s.tls_key.is_some()),
+            ("tls-client-ca", s.tls_client_ca.is_some()),
+        ] {
+            anyhow::ensure!(!given, "{setting}: given without --tls-listen");
+        }
+        return Ok(None);
+    };
+    let (Some(cert), Some(key)) = (s.tls_cert.clone(), s.tls_key.clone()) else {
+        let missing = if s.tls_cert.is_none() {
+            "tls-cert"
+        } else {
+            "tls-key"
+        };
+        anyhow::bail!("{missing}: required with --tls-listen");
+    };
+    let files = TlsFiles {
+        cert,
+        key,
+        client_ca: s.tls_client_ca.clone(),
+    };
+    Ok(Some((listen, Arc::new(ServerTls::load(files)?))))
 }
 
 /// A name unique per host and process, so two proxies on one machine (or
