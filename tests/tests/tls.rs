@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Context, Result};
-use astramq_tests::binary::{node_binary, proxy_binary};
+use astramq_tests::binary::proxy_binary;
 use astramq_tests::observability::cluster::node_metrics_addr;
 use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::proxy::ProxyProcess;
@@ -193,17 +193,12 @@ async fn mosquitto_sub_with_cafile_receives_over_tls() -> Result<()> {
 
 /// Runs a node with `flags` that must refuse to start; its exit code and stderr.
 fn run_node_to_exit(flags: &[&str]) -> Result<(Option<i32>, String)> {
-    let output = Command::new(node_binary()?)
-        .args(["--listen", "127.0.0.1:0", "--tls-listen", "127.0.0.1:0"])
-        .args(flags)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()?;
-    Ok((
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    ))
+    let args: Vec<&std::ffi::OsStr> = ["--tls-listen", "127.0.0.1:0"]
+        .iter()
+        .chain(flags)
+        .map(std::ffi::OsStr::new)
+        .collect();
+    NodeProcess::exit_of(&args)
 }
 
 #[tokio::test]
