@@ -79,7 +79,16 @@ use crate::store::Store;
 /// saves their sessions.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let stats = Stats::default();
-    let (store, cluster) = open_store(&config, &stats).await?;
+    // Reaching Redis retries until it answers: a SIGTERM meanwhile ends
+    // the node instead of waiting for Redis.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let (store, cluster) = tokio::select! {
+        opened = open_store(&config, &stats) => opened?,
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested before the store was reached");
+            return Ok(());
+        }
+    };
     let auth = Authenticator::new(
         config.auth.clone(),
         cluster.as_ref().map(|c| c.connection()),

@@ -43,3 +43,42 @@ async fn sigterm_on_idle_node_exits_zero() -> Result<()> {
     );
     Ok(())
 }
+
+/// A cluster node that cannot reach Redis keeps retrying, and still exits
+/// with 0 on SIGTERM instead of waiting for Redis.
+#[tokio::test]
+async fn sigterm_while_redis_is_unreachable_exits_zero() -> Result<()> {
+    let port = astramq_tests::redis::free_port()?;
+    let mut child = std::process::Command::new(astramq_tests::binary::node_binary()?)
+        .args(["--listen", "127.0.0.1:0", "--allow-anonymous", "true"])
+        .args(["--redis", &format!("redis://127.0.0.1:{port}")])
+        .args(["--redis-timeout-ms", "200"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ensure!(
+        child.try_wait()?.is_none(),
+        "the node exited before SIGTERM"
+    );
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    let deadline = std::time::Instant::now() + SHUTDOWN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "still running {SHUTDOWN_LIMIT:?} after SIGTERM while Redis is unreachable"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(status.code() == Some(0), "node exited with {status}");
+    Ok(())
+}
