@@ -55,7 +55,7 @@ async fn as_user(node: &NodeProcess, user: &str) -> Result<RawClient> {
 /// Publishes at QoS 1 and requires its PUBACK.
 async fn publish_acked(client: &mut RawClient, publish: Publish) -> Result<()> {
     let id = publish.packet_id;
-    client.send(&publish.with_packet_id(id).encode()).await?;
+    client.send(&publish.encode()).await?;
     let acked = client.recv().await?.ack_id(kind::PUBACK)?;
     ensure!(acked == id, "PUBACK for {acked}, expected {id}");
     Ok(())
