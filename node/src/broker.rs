@@ -27,7 +27,7 @@ use std::time::Instant;
 use crate::acl::AccessControl;
 use crate::auth::Authenticator;
 use crate::cluster::bus::{Qos2Origin, QueueTarget};
-use crate::cluster::{Cluster, Durability, LocalNode};
+use crate::cluster::{Cluster, Durability, LocalNode, Mode};
 use crate::config::Limits;
 use crate::limits::sessions::{Held, SessionSlot, SessionSlots};
 use crate::message::{ClientId, Delivery, Message, Qos};
@@ -101,6 +101,14 @@ struct RecentIds {
 /// Publish ids remembered per node for exactly-once posting to clean
 /// sessions.
 const RECENT_PUBLISHES: usize = 65_536;
+
+/// A QoS 1 delivery to a connected persistent session is served from
+/// memory, pinned to its journal or inbox entry (see [`crate::pin`]), only
+/// while fewer than this many deliveries wait in the session's mailbox;
+/// beyond, it is written to the session's queue. This bounds what one
+/// session pins: its in-flight window, what it took from its mailbox, and
+/// this many.
+const PIN_WHILE_MAILBOX_BELOW: usize = 256;
 
 impl RecentIds {
     /// Records `id`; false if it was seen already.
@@ -502,6 +510,11 @@ impl Broker {
             return routed;
         }
         let clustered = self.cluster.is_some();
+        let pins = self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.mode == Mode::Routed)
+            && message.publish_id.is_none();
         // A re-run of a QoS 2 publish (its first run was cut off by a node's
         // death) is posted to clean sessions only if they did not get it.
         let post_volatile = match &message.publish_id {
@@ -520,10 +533,17 @@ impl Broker {
                 && delivery.qos != Qos::AtMostOnce
                 && session.is_none_or(|s| s.persistent);
             if durable {
+                // Served from memory, held by its journal or inbox entry:
+                // QoS 1 to a connected session that keeps up (a slow one's
+                // deliveries go to its queue, so its pins stay few).
+                let pinnable = pins
+                    && delivery.qos == Qos::AtLeastOnce
+                    && session.is_some_and(|s| s.mailbox.len() < PIN_WHILE_MAILBOX_BELOW);
                 routed.queue.push(QueueTarget {
                     client_id,
                     delivery,
                     mailbox: session.map(|s| s.mailbox.clone()),
+                    pinnable,
                 });
                 continue;
             }

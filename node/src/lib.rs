@@ -29,6 +29,8 @@
 //! - [`redis_model`]: the Redis data model shared by store and cluster.
 //! - [`session_state`]: what store and sessions share about a session.
 //! - [`message`]: the shared message model (MQTT 5-ready).
+//! - [`pin`]: how a delivery served from memory stays in Redis (the
+//!   journal or inbox entry it came in).
 //! - [`sys`], [`stats`], [`ops`]: `$SYS` topics, Prometheus metrics, and
 //!   the `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`gossip`]: announcing the node to proxies and peers, and hearing of
@@ -46,6 +48,7 @@ pub mod limits;
 pub mod listener;
 pub mod message;
 pub mod ops;
+pub mod pin;
 pub mod protocol;
 pub mod redis_model;
 pub mod registry;

@@ -12,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::pin::Pin;
+
 /// A client identifier, shared cheaply between the registry, the router and
 /// the store.
 pub type ClientId = Arc<str>;
@@ -131,6 +133,9 @@ pub struct Delivery {
     /// acknowledged it. `None` for deliveries that live only in memory
     /// (QoS 0, clean sessions, the embedded store).
     pub queued: Option<QueueId>,
+    /// The journal or inbox entry that holds this delivery in Redis while
+    /// it is served from memory (see [`crate::pin`]); `None` otherwise.
+    pub pin: Option<Pin>,
 }
 
 /// The id of a delivery's entry in its session's queue.
@@ -145,6 +150,7 @@ impl Delivery {
             qos,
             retain: false,
             queued: None,
+            pin: None,
         }
     }
 
@@ -156,6 +162,7 @@ impl Delivery {
             qos,
             retain: true,
             queued: None,
+            pin: None,
         }
     }
 }

@@ -730,6 +730,10 @@ async fn a_delivery_queued_without_notice_reaches_its_connected_session() -> Res
     connect.clean_session = false;
     let (mut sub, _) = RawClient::connected(node.addr(), &connect).await?;
     sub.subscribe(1, &[("sd/t", 1)]).await?;
+    // Published while the session is offline, the message is queued in
+    // Redis (a connected session's deliveries are pinned instead).
+    sub.send(&wire::disconnect()).await?;
+    sub.expect_closed(Duration::from_secs(5)).await?;
     let (mut publisher, _) =
         RawClient::connected(node.addr(), &Connect::new(&unique_id("sd-pub"))).await?;
     let publish = wire::Publish::new("sd/t", 1, b"1").with_packet_id(1);
@@ -738,6 +742,8 @@ async fn a_delivery_queued_without_notice_reaches_its_connected_session() -> Res
         next_puback(&mut publisher, 1).await?,
         "publish not acknowledged"
     );
+    let (mut sub, present) = RawClient::connected(node.addr(), &connect).await?;
+    ensure!(present, "the session was not kept");
     let first = within("the first delivery", sub.recv_publish()).await??;
     ensure!(first.payload == b"1");
     // Not acknowledged: the entry stays in the session's queue. Queue a

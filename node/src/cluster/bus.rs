@@ -19,7 +19,17 @@
 //! capped by eviction: at `--stream-maxlen` entries it refuses appends, and
 //! the publishes toward it are not acknowledged. A node trims its inbox only
 //! past entries whose persistent-session deliveries are in those sessions'
-//! Redis queues. An inbox whose node was declared dead is fenced: appends
+//! Redis queues or were acknowledged by their clients (see
+//! [`super::ledger`]).
+//!
+//! **QoS 1 to connected persistent sessions is served from memory.** Such a
+//! delivery is not queued in its session's Redis stream: it is pinned
+//! ([`crate::pin`]) to the entry that holds its message — the inbox entry
+//! it came in, or, for a publish made on this node, one entry of this
+//! node's **journal** per batch (`JOURNAL_APPEND`, in the same pipeline) —
+//! and a survivor queues both streams for this node's sessions. A session
+//! that ends or falls behind copies its pinned deliveries into its queue
+//! first. QoS 2, offline and slow sessions keep the per-session queue. An inbox whose node was declared dead is fenced: appends
 //! are refused, and the forwarder re-reads the route table and sends to the
 //! node that adopted the sessions instead. Broadcast mode keeps the shared
 //! stream capped with `MAXLEN ~` and gives no such guarantee.
@@ -36,6 +46,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Cluster, LocalNode, Mode};
 use crate::message::{ClientId, Delivery, Message};
+use crate::pin::{Pin, PinnedStream, SpillRequest};
 use crate::redis_model::inbox::send_drain;
 use crate::redis_model::inbox::{FIELD_DRAIN, FIELD_MESSAGES, FIELD_ORIGIN, FIELD_RELEASE};
 use crate::redis_model::metrics::ClusterMetrics;
@@ -55,10 +66,6 @@ const MAX_BATCH: usize = 1024;
 const GATHER_YIELDS: usize = 2;
 /// Most entries read from the streams at a time.
 const READ_COUNT: usize = 256;
-/// Trim the inbox after this many entries read...
-const TRIM_EVERY_ENTRIES: usize = 1024;
-/// ...or this long after the last trim, whichever comes first.
-const TRIM_EVERY: Duration = Duration::from_millis(100);
 /// How long a blocking read waits before looping (and noticing shutdown).
 pub const READ_BLOCK: Duration = Duration::from_millis(1000);
 
@@ -90,9 +97,28 @@ pub struct QueueTarget {
     pub delivery: Delivery,
     /// Its mailbox when it is connected here.
     pub mailbox: Option<Arc<Mailbox>>,
+    /// Served from memory, pinned to the journal or inbox entry that holds
+    /// the message, instead of queued (see [`crate::pin`]); needs
+    /// `mailbox`.
+    pub pinnable: bool,
 }
 
 impl QueueTarget {
+    /// Posts the delivery, held in Redis by `pin`, to its connected
+    /// session; gives the target back when the session has ended (it must
+    /// be queued instead).
+    fn post_pinned(self, pin: &Pin) -> Result<(), QueueTarget> {
+        let Some(mailbox) = &self.mailbox else {
+            return Err(self);
+        };
+        let mut delivery = self.delivery.clone();
+        delivery.pin = Some(pin.clone());
+        match mailbox.post_queued(delivery) {
+            true => Ok(()),
+            false => Err(self),
+        }
+    }
+
     /// Posts the delivery, now held by its session's Redis queue as
     /// `queued`, to the session if it is connected here.
     pub fn post(self, queued: crate::message::QueueId) {
@@ -147,6 +173,57 @@ impl Elsewhere {
             }
         }
     }
+}
+
+/// How one persistent-session delivery of a batch is held in Redis.
+enum Settle {
+    /// Queued in its session's stream, with the `ENQUEUE` reply.
+    Queued(QueueTarget, redis::Value),
+    /// Served from memory, held by the batch's journal or inbox entry.
+    Pinned(QueueTarget),
+}
+
+/// What a `JOURNAL_APPEND` answered.
+enum JournalOutcome {
+    /// The new entry's id.
+    Appended(String),
+    /// This node is fenced.
+    Fenced,
+    /// Full, or an answer that cannot be read.
+    Refused,
+}
+
+fn journal_outcome(reply: &redis::Value) -> JournalOutcome {
+    match (rv::int(reply), rv::bulk(reply)) {
+        (Some(-1), _) => JournalOutcome::Fenced,
+        (None, Some(id)) => JournalOutcome::Appended(String::from_utf8_lossy(&id).into_owned()),
+        _ => JournalOutcome::Refused,
+    }
+}
+
+/// Pins entry `id` of `stream` for deliveries to `targets`' sessions.
+fn pin_entry<'a>(
+    cluster: &Cluster,
+    stream: PinnedStream,
+    id: &str,
+    targets: impl Iterator<Item = &'a QueueTarget>,
+) -> Option<Pin> {
+    let holders = targets
+        .filter_map(|t| t.mailbox.clone())
+        .map(|mailbox| {
+            let holder: Arc<dyn SpillRequest> = mailbox;
+            Arc::downgrade(&holder)
+        })
+        .collect();
+    cluster.ledger.pin(stream, id, holders)
+}
+
+/// Splits `targets` into those served from memory (pinned) and those to
+/// queue in Redis.
+fn split_pinnable(targets: Vec<QueueTarget>) -> (Vec<QueueTarget>, Vec<QueueTarget>) {
+    targets
+        .into_iter()
+        .partition(|t| t.pinnable && t.mailbox.is_some())
 }
 
 /// A persistent publisher's incoming QoS 2 packet: recorded as "written,
@@ -216,25 +293,32 @@ impl Forwarder {
     async fn write(&mut self, batch: &mut [Forward]) -> Vec<bool> {
         let cluster = self.cluster.clone();
         let scripts = &cluster.scripts;
+        // Deliveries to this node's persistent sessions: served from
+        // memory and held by one journal entry for the whole batch, or
+        // queued one by one (the forward's index with each).
+        let mut pinned: Vec<(usize, QueueTarget)> = Vec::new();
+        let mut queued: Vec<(usize, QueueTarget)> = Vec::new();
+        for (i, forward) in batch.iter_mut().enumerate() {
+            let (pin, queue) = split_pinnable(std::mem::take(&mut forward.queue));
+            pinned.extend(pin.into_iter().map(|t| (i, t)));
+            queued.extend(queue.into_iter().map(|t| (i, t)));
+        }
+        let mut journaled: Vec<usize> = pinned.iter().map(|(i, _)| *i).collect();
+        journaled.dedup();
         let mut pipe = redis::pipe();
         // Reply layout, in order: QoS 2 "written" records, inbox appends,
-        // queue writes, QoS 2 "done" records.
+        // the journal append, queue writes, QoS 2 "done" records.
         for forward in batch.iter() {
             if let Some(cmd) = origin_cmd(&cluster, forward, false) {
                 pipe.add_command(cmd);
             }
         }
         let appends = self.add_appends(&mut pipe, batch.iter().enumerate());
-        for forward in batch.iter() {
-            for target in &forward.queue {
-                pipe.add_command(enqueue_cmd(
-                    scripts,
-                    cluster.queue_bound,
-                    &cluster.node_id,
-                    &target.client_id,
-                    &target.delivery,
-                ));
-            }
+        if !journaled.is_empty() {
+            pipe.add_command(self.journal_cmd(journaled.iter().map(|&i| &batch[i].message)));
+        }
+        for (_, target) in &queued {
+            pipe.add_command(self.enqueue_target_cmd(target));
         }
         for forward in batch.iter() {
             if let Some(cmd) = origin_cmd(&cluster, forward, true) {
@@ -270,13 +354,73 @@ impl Forwarder {
                 }
             }
         }
-        let mut elsewhere = Elsewhere::default();
-        for forward in batch.iter_mut() {
-            for target in std::mem::take(&mut forward.queue) {
-                let reply = replies.next().unwrap_or(redis::Value::Nil);
-                elsewhere.settle(target, &reply, metrics);
+        let journal_reply =
+            (!journaled.is_empty()).then(|| replies.next().unwrap_or(redis::Value::Nil));
+        let mut outcomes: Vec<(usize, Settle)> = queued
+            .into_iter()
+            .map(|(i, target)| {
+                (
+                    i,
+                    Settle::Queued(target, replies.next().unwrap_or(redis::Value::Nil)),
+                )
+            })
+            .collect();
+        // Held until every delivery from it is posted or queued, so the
+        // entry is not trimmed before.
+        let mut journal_entry = None;
+        match journal_reply.as_ref().map(journal_outcome) {
+            None => {}
+            Some(JournalOutcome::Fenced) => {
+                // This node is fenced: a survivor has read its journal.
+                // Not acknowledged; the publisher re-sends elsewhere.
+                pinned.iter().for_each(|(i, _)| ok[*i] = false);
+            }
+            Some(JournalOutcome::Appended(id)) => {
+                let holders = pinned.iter().map(|(_, t)| t);
+                match pin_entry(&cluster, PinnedStream::Journal, &id, holders) {
+                    Some(pin) => {
+                        outcomes.extend(pinned.into_iter().map(|(i, t)| (i, Settle::Pinned(t))));
+                        journal_entry = Some((pin, id));
+                    }
+                    None => self.queue_first(pinned, &mut outcomes, &mut ok).await,
+                }
+            }
+            Some(JournalOutcome::Refused) => {
+                // Full: queued one by one instead, before anything is posted.
+                self.queue_first(pinned, &mut outcomes, &mut ok).await
             }
         }
+        // Posted in publish order, whichever way each delivery is held.
+        outcomes.sort_by_key(|(i, _)| *i);
+        let mut elsewhere = Elsewhere::default();
+        let mut ended = Vec::new();
+        let mut posted = 0u64;
+        for (i, outcome) in outcomes {
+            match (outcome, &journal_entry) {
+                (Settle::Queued(target, reply), _) => elsewhere.settle(target, &reply, metrics),
+                (Settle::Pinned(target), Some((pin, _))) => match target.post_pinned(pin) {
+                    Ok(()) => posted += 1,
+                    Err(target) => ended.push((i, target)),
+                },
+                (Settle::Pinned(target), None) => ended.push((i, target)),
+            }
+        }
+        metrics.pinned.inc_by(posted);
+        if !ended.is_empty() {
+            // Their sessions ended meanwhile: what a pin held must now be
+            // in their queues.
+            let mut queued = Vec::new();
+            self.queue_first(ended, &mut queued, &mut ok).await;
+            for (_, outcome) in queued {
+                if let Settle::Queued(target, reply) = outcome {
+                    elsewhere.settle(target, &reply, metrics);
+                }
+            }
+        }
+        if let Some((_, id)) = &journal_entry {
+            cluster.ledger.passed(PinnedStream::Journal, id);
+        }
+        drop(journal_entry);
         elsewhere.notify(&mut self.connection).await;
         // The "done" records' replies need no reading: a failed one only
         // makes a re-send re-run a fan-out that dedupes itself.
@@ -287,6 +431,64 @@ impl Forwarder {
             metrics.appended.inc_by(batch.len() as u64);
         }
         ok
+    }
+
+    /// Queues deliveries that were to be served from memory but cannot be
+    /// (the journal refused them, or their session ended meanwhile), adding
+    /// them to `outcomes` with their replies; a forward whose delivery is
+    /// not written is not acknowledged.
+    async fn queue_first(
+        &mut self,
+        targets: Vec<(usize, QueueTarget)>,
+        outcomes: &mut Vec<(usize, Settle)>,
+        ok: &mut [bool],
+    ) {
+        let mut pipe = redis::pipe();
+        for (_, target) in &targets {
+            pipe.add_command(self.enqueue_target_cmd(target));
+        }
+        let cluster = self.cluster.clone();
+        let sent =
+            query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.connection, &pipe);
+        match cluster.metrics.timed(RedisOp::Enqueue, sent).await {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                outcomes.extend(targets.into_iter().map(|(i, target)| {
+                    (
+                        i,
+                        Settle::Queued(target, replies.next().unwrap_or(redis::Value::Nil)),
+                    )
+                }));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "queueing deliveries failed: publishes not acknowledged");
+                targets.iter().for_each(|(i, _)| ok[*i] = false);
+            }
+        }
+    }
+
+    fn enqueue_target_cmd(&self, target: &QueueTarget) -> redis::Cmd {
+        let cluster = &self.cluster;
+        enqueue_cmd(
+            &cluster.scripts,
+            cluster.queue_bound,
+            &cluster.node_id,
+            &target.client_id,
+            &target.delivery,
+        )
+    }
+
+    /// The fence-checked, bounded append of `messages` to this node's
+    /// journal.
+    fn journal_cmd<'a>(&self, messages: impl IntoIterator<Item = &'a Arc<Message>>) -> redis::Cmd {
+        let me = &self.cluster.node_id;
+        let journal = keys::journal(me);
+        let fence = keys::node_fenced(me);
+        let mut cmd = evalsha(&self.cluster.scripts.journal_append, &[&journal, &fence]);
+        cmd.arg(self.cluster.options.stream_maxlen)
+            .arg(FIELD_MESSAGES)
+            .arg(wire::encode_batch(messages).as_ref());
+        cmd
     }
 
     /// Adds the inbox appends for `forwards` (one entry per destination,
@@ -475,10 +677,6 @@ pub struct InboxReader {
     /// For trimming and cursor writes, off the blocking connection.
     writer: ConnectionManager,
     cursors: Cursors,
-    /// Entries read since the inbox was last trimmed.
-    untrimmed: usize,
-    /// When the inbox was last trimmed.
-    last_trim: std::time::Instant,
 }
 
 impl InboxReader {
@@ -501,8 +699,6 @@ impl InboxReader {
                 routes: route_position,
                 bus: bus_position,
             },
-            untrimmed: 0,
-            last_trim: std::time::Instant::now(),
         }
     }
 
@@ -597,11 +793,9 @@ impl InboxReader {
                 self.save_bus_cursor().await;
             } else {
                 self.on_inbox(&entries).await?;
+                // Trimmed by the ledger, past what is handled and pinned.
+                self.cluster.ledger.passed(PinnedStream::Inbox, &last);
                 self.cursors.inbox = last;
-                self.untrimmed += entries.len();
-                if self.untrimmed >= TRIM_EVERY_ENTRIES || self.last_trim.elapsed() >= TRIM_EVERY {
-                    self.trim_inbox().await;
-                }
             }
         }
         Ok(())
@@ -622,7 +816,7 @@ impl InboxReader {
 
     async fn on_inbox(&mut self, entries: &[StreamEntry]) -> redis::RedisResult<()> {
         let mut targets = Vec::new();
-        for entry in entries {
+        for (i, entry) in entries.iter().enumerate() {
             if let Some(client_id) = entry.get(FIELD_RELEASE.as_bytes()) {
                 let client_id: ClientId = String::from_utf8_lossy(client_id).into();
                 self.broker.release_session(&client_id).await;
@@ -631,91 +825,148 @@ impl InboxReader {
                 let client_id: ClientId = String::from_utf8_lossy(client_id).into();
                 self.broker.drain_session(&client_id);
             }
-            self.deliver(entry, &mut targets);
+            targets.extend(self.deliver(entry).into_iter().map(|t| (i, t)));
         }
-        self.queue_durably(targets).await
+        self.queue_durably(entries, targets).await
     }
 
     async fn on_bus(&mut self, entries: &[StreamEntry]) -> redis::RedisResult<()> {
         let me = self.cluster.node_id.as_bytes();
         let mut targets = Vec::new();
-        for entry in entries {
+        for (i, entry) in entries.iter().enumerate() {
             if entry
                 .get(FIELD_ORIGIN.as_bytes())
                 .is_some_and(|o| o.as_ref() != me)
             {
-                self.deliver(entry, &mut targets);
+                targets.extend(self.deliver(entry).into_iter().map(|t| (i, t)));
             }
         }
-        self.queue_durably(targets).await
+        self.queue_durably(entries, targets).await
     }
 
-    /// Posts an entry's messages to local clean sessions and collects the
+    /// Posts an entry's messages to local clean sessions and returns the
     /// deliveries for persistent sessions.
-    fn deliver(&self, entry: &StreamEntry, targets: &mut Vec<QueueTarget>) {
+    fn deliver(&self, entry: &StreamEntry) -> Vec<QueueTarget> {
         let Some(raw) = entry.get(FIELD_MESSAGES.as_bytes()) else {
-            return;
+            return Vec::new();
         };
         match wire::decode_batch(raw.clone()) {
             Ok(messages) => {
                 self.cluster.metrics.read.inc_by(messages.len() as u64);
+                let mut targets = Vec::new();
                 for message in messages {
                     targets.extend(self.broker.deliver_from_cluster(&message));
                 }
+                targets
             }
-            Err(error) => tracing::warn!(%error, id = %entry.id, "unreadable stream entry skipped"),
+            Err(error) => {
+                tracing::warn!(%error, id = %entry.id, "unreadable stream entry skipped");
+                Vec::new()
+            }
         }
     }
 
-    /// Queues the persistent sessions' deliveries in Redis, then posts them
-    /// to the connected ones. Until this succeeds the inbox cursor does not
-    /// move, so the entries are read (and queued) again.
-    async fn queue_durably(&mut self, targets: Vec<QueueTarget>) -> redis::RedisResult<()> {
-        if targets.is_empty() {
-            return Ok(());
-        }
+    /// Serves the persistent sessions' deliveries that can be from memory,
+    /// pinned to the inbox entry they came in (`targets` name it by its
+    /// index in `entries`), and queues the others in Redis before posting
+    /// them. Until this succeeds the inbox cursor does not move, so the
+    /// entries are read (and queued) again.
+    async fn queue_durably(
+        &mut self,
+        entries: &[StreamEntry],
+        targets: Vec<(usize, QueueTarget)>,
+    ) -> redis::RedisResult<()> {
         let cluster = self.cluster.clone();
-        let mut pipe = redis::pipe();
-        for target in &targets {
-            pipe.add_command(enqueue_cmd(
-                &cluster.scripts,
-                cluster.queue_bound,
-                &cluster.node_id,
-                &target.client_id,
-                &target.delivery,
-            ));
+        // One pin per entry, shared by its deliveries served from memory.
+        let mut pinnable: Vec<Vec<&QueueTarget>> = vec![Vec::new(); entries.len()];
+        for (i, target) in &targets {
+            if target.pinnable && target.mailbox.is_some() {
+                pinnable[*i].push(target);
+            }
         }
-        let queued = query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.writer, &pipe);
-        let replies = cluster.metrics.timed(RedisOp::Enqueue, queued).await?;
+        let pins: Vec<Option<Pin>> = pinnable
+            .into_iter()
+            .enumerate()
+            .map(|(i, held)| match held.is_empty() {
+                true => None,
+                false => pin_entry(
+                    &cluster,
+                    PinnedStream::Inbox,
+                    &entries[i].id,
+                    held.into_iter(),
+                ),
+            })
+            .collect();
+        let mut outcomes = Vec::with_capacity(targets.len());
+        let mut queue = Vec::new();
+        for (i, target) in targets {
+            if target.pinnable && pins[i].is_some() {
+                outcomes.push((i, Settle::Pinned(target)));
+            } else {
+                queue.push((i, target));
+            }
+        }
+        let replies = if queue.is_empty() {
+            Vec::new()
+        } else {
+            let mut pipe = redis::pipe();
+            for (_, target) in &queue {
+                pipe.add_command(enqueue_cmd(
+                    &cluster.scripts,
+                    cluster.queue_bound,
+                    &cluster.node_id,
+                    &target.client_id,
+                    &target.delivery,
+                ));
+            }
+            let queued =
+                query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.writer, &pipe);
+            cluster.metrics.timed(RedisOp::Enqueue, queued).await?
+        };
+        let mut replies = replies.into_iter();
+        outcomes.extend(queue.into_iter().map(|(i, t)| {
+            (
+                i,
+                Settle::Queued(t, replies.next().unwrap_or(redis::Value::Nil)),
+            )
+        }));
+        // Posted in the order the entries came, however each is held.
+        outcomes.sort_by_key(|(i, _)| *i);
         let mut elsewhere = Elsewhere::default();
-        for (target, reply) in targets.into_iter().zip(replies) {
-            elsewhere.settle(target, &reply, &cluster.metrics);
+        let mut ended = Vec::new();
+        for (i, outcome) in outcomes {
+            match (outcome, &pins[i]) {
+                (Settle::Queued(target, reply), _) => {
+                    elsewhere.settle(target, &reply, &cluster.metrics)
+                }
+                (Settle::Pinned(target), Some(pin)) => match target.post_pinned(pin) {
+                    Ok(()) => cluster.metrics.pinned.inc(),
+                    Err(target) => ended.push(target),
+                },
+                (Settle::Pinned(target), None) => ended.push(target),
+            }
+        }
+        if !ended.is_empty() {
+            // Their sessions ended meanwhile: queued now, or read again.
+            let mut pipe = redis::pipe();
+            for target in &ended {
+                pipe.add_command(enqueue_cmd(
+                    &cluster.scripts,
+                    cluster.queue_bound,
+                    &cluster.node_id,
+                    &target.client_id,
+                    &target.delivery,
+                ));
+            }
+            let queued =
+                query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.writer, &pipe);
+            let replies = cluster.metrics.timed(RedisOp::Enqueue, queued).await?;
+            for (target, reply) in ended.into_iter().zip(replies) {
+                elsewhere.settle(target, &reply, &cluster.metrics);
+            }
         }
         elsewhere.notify(&mut self.writer).await;
         Ok(())
-    }
-
-    /// Drops what has been read — and whose persistent-session deliveries
-    /// are queued in Redis — so the inbox holds (nearly) only what a
-    /// survivor must take over if this node dies. Entries read but not yet
-    /// trimmed are queued again for adopted sessions: at most
-    /// [`TRIM_EVERY`] worth, QoS 1 delivered twice rather than lost, QoS 2
-    /// refused by the sessions' publish-id record.
-    async fn trim_inbox(&mut self) {
-        self.untrimmed = 0;
-        self.last_trim = std::time::Instant::now();
-        let Some(min_id) = rv::next_stream_id(&self.cursors.inbox) else {
-            return;
-        };
-        let trimmed: redis::RedisResult<redis::Value> = redis::cmd("XTRIM")
-            .arg(keys::inbox(&self.cluster.node_id))
-            .arg("MINID")
-            .arg(min_id)
-            .query_async(&mut self.writer)
-            .await;
-        if let Err(error) = trimmed {
-            tracing::debug!(%error, "inbox trim failed; entries are trimmed next time");
-        }
     }
 
     async fn save_bus_cursor(&mut self) {

@@ -9,7 +9,8 @@
 //!   for, and a log of changes every node follows.
 //! - **Streams** ([`bus`]): a per-node inbox (routed mode) or one shared
 //!   stream (broadcast mode) carrying publishes between nodes, and control
-//!   entries for session takeover.
+//!   entries for session takeover; a per-node journal (routed mode) of QoS
+//!   1 publishes served to its own connected persistent sessions.
 //! - **Liveness** ([`liveness`]): a heartbeat key per node with a TTL.
 //!
 //! Every key is named in [`crate::redis_model::keys`].
@@ -19,14 +20,16 @@
 //!   needs succeeded: other nodes' inboxes, the queue of every matching
 //!   persistent session on this node, the publisher's QoS 2 record,
 //!   retained. What a node holds in memory for a persistent session is also
-//!   in that session's Redis queue until the client acknowledges it, so a
-//!   node's death loses no acknowledged message.
+//!   in Redis until the client acknowledges it — in the session's queue,
+//!   or (QoS 1 to a connected session) in the journal or inbox entry it
+//!   came in, pinned there ([`crate::pin`], [`ledger`]) — so a node's
+//!   death loses no acknowledged message.
 //! - A client id is owned by one node at a time; a stale owner's writes are
 //!   fenced off by the epoch.
 //! - When a node dies (its heartbeat expires), exactly one survivor — the
 //!   holder of a Redis lock — adopts its persistent sessions, publishes the
 //!   wills of its connected clients, fences it, drops its routes, and
-//!   queues the dead node's unread inbox entries for those sessions
+//!   queues the dead node's inbox and journal entries for those sessions
 //!   ([`recovery`]).
 //!
 //! # What is not
@@ -43,6 +46,7 @@
 //! guaranteed"; `docs/zero-loss.md` explains the design.
 
 pub mod bus;
+pub mod ledger;
 pub mod liveness;
 mod local;
 pub mod recovery;
@@ -115,6 +119,9 @@ pub struct Cluster {
     pub scripts: Arc<Scripts>,
     /// Bound of each persistent session's Redis queue.
     pub queue_bound: QueueBound,
+    /// The journal and inbox entries that deliveries served from memory
+    /// are pinned to.
+    pub ledger: ledger::Ledger,
     /// True while this node rejoins after finding itself fenced.
     rejoining: std::sync::atomic::AtomicBool,
     client: redis::Client,
@@ -196,6 +203,7 @@ impl Cluster {
             routes: RouteCache::default(),
             metrics: Arc::new(ClusterMetrics::new(registry, refusals)),
             scripts,
+            ledger: ledger::Ledger::default(),
             rejoining: std::sync::atomic::AtomicBool::new(false),
             client,
             connection,
@@ -245,6 +253,7 @@ impl Cluster {
         );
         tokio::spawn(reader.run());
         tokio::spawn(liveness::run(self.clone(), broker));
+        tokio::spawn(ledger::maintain(self.clone()));
         tracing::info!(node_id = %self.node_id, mode = ?self.mode, "joined the cluster");
         Ok(())
     }

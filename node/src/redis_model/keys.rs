@@ -89,6 +89,12 @@ pub fn inbox(node_id: &str) -> String {
     format!("{PREFIX}:n:{{{node_id}}}:inbox")
 }
 
+/// A node's journal stream: QoS 1 publishes made on it for its connected
+/// persistent sessions, served from memory (see [`crate::pin`]).
+pub fn journal(node_id: &str) -> String {
+    format!("{PREFIX}:n:{{{node_id}}}:journal")
+}
+
 /// Where a node has read the broadcast stream up to.
 pub fn bus_cursor(node_id: &str) -> String {
     format!("{PREFIX}:n:{{{node_id}}}:bus-cursor")

@@ -72,6 +72,12 @@ pub struct ClusterMetrics {
     pub recoveries: IntCounter,
     /// Times this node found itself declared dead and started afresh.
     pub fenced: IntCounter,
+    /// QoS 1 deliveries to persistent sessions served from memory, held
+    /// in Redis by the journal or inbox entry they came in.
+    pub pinned: IntCounter,
+    /// Pinned deliveries copied into their session's queue (the session
+    /// ended, or was slow and held an old entry).
+    pub spilled: IntCounter,
 }
 
 impl ClusterMetrics {
@@ -146,8 +152,18 @@ impl ClusterMetrics {
             "astramq_node_fenced_total",
             "Times this node found it had been declared dead, dropped its clients and rejoined.",
         );
+        let pinned = counter(
+            "astramq_pinned_deliveries_total",
+            "QoS 1 deliveries to connected persistent sessions served from memory, held in Redis by their journal or inbox entry.",
+        );
+        let spilled = counter(
+            "astramq_spilled_deliveries_total",
+            "Pinned deliveries copied into their session's Redis queue (session ended, or slow).",
+        );
         for metric in [
             Box::new(inbox_full.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(pinned.clone()),
+            Box::new(spilled.clone()),
             Box::new(queue_full.clone()),
             Box::new(fenced_refusals.clone()),
             Box::new(stale_route_refusals.clone()),
@@ -179,6 +195,8 @@ impl ClusterMetrics {
             redeliveries,
             recoveries,
             fenced,
+            pinned,
+            spilled,
         }
     }
 

@@ -185,6 +185,19 @@ redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
 return 1
 "#;
 
+/// Appends to a node's own journal (publishes made on it, held there for
+/// its connected persistent sessions; see `crate::pin`) unless the node
+/// has been fenced — a survivor that adopted its sessions has read the
+/// journal, so an entry added after that would be lost — or the journal
+/// holds its bound.
+/// KEYS: journal, fenced. ARGV: max entries, field, value.
+/// Returns the new entry id, 0 (full) or -1 (fenced).
+pub const JOURNAL_APPEND: &str = r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return -1 end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+"#;
+
 /// Writes a node's heartbeat unless the node has been fenced.
 /// KEYS: alive, fenced. ARGV: value, TTL (ms). Returns 1, or 0 if fenced.
 pub const HEARTBEAT: &str = r#"
@@ -230,6 +243,8 @@ pub struct Scripts {
     pub update_subscriptions: redis::Script,
     /// [`INBOX_APPEND`].
     pub inbox_append: redis::Script,
+    /// [`JOURNAL_APPEND`].
+    pub journal_append: redis::Script,
     /// [`HEARTBEAT`].
     pub heartbeat: redis::Script,
     /// [`LOCK_RENEW`].
@@ -250,6 +265,7 @@ impl Default for Scripts {
             session_progress: redis::Script::new(SESSION_PROGRESS),
             update_subscriptions: redis::Script::new(UPDATE_SUBSCRIPTIONS),
             inbox_append: redis::Script::new(INBOX_APPEND),
+            journal_append: redis::Script::new(JOURNAL_APPEND),
             heartbeat: redis::Script::new(HEARTBEAT),
             lock_renew: redis::Script::new(LOCK_RENEW),
             lock_release: redis::Script::new(LOCK_RELEASE),
@@ -268,7 +284,7 @@ impl Scripts {
     }
 }
 
-const SOURCES: [&str; 12] = [
+const SOURCES: [&str; 13] = [
     CLAIM,
     PARK,
     DISCARD,
@@ -278,6 +294,7 @@ const SOURCES: [&str; 12] = [
     SESSION_PROGRESS,
     UPDATE_SUBSCRIPTIONS,
     INBOX_APPEND,
+    JOURNAL_APPEND,
     HEARTBEAT,
     LOCK_RENEW,
     LOCK_RELEASE,

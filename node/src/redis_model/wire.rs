@@ -259,6 +259,7 @@ fn read_delivery(reader: &mut Reader) -> Result<Delivery, WireError> {
         qos,
         retain,
         queued: None,
+        pin: None,
     })
 }
 

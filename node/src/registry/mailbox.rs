@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use crate::limits::queue::{queued_size, QueueBound, QueueFull};
 use crate::message::Delivery;
+use crate::pin::SpillRequest;
 
 /// Why a delivery was not accepted.
 #[derive(Debug)]
@@ -39,6 +40,9 @@ struct Queue {
     closed: bool,
     /// Another node queued messages for this session in the store.
     drain_requested: bool,
+    /// This node's ledger wants the session's pinned deliveries copied
+    /// into its Redis queue (they pin an old entry).
+    spill_requested: bool,
 }
 
 /// The inbox of one connected session.
@@ -80,9 +84,11 @@ impl Mailbox {
         Ok(())
     }
 
-    /// Adds a delivery that is queued in Redis already (bounded there),
-    /// unless the session has ended (then its next owner reads it from
-    /// Redis). Returns false when closed.
+    /// Adds a delivery that is in Redis already — in its session's queue
+    /// (bounded there) or pinned in a journal or inbox entry (bounded by
+    /// the caller, see [`Self::len`]) — unless the session has ended: then
+    /// its next owner reads a queued one from Redis, and the caller must
+    /// queue a pinned one. Returns false when closed.
     pub fn post_queued(&self, delivery: Delivery) -> bool {
         let mut queue = self.queue();
         if queue.closed {
@@ -115,6 +121,11 @@ impl Mailbox {
         self.wake.notify_one();
     }
 
+    /// True once per [`SpillRequest::request_spill`].
+    pub fn take_spill_request(&self) -> bool {
+        std::mem::take(&mut self.queue().spill_requested)
+    }
+
     /// True once per [`Self::request_drain`].
     pub fn take_drain_request(&self) -> bool {
         std::mem::take(&mut self.queue().drain_requested)
@@ -143,6 +154,13 @@ impl Mailbox {
     /// Resolves when something was posted since the last `take_all`.
     pub async fn posted(&self) {
         self.wake.notified().await
+    }
+}
+
+impl SpillRequest for Mailbox {
+    fn request_spill(&self) {
+        self.queue().spill_requested = true;
+        self.wake.notify_one();
     }
 }
 

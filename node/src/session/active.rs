@@ -137,6 +137,9 @@ pub(super) enum End {
     Released,
     /// This node was declared dead; a survivor owns the session now.
     Fenced,
+    /// A write found the session owned elsewhere (a newer epoch): another
+    /// node claimed it without this node's release.
+    Superseded,
     /// The node is shutting down; sessions are kept, wills are not sent.
     Shutdown,
     /// A QoS 1/2 message could not be stored: the client is disconnected
@@ -147,7 +150,10 @@ pub(super) enum End {
 impl End {
     fn publishes_will(&self) -> bool {
         // Fenced: the survivor that declared this node dead published it.
-        !matches!(self, End::Disconnect | End::Shutdown | End::Fenced)
+        !matches!(
+            self,
+            End::Disconnect | End::Shutdown | End::Fenced | End::Superseded
+        )
     }
 }
 
@@ -398,6 +404,11 @@ impl ActiveSession {
                     if mailbox.take_drain_request() {
                         Box::pin(self.drain_stragglers()).await;
                     }
+                    if mailbox.take_spill_request() {
+                        // Slow: what it holds pins an old journal or inbox
+                        // entry. Failing is fine; the next request retries.
+                        Box::pin(self.spill_pinned()).await;
+                    }
                 }
                 _ = self.owed.front_settled(), if self.owed.is_waiting() => {}
                 () = &mut timer => {
@@ -533,7 +544,7 @@ impl ActiveSession {
             .await
         {
             Ok(true) => None,
-            Ok(false) => Some(self.unrecorded(End::Fenced)),
+            Ok(false) => Some(self.unrecorded(End::Superseded)),
             Err(error) if progress.gates_output() => {
                 Some(self.unrecorded(End::StoreUnavailable(error.to_string())))
             }
@@ -641,25 +652,33 @@ impl ActiveSession {
         for failed in self.owed.settle_all().await {
             self.unwritten(failed);
         }
-        if end != End::Fenced {
+        if !matches!(end, End::Fenced | End::Superseded) {
             // What the client acknowledged before going away.
             let _ = self.report_progress(true).await;
+        }
+        // Deliveries posted from now on are refused and go to the store.
+        let leftovers = self.handle.mailbox.close();
+        self.pending.extend(leftovers);
+        if end != End::Fenced {
+            // Fenced: a survivor has queued this node's journal and inbox
+            // for the session already; every other end queues what it
+            // served from memory before the session moves on.
+            self.spill_before_leaving().await;
         }
         // Best effort: a client that does not read must not hold up takeover.
         let timeout = self.broker.limits().write_timeout.min(CLOSE_TIMEOUT);
         self.connection.close(timeout).await;
-        // Deliveries posted from now on are refused and go to the store.
-        let leftovers = self.handle.mailbox.close();
         let inflight = self.window.len() as i64;
         self.broker.stats().inflight_messages.sub(inflight);
-        let result = if self.clean_session || end == End::Fenced {
-            // Fenced: the session belongs to a survivor now; forget it here
-            // and write nothing (the epoch is stale anyway).
+        let gone = matches!(end, End::Fenced | End::Superseded);
+        let result = if self.clean_session || gone {
+            // Fenced or superseded: the session belongs to another node
+            // now; forget it here and write nothing (the epoch is stale).
             let filters = self.subscriptions.keys().map(String::as_str);
             self.broker.unsubscribe(&self.client_id, filters).await;
-            match end {
-                End::Fenced => Ok(()),
-                _ => self.broker.store().discard_session(&self.owner).await,
+            match gone {
+                true => Ok(()),
+                false => self.broker.store().discard_session(&self.owner).await,
             }
         } else {
             let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
@@ -670,7 +689,6 @@ impl ActiveSession {
             } else {
                 self.broker.session_parked(&self.client_id, filters);
             }
-            self.pending.extend(leftovers);
             let state = SessionState {
                 subscriptions: std::mem::take(&mut self.subscriptions),
                 outgoing: self.window.take(),

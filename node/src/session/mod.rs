@@ -21,6 +21,7 @@ pub mod handshake;
 mod inbound;
 mod outbound;
 mod read_mark;
+mod spill;
 pub mod window;
 
 pub use handshake::serve;

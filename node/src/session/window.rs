@@ -120,6 +120,12 @@ impl OutgoingWindow {
         self.entries.iter()
     }
 
+    /// The deliveries in flight, oldest first, to update in place (their
+    /// packet ids and stages stay).
+    pub fn deliveries_mut(&mut self) -> impl Iterator<Item = &mut Delivery> {
+        self.entries.iter_mut().map(|e| &mut e.delivery)
+    }
+
     /// Number of messages in flight.
     pub fn len(&self) -> usize {
         self.entries.len()

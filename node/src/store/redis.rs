@@ -39,8 +39,11 @@ use redis::Value;
 use super::{ClaimRequest, QueueOutcome, SessionClaim, SessionOwner, Store, StoreError};
 use crate::limits::queue::{QueueBound, QueueFull};
 use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::redis_model::inbox::send_drain;
 use crate::redis_model::metrics::{ClusterMetrics, RedisOp};
-use crate::redis_model::queue::{enqueue_cmd, parse_enqueued, qos2_record_cmd, Enqueued};
+use crate::redis_model::queue::{
+    enqueue_cmd, parse_enqueue_reply, parse_enqueued, qos2_record_cmd, Enqueued,
+};
 use crate::redis_model::scripts::{evalsha, query_cmd, query_pipeline, Scripts};
 use crate::redis_model::{keys, value as rv, wire};
 use crate::retained::redis::{RedisRetained, RetainedError};
@@ -491,9 +494,19 @@ impl Store for RedisStore {
         }
         let items = durable.iter().map(|&i| (&**client_id, &deliveries[i]));
         let replies = self.enqueue_all(items).await?;
+        let mut connected_elsewhere = None;
         for (&i, reply) in durable.iter().zip(&replies) {
-            if let Enqueued::Queued(id) = parse_enqueued(reply) {
+            let (enqueued, owner) = parse_enqueue_reply(reply);
+            if let Enqueued::Queued(id) = enqueued {
                 deliveries[i].queued = Some(id);
+            }
+            connected_elsewhere = connected_elsewhere.or(owner);
+        }
+        if let Some(owner) = connected_elsewhere {
+            // A session that moved on (its pinned deliveries spilled after
+            // another node claimed it): that node must read its queue.
+            if let Err(error) = send_drain(&mut self.con(), &owner, client_id).await {
+                tracing::debug!(%error, %owner, "drain request not sent");
             }
         }
         Ok(deliveries)

@@ -85,6 +85,8 @@ pub struct FakeRedis {
     pub clients: HashMap<String, BTreeSet<String>>,
     pub routes: HashMap<String, BTreeSet<String>>,
     pub inboxes: HashMap<String, Vec<InboxEntry>>,
+    /// Each node's journal stream (not the call log below).
+    pub journals: HashMap<String, Vec<InboxEntry>>,
     pub broadcast: Vec<InboxEntry>,
     pub cursors: HashMap<String, String>,
     /// When the journal gets this call, another node takes every lock and
@@ -295,6 +297,7 @@ impl RecoveryStore for FakeStore {
         let redis = self.redis();
         let entries = match &page.stream {
             UnreadStream::Inbox(node) => redis.inboxes.get(node).cloned().unwrap_or_default(),
+            UnreadStream::Journal(node) => redis.journals.get(node).cloned().unwrap_or_default(),
             UnreadStream::Broadcast => redis.broadcast.clone(),
         };
         let from = id_key(&page.from);
@@ -319,6 +322,10 @@ impl RecoveryStore for FakeStore {
         let inbox = redis.inboxes.get_mut(node);
         if let (Some(keep_from), Some(inbox)) = (cleanup.keep_inbox_from, inbox) {
             inbox.retain(|e| id_key(&e.id) >= id_key(&keep_from));
+        }
+        let journal = redis.journals.get_mut(node);
+        if let (Some(keep_from), Some(journal)) = (cleanup.keep_journal_from, journal) {
+            journal.retain(|e| id_key(&e.id) >= id_key(&keep_from));
         }
         Ok(())
     }

@@ -214,6 +214,7 @@ impl RecoveryStore for RedisRecoveryStore {
     async fn read_entries(&self, page: &UnreadPage) -> StoreResult<Vec<InboxEntry>> {
         let key = match &page.stream {
             UnreadStream::Inbox(node) => keys::inbox(node),
+            UnreadStream::Journal(node) => keys::journal(node),
             UnreadStream::Broadcast => keys::bus(),
         };
         let reply: Value = redis::cmd("XRANGE")
@@ -246,12 +247,18 @@ impl RecoveryStore for RedisRecoveryStore {
             }
         }
         pipe.cmd("DEL").arg(keys::bus_cursor(node)).ignore();
-        if let Some(keep_from) = cleanup.keep_inbox_from {
-            pipe.cmd("XTRIM")
-                .arg(keys::inbox(node))
-                .arg("MINID")
-                .arg(keep_from)
-                .ignore();
+        let trims = [
+            (keys::inbox(node), cleanup.keep_inbox_from),
+            (keys::journal(node), cleanup.keep_journal_from),
+        ];
+        for (stream, keep_from) in trims {
+            if let Some(keep_from) = keep_from {
+                pipe.cmd("XTRIM")
+                    .arg(stream)
+                    .arg("MINID")
+                    .arg(keep_from)
+                    .ignore();
+            }
         }
         pipe.query_async::<()>(&mut self.con()).await?;
         Ok(())

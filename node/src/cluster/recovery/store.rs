@@ -65,6 +65,9 @@ pub struct SessionRecord {
 pub enum UnreadStream {
     /// Routed mode: the node's own inbox, read from its start.
     Inbox(String),
+    /// Routed mode: the node's journal (QoS 1 publishes it served from
+    /// memory), read from its start.
+    Journal(String),
     /// Broadcast mode: the shared stream, read past the node's cursor.
     Broadcast,
 }
@@ -111,6 +114,8 @@ pub struct NodeCleanup {
     /// deleted: a restarting node may append already); `None` trims
     /// nothing.
     pub keep_inbox_from: Option<String>,
+    /// Its journal likewise.
+    pub keep_journal_from: Option<String>,
 }
 
 /// The Redis operations of recovery and rejoin.

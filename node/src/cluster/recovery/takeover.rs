@@ -79,7 +79,11 @@ impl Recovery {
                 true => ClientList::Remove(not_kept),
                 false => ClientList::Delete,
             },
-            keep_inbox_from: unread.read_to.as_deref().and_then(rv::next_stream_id),
+            keep_inbox_from: unread.inbox_read_to.as_deref().and_then(rv::next_stream_id),
+            keep_journal_from: unread
+                .journal_read_to
+                .as_deref()
+                .and_then(rv::next_stream_id),
         };
         self.store.forget_node(node, cleanup).await?;
         Ok(())

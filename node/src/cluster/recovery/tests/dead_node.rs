@@ -209,7 +209,9 @@ async fn the_inbox_is_read_in_pages_and_trimmed_only_past_what_was_read() {
         })
         .collect();
     let second = format!("{DRAIN_PAGE}-1");
-    assert_eq!(reads, vec!["-".to_string(), second, trim_from]);
+    // Then the (empty) journal, from its start.
+    let journal = "-".to_string();
+    assert_eq!(reads, vec!["-".to_string(), second, trim_from, journal]);
     assert_eq!(h.queued().len(), total);
     assert!(h.has(&forget));
     let redis = h.store.redis();
@@ -237,4 +239,40 @@ async fn broadcast_mode_reads_past_the_cursor_and_trims_nothing() {
     assert_eq!(h.queued(), vec![pair("c1", "a/new")]);
     assert!(h.has(&forget_dead(None)));
     assert_eq!(h.store.redis().broadcast.len(), 2);
+}
+
+#[tokio::test]
+async fn the_dead_nodes_journal_is_queued_after_its_inbox_and_trimmed() {
+    // QoS 1 publishes the dead node served its connected sessions from
+    // memory are in its journal only: they must reach the adopted and the
+    // moved sessions alike.
+    let h = harness(Mode::Routed);
+    h.session(DEAD, "here", connected(persistent(DEAD, &["a/#"])));
+    h.session(DEAD, "moved", connected(persistent("n3", &["b/#"])));
+    h.inbox(DEAD, vec![entry("1-0", &["a/from-inbox"])]);
+    h.journal_stream(
+        DEAD,
+        vec![entry("5-0", &["a/one", "b/two"]), entry("6-0", &["c/none"])],
+    );
+
+    h.recovery.recover(DEAD).await.expect("recovered");
+
+    assert_eq!(
+        h.queued(),
+        vec![
+            pair("here", "a/from-inbox"),
+            pair("here", "a/one"),
+            pair("moved", "b/two")
+        ]
+    );
+    let cleanup = NodeCleanup {
+        clients: ClientList::Delete,
+        keep_inbox_from: Some("1-1".into()),
+        keep_journal_from: Some("6-1".into()),
+    };
+    assert!(h.has(&Call::Forget(DEAD.into(), cleanup)));
+    assert!(
+        h.store.redis().journals[DEAD].is_empty(),
+        "read to its end, trimmed"
+    );
 }

@@ -109,6 +109,7 @@ async fn sessions_kept_on_rejoin_stay_listed_for_the_next_recovery() {
     let cleanup = NodeCleanup {
         clients: ClientList::Remove(vec!["clean".into(), "moved".into()]),
         keep_inbox_from: None,
+        keep_journal_from: None,
     };
     assert!(h.has(&Call::Forget(ME.into(), cleanup)));
     let listed = h.store.redis().clients.get(ME).cloned().unwrap_or_default();

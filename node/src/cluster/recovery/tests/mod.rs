@@ -74,6 +74,10 @@ impl Harness {
         self.store.redis().inboxes.insert(node.into(), entries);
     }
 
+    fn journal_stream(&self, node: &str, entries: Vec<InboxEntry>) {
+        self.store.redis().journals.insert(node.into(), entries);
+    }
+
     fn owner(&self, client_id: &str) -> Option<String> {
         let redis = self.store.redis();
         redis.sessions.get(client_id).and_then(|s| s.owner.clone())
@@ -143,6 +147,7 @@ fn forget_dead(keep_from: Option<&str>) -> Call {
     let cleanup = NodeCleanup {
         clients: ClientList::Delete,
         keep_inbox_from: keep_from.map(Into::into),
+        keep_journal_from: None,
     };
     Call::Forget(DEAD.into(), cleanup)
 }
