@@ -318,7 +318,7 @@ impl Forwarder {
             pipe.add_command(self.journal_cmd(journaled.iter().map(|&i| &batch[i].message)));
         }
         for (_, target) in &queued {
-            pipe.add_command(self.enqueue_target_cmd(target));
+            pipe.add_command(enqueue_target_cmd(&cluster, target));
         }
         for forward in batch.iter() {
             if let Some(cmd) = origin_cmd(&cluster, forward, true) {
@@ -443,14 +443,12 @@ impl Forwarder {
         outcomes: &mut Vec<(usize, Settle)>,
         ok: &mut [bool],
     ) {
-        let mut pipe = redis::pipe();
-        for (_, target) in &targets {
-            pipe.add_command(self.enqueue_target_cmd(target));
-        }
-        let cluster = self.cluster.clone();
-        let sent =
-            query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.connection, &pipe);
-        match cluster.metrics.timed(RedisOp::Enqueue, sent).await {
+        let sent = enqueue_targets(
+            &self.cluster,
+            &mut self.connection,
+            targets.iter().map(|(_, t)| t),
+        );
+        match sent.await {
             Ok(replies) => {
                 let mut replies = replies.into_iter();
                 outcomes.extend(targets.into_iter().map(|(i, target)| {
@@ -465,17 +463,6 @@ impl Forwarder {
                 targets.iter().for_each(|(i, _)| ok[*i] = false);
             }
         }
-    }
-
-    fn enqueue_target_cmd(&self, target: &QueueTarget) -> redis::Cmd {
-        let cluster = &self.cluster;
-        enqueue_cmd(
-            &cluster.scripts,
-            cluster.queue_bound,
-            &cluster.node_id,
-            &target.client_id,
-            &target.delivery,
-        )
     }
 
     /// The fence-checked, bounded append of `messages` to this node's
@@ -650,6 +637,35 @@ impl Forwarder {
 }
 
 /// The QoS 2 record command of a forward's origin (`done`: after fan-out).
+/// ENQUEUEs each target's delivery into its session's queue in one timed
+/// pipeline; one reply per target, in order. Nothing is sent for none.
+async fn enqueue_targets<'a>(
+    cluster: &Cluster,
+    con: &mut ConnectionManager,
+    targets: impl Iterator<Item = &'a QueueTarget>,
+) -> redis::RedisResult<Vec<redis::Value>> {
+    let mut pipe = redis::pipe();
+    for target in targets {
+        pipe.add_command(enqueue_target_cmd(cluster, target));
+    }
+    if pipe.is_empty() {
+        return Ok(Vec::new());
+    }
+    let queued = query_pipeline::<Vec<redis::Value>>(&cluster.scripts, con, &pipe);
+    cluster.metrics.timed(RedisOp::Enqueue, queued).await
+}
+
+/// The bounded ENQUEUE of `target`'s delivery into its session's queue.
+fn enqueue_target_cmd(cluster: &Cluster, target: &QueueTarget) -> redis::Cmd {
+    enqueue_cmd(
+        &cluster.scripts,
+        cluster.queue_bound,
+        &cluster.node_id,
+        &target.client_id,
+        &target.delivery,
+    )
+}
+
 fn origin_cmd(cluster: &Cluster, forward: &Forward, done: bool) -> Option<redis::Cmd> {
     let origin = forward.origin.as_ref()?;
     let publish_id = forward.message.publish_id.as_deref()?;
@@ -906,23 +922,8 @@ impl InboxReader {
                 queue.push((i, target));
             }
         }
-        let replies = if queue.is_empty() {
-            Vec::new()
-        } else {
-            let mut pipe = redis::pipe();
-            for (_, target) in &queue {
-                pipe.add_command(enqueue_cmd(
-                    &cluster.scripts,
-                    cluster.queue_bound,
-                    &cluster.node_id,
-                    &target.client_id,
-                    &target.delivery,
-                ));
-            }
-            let queued =
-                query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.writer, &pipe);
-            cluster.metrics.timed(RedisOp::Enqueue, queued).await?
-        };
+        let replies =
+            enqueue_targets(&cluster, &mut self.writer, queue.iter().map(|(_, t)| t)).await?;
         let mut replies = replies.into_iter();
         outcomes.extend(queue.into_iter().map(|(i, t)| {
             (
@@ -948,19 +949,7 @@ impl InboxReader {
         }
         if !ended.is_empty() {
             // Their sessions ended meanwhile: queued now, or read again.
-            let mut pipe = redis::pipe();
-            for target in &ended {
-                pipe.add_command(enqueue_cmd(
-                    &cluster.scripts,
-                    cluster.queue_bound,
-                    &cluster.node_id,
-                    &target.client_id,
-                    &target.delivery,
-                ));
-            }
-            let queued =
-                query_pipeline::<Vec<redis::Value>>(&cluster.scripts, &mut self.writer, &pipe);
-            let replies = cluster.metrics.timed(RedisOp::Enqueue, queued).await?;
+            let replies = enqueue_targets(&cluster, &mut self.writer, ended.iter()).await?;
             for (target, reply) in ended.into_iter().zip(replies) {
                 elsewhere.settle(target, &reply, &cluster.metrics);
             }
