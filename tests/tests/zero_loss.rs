@@ -31,6 +31,7 @@ use anyhow::{bail, ensure, Context, Result};
 use astramq_tests::chaos::cluster::{ChaosCluster, ClusterShape};
 use astramq_tests::chaos::ledger::{ranges, Verdict};
 use astramq_tests::chaos::receiver::{sequence_number, Arrival, Receiver};
+use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::wire::{self, kind, Connect, Publish};
 use astramq_tests::{unique_id, within_for, RawClient};
 
@@ -77,6 +78,10 @@ struct Scenario {
     qos: u8,
     withhold: Withhold,
     resume: Resume,
+    /// Wait before the kill until node A has spilled every pinned delivery
+    /// into the session queue and trimmed its journal and inbox: what
+    /// survives then is the queue alone.
+    spill_first: bool,
 }
 
 /// The subscriber, across its two connections.
@@ -99,6 +104,7 @@ async fn qos1_acknowledged_messages_survive_the_subscriber_node_dying_publisher_
         qos: 1,
         withhold: Withhold::FirstAck,
         resume: Resume::AfterRecovery,
+        spill_first: false,
     })
     .await
 }
@@ -111,6 +117,7 @@ async fn qos1_acknowledged_messages_survive_the_subscriber_node_dying_publisher_
         qos: 1,
         withhold: Withhold::FirstAck,
         resume: Resume::AfterRecovery,
+        spill_first: false,
     })
     .await
 }
@@ -123,6 +130,7 @@ async fn qos2_messages_arrive_once_when_pubrec_was_withheld_publisher_on_other_n
         qos: 2,
         withhold: Withhold::FirstAck,
         resume: Resume::AfterRecovery,
+        spill_first: false,
     })
     .await
 }
@@ -135,6 +143,7 @@ async fn qos2_messages_arrive_once_when_pubcomp_was_withheld_publisher_on_same_n
         qos: 2,
         withhold: Withhold::Pubcomp,
         resume: Resume::AfterRecovery,
+        spill_first: false,
     })
     .await
 }
@@ -147,6 +156,7 @@ async fn qos2_messages_arrive_once_with_acks_withheld_at_mixed_stages_publisher_
         qos: 2,
         withhold: Withhold::Alternate,
         resume: Resume::AfterRecovery,
+        spill_first: false,
     })
     .await
 }
@@ -159,6 +169,37 @@ async fn qos1_acknowledged_messages_survive_an_immediate_resume_publisher_on_oth
         qos: 1,
         withhold: Withhold::FirstAck,
         resume: Resume::AtOnce,
+        spill_first: false,
+    })
+    .await
+}
+
+/// Deliveries to a connected session are pinned in node A's journal (or
+/// inbox), not queued; held past the spill age they are copied into the
+/// session queue and the streams trimmed. Killing A after that must still
+/// lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_deliveries_spilled_while_held_survive_the_subscriber_node_dying_publisher_on_same_node(
+) -> Result<()> {
+    run(Scenario {
+        publisher_node: 0,
+        qos: 1,
+        withhold: Withhold::FirstAck,
+        resume: Resume::AfterRecovery,
+        spill_first: true,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_deliveries_spilled_while_held_survive_the_subscriber_node_dying_publisher_on_other_node(
+) -> Result<()> {
+    run(Scenario {
+        publisher_node: 2,
+        qos: 1,
+        withhold: Withhold::FirstAck,
+        resume: Resume::AfterRecovery,
+        spill_first: true,
     })
     .await
 }
@@ -185,6 +226,9 @@ async fn run(scenario: Scenario) -> Result<()> {
         .await?;
 
     let dead = cluster.nodes[0].id.clone();
+    if scenario.spill_first {
+        await_spill_and_trim(&cluster, &dead, acked.len()).await?;
+    }
     cluster.kill(0)?;
     drop(sub_conn);
     drop(publisher);
@@ -356,6 +400,37 @@ impl Subscriber {
             bail!("{phase} {}; {context}", verdict.describe());
         }
         Ok(())
+    }
+}
+
+/// Waits until node A reports at least `held` spilled deliveries and its
+/// journal and inbox are empty (trimmed past everything it was holding).
+async fn await_spill_and_trim(cluster: &ChaosCluster, node_id: &str, held: usize) -> Result<()> {
+    let streams = [
+        format!("astramq:n:{{{node_id}}}:journal"),
+        format!("astramq:n:{{{node_id}}}:inbox"),
+    ];
+    let deadline = Instant::now() + COLLECT_LIMIT;
+    loop {
+        let metrics = Exposition::scrape(cluster.node_metrics_addr(0)?)?;
+        let spilled = metrics
+            .sum("astramq_spilled_deliveries_total", &[])
+            .unwrap_or(0.0);
+        let mut lengths = Vec::new();
+        for stream in &streams {
+            let len: u64 = cluster.redis.cli(&["XLEN", stream])?.trim().parse()?;
+            lengths.push(len);
+        }
+        if spilled >= held as f64 && lengths.iter().all(|&len| len == 0) {
+            println!("zero-loss: node A spilled {spilled} deliveries; journal and inbox trimmed");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node A spilled {spilled} of {held} held deliveries; journal/inbox lengths {lengths:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -144,6 +144,16 @@ impl ChaosCluster {
             .ok_or_else(|| anyhow!("node {} is down", self.nodes[i].id))
     }
 
+    /// Node `i`'s `/metrics` address (fails while it is down; a node in a
+    /// namespace serves it inside the namespace only).
+    pub fn node_metrics_addr(&self, i: usize) -> Result<SocketAddr> {
+        let process = self.nodes[i]
+            .process
+            .as_ref()
+            .ok_or_else(|| anyhow!("node {} is down", self.nodes[i].id))?;
+        crate::observability::cluster::node_metrics_addr(process)
+    }
+
     /// Whether node `i` runs behind a namespace link it can be cut off by.
     pub fn is_partitionable(&self, i: usize) -> bool {
         self.nodes[i].netns.is_some()
@@ -171,6 +181,7 @@ impl ChaosCluster {
             // A slow subscriber's backlog must never hit the queue cap: a
             // message dropped for that is a configured limit, not a loss.
             ("--max-queued-messages", "1000000"),
+            ("--metrics-listen", "127.0.0.1:0"),
         ];
         if let Some(gossip) = &gossip {
             flags.push(("--gossip-listen", gossip));

@@ -27,7 +27,8 @@
 //! The lock carries a token unique to its taker (node id and time), is
 //! renewed while the recovery runs and is released only by its holder: a
 //! recovery that outlives its lock stops at its next check — before each
-//! session of step 1 and before step 5 (a step under way is finished).
+//! session of step 1, before the fence of step 2 and before step 5 (a step
+//! under way is finished).
 //! Recoveries run as their own tasks, never inside the heartbeat loop.
 //!
 //! **A node (re)starting** ([`rejoin`]) waits until no survivor is

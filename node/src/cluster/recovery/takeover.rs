@@ -67,6 +67,7 @@ impl Recovery {
                 not_kept.push(client_id);
             }
         }
+        lock.check()?;
         self.hand_over_routes(node, is_self).await?;
         for will in wills {
             self.node.publish_will(Arc::new(will)).await;
