@@ -137,7 +137,7 @@ def prepare_redis(ctx):
         raise RuntimeError("redis-server is not installed (scripts/test installs it)")
 
 
-def start_astramq_cluster(ctx, nodes, mode, binary=None):
+def start_astramq_cluster(ctx, nodes, mode, binary=None, extra=()):
     """Redis plus `nodes` AstraMQ nodes. With several nodes, publishers use
     node 1 and subscribers node 2: every delivery crosses nodes. The cost
     is every process's CPU, Redis included."""
@@ -146,7 +146,7 @@ def start_astramq_cluster(ctx, nodes, mode, binary=None):
     addrs = []
     try:
         for i in range(nodes):
-            args = ["--redis", url, "--cluster-mode", mode, "--node-id", f"bench-{mode}-{i}"]
+            args = ["--redis", url, "--cluster-mode", mode, "--node-id", f"bench-{mode}-{i}", *extra]
             proc, addr = start_astramq_node(ctx, args, name=f"astramq-{mode}-{i}", binary=binary)
             started.append(proc)
             addrs.append(addr)
@@ -164,6 +164,18 @@ def start_astramq_redis(ctx):
 
 def start_astramq_routed(ctx):
     return start_astramq_cluster(ctx, 3, "routed")
+
+
+# The forwarder waits 1 ms for more publishes before each Redis write.
+LINGER = ("--forward-linger-ms", "1")
+
+
+def start_astramq_redis_linger(ctx):
+    return start_astramq_cluster(ctx, 1, "routed", extra=LINGER)
+
+
+def start_astramq_routed_linger(ctx):
+    return start_astramq_cluster(ctx, 3, "routed", extra=LINGER)
 
 
 def start_astramq_broadcast(ctx):
@@ -344,6 +356,8 @@ TARGETS = {
         Target("astramq", "AstraMQ", prepare_astramq, start_astramq, peer=False),
         Target("astramq-redis", "AstraMQ 1 node on Redis", prepare_redis, start_astramq_redis, peer=False),
         Target("astramq-routed", "AstraMQ 3 nodes routed, cross-node", prepare_redis, start_astramq_routed, peer=False),
+        Target("astramq-redis-linger", "AstraMQ 1 node on Redis, linger 1 ms", prepare_redis, start_astramq_redis_linger, peer=False),
+        Target("astramq-routed-linger", "AstraMQ 3 nodes routed, linger 1 ms", prepare_redis, start_astramq_routed_linger, peer=False),
         Target("astramq-broadcast", "AstraMQ 3 nodes broadcast, cross-node", prepare_redis, start_astramq_broadcast, peer=False),
         Target("astramq-proxy", "AstraMQ behind astramq-proxy", prepare_astramq_proxy, start_astramq_proxy, peer=False),
         Target("baseline-redis", "baseline: 1 node on Redis", prepare_baseline, start_baseline_redis, peer=False),

@@ -772,3 +772,65 @@ async fn a_delivery_queued_without_notice_reaches_its_connected_session() -> Res
     );
     Ok(())
 }
+
+/// `--forward-linger-ms`: the forwarder holds a batch that long before
+/// writing it, so a publish toward another node is acknowledged no sooner
+/// (the linger is applied), and every acknowledged message of a pipelined
+/// burst still reaches a persistent subscriber on the other node.
+#[tokio::test]
+async fn a_forward_linger_delays_the_puback_and_delivers_every_acknowledged_message() -> Result<()>
+{
+    const LINGER: Duration = Duration::from_millis(20);
+    let redis = RedisProcess::start()?;
+    let linger = [("--forward-linger-ms", "20")];
+    let node_a = never_declared_dead(&redis, &unique_id("lg-a"), &linger)?;
+    let node_b = never_declared_dead(&redis, &unique_id("lg-b"), &linger)?;
+    let sub_connect = Connect::new(&unique_id("lg-sub")).with_clean_session(false);
+    let (mut sub, _) = RawClient::connected(node_b.addr(), &sub_connect).await?;
+    sub.subscribe(1, &[("lg/#", 1)]).await?;
+    let (mut publisher, _) =
+        RawClient::connected(node_a.addr(), &Connect::new(&unique_id("lg-pub"))).await?;
+    await_raw_route(&mut publisher, &mut sub, "lg/probe").await?;
+
+    let started = tokio::time::Instant::now();
+    publisher
+        .send(
+            &wire::Publish::new("lg/m", 1, b"1")
+                .with_packet_id(1)
+                .encode(),
+        )
+        .await?;
+    ensure!(
+        next_puback(&mut publisher, 1).await?,
+        "publish 1 not acknowledged"
+    );
+    let waited = started.elapsed();
+    ensure!(
+        waited >= LINGER,
+        "PUBACK after {waited:?}, before the {LINGER:?} linger"
+    );
+
+    let mut burst = Vec::new();
+    for seq in 2..=50u16 {
+        burst.extend(
+            wire::Publish::new("lg/m", 1, seq.to_string().as_bytes())
+                .with_packet_id(seq)
+                .encode(),
+        );
+    }
+    publisher.send(&burst).await?;
+    let mut acked = vec![1];
+    for seq in 2..=50u16 {
+        ensure!(
+            next_puback(&mut publisher, seq).await?,
+            "publish {seq} not acknowledged"
+        );
+        acked.push(seq);
+    }
+    let delivered = collect_acked(&mut sub, &acked, Duration::from_secs(10)).await?;
+    ensure!(
+        acked.iter().all(|seq| delivered.contains(seq)),
+        "acknowledged 1..=50, delivered {delivered:?}"
+    );
+    Ok(())
+}

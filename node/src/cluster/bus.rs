@@ -274,9 +274,18 @@ impl Forwarder {
 
     /// Lets the sessions that are ready to run add their publishes to the
     /// batch before it leaves (group commit): one round trip for a wave
-    /// of publishes rather than one per publish. Costs no timer, only a
-    /// turn of the scheduler.
+    /// of publishes rather than one per publish. By default this costs no
+    /// timer, only a turn of the scheduler; with `--forward-linger-ms` the
+    /// batch first waits that long (tokio's timer: at least 1 ms).
     async fn gather_more(&mut self, batch: &mut Vec<Forward>) {
+        let linger = self.cluster.options.forward_linger;
+        if !linger.is_zero() && batch.len() < MAX_BATCH {
+            tokio::time::sleep(linger).await;
+            let room = MAX_BATCH - batch.len();
+            if !self.queue.is_empty() {
+                self.queue.recv_many(batch, room).await;
+            }
+        }
         for _ in 0..GATHER_YIELDS {
             if batch.len() >= MAX_BATCH {
                 return;

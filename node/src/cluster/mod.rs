@@ -93,6 +93,9 @@ pub struct ClusterOptions {
     /// Bound of each node's inbox: beyond it appends are refused (and
     /// publishes toward it not acknowledged), never evicted.
     pub stream_maxlen: usize,
+    /// How long the forwarder lets publishes gather before writing a
+    /// batch (zero: only the scheduler turns of the group commit).
+    pub forward_linger: Duration,
     /// Bound of each persistent session's Redis queue.
     pub queue_bound: QueueBound,
     /// How often the heartbeat is written and dead nodes are looked for.

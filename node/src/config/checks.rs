@@ -70,6 +70,7 @@ fn at_least(
 pub fn check(s: &Settings) -> Result<(), InvalidSetting> {
     at_least("redis-timeout-ms", s.redis_timeout_ms, 1)?;
     at_least("stream-maxlen", s.stream_maxlen, 1)?;
+    within("forward-linger-ms", s.forward_linger_ms, 0, 100)?;
     at_least("heartbeat-interval-ms", s.heartbeat_interval_ms, 1)?;
     at_least("heartbeat-ttl-ms", s.heartbeat_ttl_ms, 1)?;
     let interval = s
@@ -239,6 +240,10 @@ mod tests {
         assert_eq!(
             zero(|s| s.max_topic_length = Some(65_536)),
             "max-topic-length"
+        );
+        assert_eq!(
+            zero(|s| s.forward_linger_ms = Some(101)),
+            "forward-linger-ms"
         );
     }
 
