@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, ensure, Result};
-use astramq_tests::{unique_id, within_for, NodeProcess, TestClient};
+use astramq_tests::{unique_id, within_for, NodeProcess, RedisProcess, TestClient};
 use rumqttc::QoS;
 
 /// Every `$SYS` topic the node must publish. All but the version are decimal.
@@ -102,5 +102,104 @@ async fn sys_topics_are_not_matched_by_hash() -> Result<()> {
         "# matched $SYS topics: {:?}",
         leaked.iter().map(|p| &p.topic).collect::<Vec<_>>()
     );
+    Ok(())
+}
+
+/// Starts a cluster node publishing `$SYS` every second, with fast failure
+/// detection.
+fn sys_node(redis: &RedisProcess, id: &str) -> Result<NodeProcess> {
+    NodeProcess::start_named(
+        id,
+        &[
+            ("--redis", &redis.url()),
+            ("--sys-interval", "1"),
+            ("--heartbeat-interval-ms", "200"),
+            ("--heartbeat-ttl-ms", "1000"),
+            ("--redis-timeout-ms", "500"),
+        ],
+    )
+}
+
+/// Reads `$SYS` publishes into `latest` until `done` holds for it.
+async fn sys_until(
+    client: &mut TestClient,
+    latest: &mut BTreeMap<String, String>,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, String>) -> bool,
+) -> Result<()> {
+    let limit = Duration::from_secs(15);
+    within_for(limit, what, async {
+        while !done(latest) {
+            let publish = client.next_publish().await?;
+            latest.insert(
+                publish.topic.clone(),
+                String::from_utf8_lossy(&publish.payload).into_owned(),
+            );
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await
+    .map_err(|e| anyhow!("{e}; seen: {latest:?}"))?
+}
+
+fn counter(latest: &BTreeMap<String, String>, topic: &str) -> Option<u64> {
+    latest.get(topic).and_then(|v| v.parse().ok())
+}
+
+/// In a cluster each node publishes its own statistics under
+/// `$SYS/broker/<node-id>/` and the cluster-wide sum under `$SYS/broker/`;
+/// a dead node's per-node topics are deleted once it is recovered, and the
+/// sum stops counting it.
+#[tokio::test]
+async fn cluster_nodes_publish_their_own_sys_topics_and_the_totals() -> Result<()> {
+    let redis = RedisProcess::start()?;
+    let (a, b) = (unique_id("sysa"), unique_id("sysb"));
+    let node_a = sys_node(&redis, &a)?;
+    let mut node_b = sys_node(&redis, &b)?;
+    let mut watcher = TestClient::connect(node_a.addr(), &unique_id("sysw")).await?;
+    let _on_b = TestClient::connect(node_b.addr(), &unique_id("sysb1")).await?;
+    let _also_on_b = TestClient::connect(node_b.addr(), &unique_id("sysb2")).await?;
+    watcher.subscribe("$SYS/broker/#", QoS::AtMostOnce).await?;
+
+    let on_a = format!("$SYS/broker/{a}/clients/connected");
+    let on_b = format!("$SYS/broker/{b}/clients/connected");
+    let total = "$SYS/broker/clients/connected";
+    let mut latest = BTreeMap::new();
+    sys_until(
+        &mut watcher,
+        &mut latest,
+        "per-node and total clients/connected",
+        |l| {
+            counter(l, &on_a) == Some(1)
+                && counter(l, &on_b) == Some(2)
+                && counter(l, total) == Some(3)
+        },
+    )
+    .await?;
+    ensure!(
+        latest.contains_key(&format!("$SYS/broker/{a}/uptime"))
+            && latest.contains_key("$SYS/broker/retained messages/count"),
+        "missing per-node uptime or the cluster's retained count: {latest:?}"
+    );
+
+    node_b.kill()?;
+    sys_until(
+        &mut watcher,
+        &mut latest,
+        "the total without the dead node",
+        |l| l.get(&on_b).is_some_and(String::is_empty) && counter(l, total) == Some(1),
+    )
+    .await?;
+    // A new subscriber finds no retained statistic of the dead node.
+    let mut fresh = TestClient::connect(node_a.addr(), &unique_id("sysf")).await?;
+    fresh
+        .subscribe(&format!("$SYS/broker/{b}/#"), QoS::AtMostOnce)
+        .await?;
+    if let Some(p) = fresh
+        .next_publish_within(Duration::from_millis(1500))
+        .await?
+    {
+        anyhow::bail!("the dead node's {} is still retained", p.topic);
+    }
     Ok(())
 }

@@ -384,6 +384,15 @@ impl Cluster {
     pub fn check_liveness_now(&self) {
         self.check_now.notify_one();
     }
+
+    /// Every node registered in the cluster: alive, or dead and not yet
+    /// recovered (recovery unregisters it).
+    pub async fn registered_nodes(&self) -> redis::RedisResult<Vec<String>> {
+        redis::cmd("SMEMBERS")
+            .arg(keys::nodes())
+            .query_async(&mut self.connection())
+            .await
+    }
 }
 
 /// The id of the last entry of `stream` ("0-0" when empty).

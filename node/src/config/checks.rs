@@ -66,11 +66,30 @@ fn at_least(
     within(setting, value, min, u64::MAX)
 }
 
+/// A node id names Redis keys (inside a `{hash tag}`) and `$SYS` topic
+/// levels: 1 to 64 ASCII letters, digits, `.`, `_` or `-`.
+fn check_node_id(id: &str) -> Result<(), InvalidSetting> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if (1..=64).contains(&id.len()) && id.chars().all(allowed) {
+        return Ok(());
+    }
+    Err(InvalidSetting {
+        setting: "node-id",
+        problem: format!(
+            "{id:?} must be 1 to 64 ASCII letters, digits, '.', '_' or '-' \
+             (it names Redis keys and $SYS topics)"
+        ),
+    })
+}
+
 /// Checks every given setting; the first problem found is returned.
 pub fn check(s: &Settings) -> Result<(), InvalidSetting> {
     at_least("redis-timeout-ms", s.redis_timeout_ms, 1)?;
     at_least("stream-maxlen", s.stream_maxlen, 1)?;
     within("forward-linger-ms", s.forward_linger_ms, 0, 100)?;
+    if let Some(id) = &s.node_id {
+        check_node_id(id)?;
+    }
     at_least("heartbeat-interval-ms", s.heartbeat_interval_ms, 1)?;
     at_least("heartbeat-ttl-ms", s.heartbeat_ttl_ms, 1)?;
     let interval = s
@@ -245,6 +264,8 @@ mod tests {
             zero(|s| s.forward_linger_ms = Some(101)),
             "forward-linger-ms"
         );
+        assert_eq!(zero(|s| s.node_id = Some("a/b".into())), "node-id");
+        assert_eq!(zero(|s| s.node_id = Some(String::new())), "node-id");
     }
 
     #[test]
