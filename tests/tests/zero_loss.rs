@@ -96,112 +96,46 @@ struct Subscriber {
     after_reconnect: BTreeMap<u64, u32>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos1_acknowledged_messages_survive_the_subscriber_node_dying_publisher_on_same_node(
-) -> Result<()> {
-    run(Scenario {
-        publisher_node: 0,
-        qos: 1,
-        withhold: Withhold::FirstAck,
-        resume: Resume::AfterRecovery,
-        spill_first: false,
-    })
-    .await
+/// One test per scenario: `name: publisher_node, qos, withhold, resume,
+/// spill_first`.
+macro_rules! scenarios {
+    ($($(#[$doc:meta])* $name:ident: $node:expr, $qos:expr, $withhold:ident, $resume:ident, $spill:expr;)*) => {$(
+        $(#[$doc])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> Result<()> {
+            run(Scenario {
+                publisher_node: $node,
+                qos: $qos,
+                withhold: Withhold::$withhold,
+                resume: Resume::$resume,
+                spill_first: $spill,
+            })
+            .await
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos1_acknowledged_messages_survive_the_subscriber_node_dying_publisher_on_other_node(
-) -> Result<()> {
-    run(Scenario {
-        publisher_node: 2,
-        qos: 1,
-        withhold: Withhold::FirstAck,
-        resume: Resume::AfterRecovery,
-        spill_first: false,
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos2_messages_arrive_once_when_pubrec_was_withheld_publisher_on_other_node() -> Result<()>
-{
-    run(Scenario {
-        publisher_node: 2,
-        qos: 2,
-        withhold: Withhold::FirstAck,
-        resume: Resume::AfterRecovery,
-        spill_first: false,
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos2_messages_arrive_once_when_pubcomp_was_withheld_publisher_on_same_node() -> Result<()>
-{
-    run(Scenario {
-        publisher_node: 0,
-        qos: 2,
-        withhold: Withhold::Pubcomp,
-        resume: Resume::AfterRecovery,
-        spill_first: false,
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos2_messages_arrive_once_with_acks_withheld_at_mixed_stages_publisher_on_other_node(
-) -> Result<()> {
-    run(Scenario {
-        publisher_node: 2,
-        qos: 2,
-        withhold: Withhold::Alternate,
-        resume: Resume::AfterRecovery,
-        spill_first: false,
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos1_acknowledged_messages_survive_an_immediate_resume_publisher_on_other_node(
-) -> Result<()> {
-    run(Scenario {
-        publisher_node: 2,
-        qos: 1,
-        withhold: Withhold::FirstAck,
-        resume: Resume::AtOnce,
-        spill_first: false,
-    })
-    .await
-}
-
-/// Deliveries to a connected session are pinned in node A's journal (or
-/// inbox), not queued; held past the spill age they are copied into the
-/// session queue and the streams trimmed. Killing A after that must still
-/// lose nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos1_deliveries_spilled_while_held_survive_the_subscriber_node_dying_publisher_on_same_node(
-) -> Result<()> {
-    run(Scenario {
-        publisher_node: 0,
-        qos: 1,
-        withhold: Withhold::FirstAck,
-        resume: Resume::AfterRecovery,
-        spill_first: true,
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn qos1_deliveries_spilled_while_held_survive_the_subscriber_node_dying_publisher_on_other_node(
-) -> Result<()> {
-    run(Scenario {
-        publisher_node: 2,
-        qos: 1,
-        withhold: Withhold::FirstAck,
-        resume: Resume::AfterRecovery,
-        spill_first: true,
-    })
-    .await
+scenarios! {
+    qos1_acknowledged_messages_survive_the_subscriber_node_dying_publisher_on_same_node:
+        0, 1, FirstAck, AfterRecovery, false;
+    qos1_acknowledged_messages_survive_the_subscriber_node_dying_publisher_on_other_node:
+        2, 1, FirstAck, AfterRecovery, false;
+    qos2_messages_arrive_once_when_pubrec_was_withheld_publisher_on_other_node:
+        2, 2, FirstAck, AfterRecovery, false;
+    qos2_messages_arrive_once_when_pubcomp_was_withheld_publisher_on_same_node:
+        0, 2, Pubcomp, AfterRecovery, false;
+    qos2_messages_arrive_once_with_acks_withheld_at_mixed_stages_publisher_on_other_node:
+        2, 2, Alternate, AfterRecovery, false;
+    qos1_acknowledged_messages_survive_an_immediate_resume_publisher_on_other_node:
+        2, 1, FirstAck, AtOnce, false;
+    /// Deliveries to a connected session are pinned in node A's journal (or
+    /// inbox), not queued; held past the spill age they are copied into the
+    /// session queue and the streams trimmed. Killing A after that must
+    /// still lose nothing.
+    qos1_deliveries_spilled_while_held_survive_the_subscriber_node_dying_publisher_on_same_node:
+        0, 1, FirstAck, AfterRecovery, true;
+    qos1_deliveries_spilled_while_held_survive_the_subscriber_node_dying_publisher_on_other_node:
+        2, 1, FirstAck, AfterRecovery, true;
 }
 
 async fn run(scenario: Scenario) -> Result<()> {
