@@ -20,6 +20,9 @@ const REQUIRED: [&str; 8] = [
     "$SYS/broker/messages/dropped",
 ];
 
+/// Enough for a node's death to be noticed and recovered, and two rounds.
+const FAILOVER: Duration = Duration::from_secs(15);
+
 /// Enough for two publish rounds at `--sys-interval 1` on a busy machine.
 const SYS_WAIT: Duration = Duration::from_secs(6);
 
@@ -39,18 +42,14 @@ async fn sys_topics_are_published_periodically() -> Result<()> {
     client.subscribe("$SYS/#", QoS::AtMostOnce).await?;
 
     let mut latest = BTreeMap::new();
-    within_for(SYS_WAIT, "every required $SYS topic", async {
-        while !REQUIRED.iter().all(|topic| latest.contains_key(*topic)) {
-            let publish = client.next_publish().await?;
-            latest.insert(
-                publish.topic.clone(),
-                String::from_utf8_lossy(&publish.payload).into_owned(),
-            );
-        }
-        Ok::<_, anyhow::Error>(())
-    })
-    .await
-    .map_err(|e| anyhow!("{e}; seen so far: {latest:?}"))??;
+    sys_until(
+        &mut client,
+        &mut latest,
+        SYS_WAIT,
+        "every required $SYS topic",
+        |l| REQUIRED.iter().all(|topic| l.contains_key(*topic)),
+    )
+    .await?;
 
     ensure!(
         !latest["$SYS/broker/version"].trim().is_empty(),
@@ -124,10 +123,10 @@ fn sys_node(redis: &RedisProcess, id: &str) -> Result<NodeProcess> {
 async fn sys_until(
     client: &mut TestClient,
     latest: &mut BTreeMap<String, String>,
+    limit: Duration,
     what: &str,
     done: impl Fn(&BTreeMap<String, String>) -> bool,
 ) -> Result<()> {
-    let limit = Duration::from_secs(15);
     within_for(limit, what, async {
         while !done(latest) {
             let publish = client.next_publish().await?;
@@ -168,6 +167,7 @@ async fn cluster_nodes_publish_their_own_sys_topics_and_the_totals() -> Result<(
     sys_until(
         &mut watcher,
         &mut latest,
+        FAILOVER,
         "per-node and total clients/connected",
         |l| {
             counter(l, &on_a) == Some(1)
@@ -186,6 +186,7 @@ async fn cluster_nodes_publish_their_own_sys_topics_and_the_totals() -> Result<(
     sys_until(
         &mut watcher,
         &mut latest,
+        FAILOVER,
         "the total without the dead node",
         |l| l.get(&on_b).is_some_and(String::is_empty) && counter(l, total) == Some(1),
     )
