@@ -65,7 +65,6 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::acl::AccessControl;
@@ -130,16 +129,14 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         }
         None => None,
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
+    let listener = listener::bind(config.listen)
         .with_context(|| format!("binding MQTT listener on {}", config.listen))?;
     let local = listener
         .local_addr()
         .context("reading the bound MQTT address")?;
     let tls = match &config.tls {
         Some(options) => {
-            let listener = TcpListener::bind(options.listen)
-                .await
+            let listener = listener::bind(options.listen)
                 .with_context(|| format!("binding MQTT TLS listener on {}", options.listen))?;
             let bound = listener
                 .local_addr()

@@ -15,6 +15,11 @@
 //! `watch` channel tells every
 //! session to stop, and an `mpsc` sender cloned into each task tells the
 //! listener, by being dropped, when the last session has finished.
+//!
+//! Listeners are bound by [`bind`] with a backlog of [`BACKLOG`]: with the
+//! operating system's usual 128, a burst of connections (a proxy dialling
+//! for hundreds of clients at once) overflowed the queue, the kernel
+//! dropped the SYNs and each dropped client waited a second for its retry.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use astramq_shared::tls::ServerTls;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use crate::broker::Broker;
@@ -30,6 +35,22 @@ use crate::limits::{Admission, NotAdmitted};
 use crate::session;
 use crate::stats::{LimitReason, Refusal};
 use crate::transport::Transport;
+
+/// Connections the kernel queues for a listener before `accept` (capped by
+/// `net.core.somaxconn`, 4096 by default on current Linux).
+pub const BACKLOG: u32 = 4096;
+
+/// Binds a client listener on `addr` with [`BACKLOG`] (and SO_REUSEADDR,
+/// as the standard library sets it, so a restart finds its port free).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// The sockets clients connect to.
 pub struct Listeners {
