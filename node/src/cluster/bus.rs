@@ -478,9 +478,22 @@ impl Forwarder {
     /// journal.
     fn journal_cmd<'a>(&self, messages: impl IntoIterator<Item = &'a Arc<Message>>) -> redis::Cmd {
         let me = &self.cluster.node_id;
-        let journal = keys::journal(me);
-        let fence = keys::node_fenced(me);
-        let mut cmd = evalsha(&self.cluster.scripts.journal_append, &[&journal, &fence]);
+        let script = &self.cluster.scripts.journal_append;
+        self.bounded_append_cmd(script, &keys::journal(me), me, messages)
+    }
+
+    /// `script` (INBOX_APPEND or JOURNAL_APPEND) appending `messages` as
+    /// one entry to `stream`, refused while `node` is fenced or `stream`
+    /// holds `--stream-maxlen` entries.
+    fn bounded_append_cmd<'a>(
+        &self,
+        script: &redis::Script,
+        stream: &str,
+        node: &str,
+        messages: impl IntoIterator<Item = &'a Arc<Message>>,
+    ) -> redis::Cmd {
+        let fence = keys::node_fenced(node);
+        let mut cmd = evalsha(script, &[stream, &fence]);
         cmd.arg(self.cluster.options.stream_maxlen)
             .arg(FIELD_MESSAGES)
             .arg(wire::encode_batch(messages).as_ref());
@@ -635,13 +648,8 @@ impl Forwarder {
         node: &str,
         messages: impl IntoIterator<Item = &'a Arc<Message>>,
     ) -> redis::Cmd {
-        let inbox = keys::inbox(node);
-        let fence = keys::node_fenced(node);
-        let mut cmd = evalsha(&self.cluster.scripts.inbox_append, &[&inbox, &fence]);
-        cmd.arg(self.cluster.options.stream_maxlen)
-            .arg(FIELD_MESSAGES)
-            .arg(wire::encode_batch(messages).as_ref());
-        cmd
+        let script = &self.cluster.scripts.inbox_append;
+        self.bounded_append_cmd(script, &keys::inbox(node), node, messages)
     }
 }
 
