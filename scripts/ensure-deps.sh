@@ -51,3 +51,18 @@ ensure_rust() {
     exit 1
   fi
 }
+
+# paho-mqtt for Debian's /usr/bin/python3 (the WebSocket tests drive it
+# with transport="websockets"). The python3 first on PATH may be another
+# interpreter (pyenv) that does not see Debian's package: the tests call
+# /usr/bin/python3 by its path.
+ensure_python3_paho() {
+  if /usr/bin/python3 -c "import paho.mqtt.client" >/dev/null 2>&1; then
+    return 0
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "Installing missing packages: python3-paho-mqtt" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-paho-mqtt >/dev/null
+}

@@ -57,7 +57,15 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_TLS_LISTEN", value_name = "ADDR")]
     pub tls_listen: Option<SocketAddr>,
 
-    /// PEM certificate chain of the TLS listener, leaf first; re-read on SIGHUP [default: none].
+    /// MQTT over WebSocket listen address (path `/mqtt`, subprotocol `mqtt`), in addition to `--listen` [default: off].
+    #[arg(long, env = "ASTRAMQ_WS_LISTEN", value_name = "ADDR")]
+    pub ws_listen: Option<SocketAddr>,
+
+    /// MQTT over WebSocket inside TLS listen address (path `/mqtt`, subprotocol `mqtt`); needs `--tls-cert` and `--tls-key` [default: off].
+    #[arg(long, env = "ASTRAMQ_WSS_LISTEN", value_name = "ADDR")]
+    pub wss_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain of the TLS listeners (`--tls-listen`, `--wss-listen`), leaf first; re-read on SIGHUP [default: none].
     #[arg(long, env = "ASTRAMQ_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 
@@ -237,6 +245,8 @@ impl Layered for Settings {
             config: self.config.or(lower.config),
             listen: self.listen.or(lower.listen),
             tls_listen: self.tls_listen.or(lower.tls_listen),
+            ws_listen: self.ws_listen.or(lower.ws_listen),
+            wss_listen: self.wss_listen.or(lower.wss_listen),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
@@ -294,6 +304,11 @@ pub struct NodeConfig {
     pub listen: SocketAddr,
     /// The TLS listener, if enabled.
     pub tls: Option<TlsListen>,
+    /// The WebSocket listener address, if enabled.
+    pub ws_listen: Option<SocketAddr>,
+    /// The WebSocket-inside-TLS listener, if enabled; its certificates are
+    /// the same object as the TLS listener's.
+    pub wss: Option<TlsListen>,
     /// Metrics endpoint address, if enabled.
     pub metrics_listen: Option<SocketAddr>,
     /// This node's id.
@@ -326,7 +341,7 @@ pub struct AclOptions {
     pub rules: Rules,
 }
 
-/// The MQTT over TLS listener.
+/// A listener inside TLS (`--tls-listen`, `--wss-listen`).
 #[derive(Debug, Clone)]
 pub struct TlsListen {
     /// Where to bind.
@@ -425,6 +440,15 @@ impl Default for Limits {
 }
 
 impl NodeConfig {
+    /// The TLS certificates of `--tls-listen` and `--wss-listen` (one
+    /// configuration for both), for SIGHUP to reload.
+    pub fn tls_certificates(&self) -> Option<Arc<ServerTls>> {
+        self.tls
+            .as_ref()
+            .or(self.wss.as_ref())
+            .map(|l| l.tls.clone())
+    }
+
     /// Reads flags and environment, then the file they name, and resolves
     /// defaults.
     pub fn load() -> anyhow::Result<NodeConfig> {
@@ -435,7 +459,7 @@ impl NodeConfig {
     /// sense) and applies defaults.
     pub fn resolve(s: Settings) -> anyhow::Result<NodeConfig> {
         checks::check(&s)?;
-        let tls = checks::tls(&s)?;
+        let (tls, wss) = checks::tls(&s)?;
         let auth = AuthOptions {
             allow_anonymous: s.allow_anonymous.unwrap_or(false),
             users: checks::password_file(&s)?,
@@ -499,6 +523,8 @@ impl NodeConfig {
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883))),
             tls,
+            ws_listen: s.ws_listen,
+            wss,
             metrics_listen: s.metrics_listen,
             node_id: s.node_id.unwrap_or_else(random_node_id),
             cluster: s.redis.map(|redis_url| ClusterOptions {

@@ -4,8 +4,9 @@
 //!
 //! A request travels down this list:
 //!
-//! - [`listener`]: accepts TCP connections (and TLS ones, handshake
-//!   included, on `--tls-listen`), caps their number, shuts down
+//! - [`listener`]: accepts TCP connections (and TLS, WebSocket and
+//!   WebSocket-in-TLS ones, handshakes included, on `--tls-listen`,
+//!   `--ws-listen`, `--wss-listen`), caps their number, shuts down
 //!   gracefully; [`limits`] decides which it admits (per IP, per second)
 //!   and the keep-alive each client is held to.
 //! - [`session`]: one task per connection: CONNECT handshake, takeover,
@@ -14,7 +15,7 @@
 //!   holds the `user` admin command; [`acl`] decides which topics a
 //!   client may publish and subscribe to.
 //! - [`connection`]: bytes ⇄ whole MQTT frames, with coalesced writes and
-//!   no buffers held while idle, over a [`transport`] (TCP, or TLS).
+//!   no buffers held while idle, over a [`transport`] (TCP, TLS, WebSocket).
 //! - [`protocol`]: framing, bounds-checked validation and the mqttrs codec.
 //! - [`broker`]: the publish path: route, post to mailboxes, queue offline.
 //! - [`registry`]: connected sessions by client id, and their mailboxes.
@@ -111,7 +112,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     // end the process.
     let reload_task = tokio::spawn(reload_on_sighup(
         broker.clone(),
-        config.tls.as_ref().map(|options| options.tls.clone()),
+        config.tls_certificates(),
         signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     ));
     if let Some(cluster) = &cluster {
@@ -129,24 +130,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         }
         None => None,
     };
-    let listener = listener::bind(config.listen)
-        .with_context(|| format!("binding MQTT listener on {}", config.listen))?;
-    let local = listener
-        .local_addr()
-        .context("reading the bound MQTT address")?;
-    let tls = match &config.tls {
-        Some(options) => {
-            let listener = listener::bind(options.listen)
-                .with_context(|| format!("binding MQTT TLS listener on {}", options.listen))?;
-            let bound = listener
-                .local_addr()
-                .context("reading the bound MQTT TLS address")?;
-            Some((listener, options.tls.clone(), bound))
-        }
-        None => None,
-    };
-    let tls_local = tls.as_ref().map(|(_, _, bound)| *bound);
-    tracing::info!(node_id = %config.node_id, mqtt = %local, mqtts = ?tls_local, "node started");
+    let sockets = listener::bind(&config).await?;
+    let local = sockets[0].2;
+    tracing::info!(
+        node_id = %config.node_id,
+        listeners = ?sockets.iter().map(|(_, protocol, bound)| format!("{}://{bound}", protocol.scheme())).collect::<Vec<_>>(),
+        "node started"
+    );
     let membership = match &config.gossip {
         Some(options) => {
             let membership = gossip::join(&config.node_id, options, local, metrics_addr).await?;
@@ -156,12 +146,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         }
         None => None,
     };
-    // Stable lines on stdout: scripts and tests wait for them (the TLS one
-    // first, so the plain one still means everything is bound).
-    if let Some(bound) = tls_local {
-        println!("astramq-node listening on mqtts://{bound}");
+    // Stable lines on stdout: scripts and tests wait for them (the plain
+    // one last, so it still means everything is bound).
+    for (_, protocol, bound) in sockets.iter().rev() {
+        println!("astramq-node listening on {}://{bound}", protocol.scheme());
     }
-    println!("astramq-node listening on mqtt://{local}");
     // Leave gossip as soon as shutdown starts, so proxies stop sending new
     // clients here while the connected ones are closed.
     let leaving = membership.clone();
@@ -177,8 +166,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         .sys_interval
         .map(|every| tokio::spawn(sys::publish_periodically(broker.clone(), every)));
     let listeners = listener::Listeners {
-        plain: listener,
-        tls: tls.map(|(listener, tls, _)| (listener, tls)),
+        sockets: sockets
+            .into_iter()
+            .map(|(socket, protocol, _)| (socket, protocol))
+            .collect(),
     };
     listener::serve(broker, listeners, shutdown, config.shutdown_timeout).await;
     gauges_task.abort();

@@ -37,10 +37,13 @@ pub enum Refusal {
     /// The TLS handshake failed (not TLS, untrusted client certificate)
     /// or did not finish within the connect timeout.
     TlsHandshake,
+    /// The WebSocket upgrade failed (wrong path, no `mqtt` subprotocol,
+    /// not HTTP) or did not finish within the connect timeout.
+    WsHandshake,
 }
 
 /// How many values the `reason` label of connection refusals has.
-const REFUSALS: usize = 10;
+const REFUSALS: usize = 11;
 
 impl Refusal {
     const ALL: [(Refusal, &'static str); REFUSALS] = [
@@ -54,6 +57,7 @@ impl Refusal {
         (Refusal::BadCredentials, "bad_credentials"),
         (Refusal::NotAuthorized, "not_authorized"),
         (Refusal::TlsHandshake, "tls_handshake"),
+        (Refusal::WsHandshake, "ws_handshake"),
     ];
 }
 

@@ -1,20 +1,24 @@
 //! The byte stream under a [`crate::connection::Connection`]: plain TCP,
-//! or TLS over TCP once the handshake is done.
+//! TLS over TCP once the handshake is done, or WebSocket (over TCP or
+//! TLS) once the upgrade is done.
 //!
 //! An enum rather than a generic or a box: the session code is the same
-//! for both and is compiled once, and the TCP arm keeps the readiness-based
-//! reads and writes straight on the socket (no extra copy, no virtual
-//! call). The TLS arm goes through rustls, which decrypts into and encrypts
-//! from its own buffers, so after a write some ciphertext may still wait
-//! in rustls ([`Transport::wants_write`]) until the socket takes it.
+//! for every transport and is compiled once, and the TCP arm keeps the
+//! readiness-based reads and writes straight on the socket (no extra copy,
+//! no virtual call). The other arms go through their stream's
+//! `AsyncRead`/`AsyncWrite`: rustls decrypts into and encrypts from its own
+//! buffers, and [`WsStream`] unwraps binary messages and frames writes as
+//! messages, so after a write some bytes may still wait there
+//! ([`Transport::wants_write`]) until the socket takes them.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
 
+use astramq_shared::ws::WsStream;
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -25,6 +29,10 @@ pub enum Transport {
     Tcp(TcpStream),
     /// MQTT inside TLS (boxed: rustls' state is large, and rare).
     Tls(Box<TlsStream<TcpStream>>),
+    /// MQTT in WebSocket binary messages over TCP (`--ws-listen`).
+    Ws(Box<WsStream<TcpStream>>),
+    /// MQTT in WebSocket binary messages inside TLS (`--wss-listen`).
+    Wss(Box<WsStream<TlsStream<TcpStream>>>),
 }
 
 impl Transport {
@@ -51,26 +59,12 @@ impl Transport {
                     result => return Poll::Ready(result),
                 }
             },
-            Transport::Tls(tls) => {
-                // rustls may hold decrypted bytes the socket no longer
-                // signals, so read through it rather than wait on the socket.
-                reserve(buf);
-                let read = std::pin::pin!(tls.read_buf(buf)).poll(cx);
-                match read {
-                    Poll::Pending => {
-                        if buf.is_empty() {
-                            *buf = BytesMut::new();
-                        }
-                        Poll::Pending
-                    }
-                    // A client that closes without close_notify has still
-                    // closed: the same clean end as a TCP FIN.
-                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                        Poll::Ready(Ok(0))
-                    }
-                    ready => ready,
-                }
-            }
+            // rustls may hold decrypted bytes, and tungstenite a decoded
+            // message, that the socket no longer signals: read through them
+            // rather than wait on the socket.
+            Transport::Tls(tls) => poll_read_through(&mut **tls, cx, buf, reserve),
+            Transport::Ws(ws) => poll_read_through(&mut **ws, cx, buf, reserve),
+            Transport::Wss(ws) => poll_read_through(&mut **ws, cx, buf, reserve),
         }
     }
 
@@ -78,24 +72,16 @@ impl Transport {
     pub fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Tcp(tcp) => tcp.try_write(buf),
-            Transport::Tls(tls) => {
-                let mut cx = Context::from_waker(Waker::noop());
-                let written = match Pin::new(&mut **tls).poll_write(&mut cx, buf) {
-                    Poll::Ready(result) => result?,
-                    Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
-                };
-                // Push out the records rustls made, as far as the socket takes them.
-                if let Poll::Ready(Err(e)) = Pin::new(&mut **tls).poll_flush(&mut cx) {
-                    return Err(e);
-                }
-                Ok(written)
-            }
+            Transport::Tls(tls) => try_write_through(&mut **tls, buf),
+            Transport::Ws(ws) => try_write_through(&mut **ws, buf),
+            Transport::Wss(ws) => try_write_through(&mut **ws, buf),
         }
     }
 
-    /// Whether this is a TLS connection.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Transport::Tls(_))
+    /// Whether this is MQTT straight over TCP (the only transport a
+    /// PROXY protocol header can precede).
+    pub fn is_plain_tcp(&self) -> bool {
+        matches!(self, Transport::Tcp(_))
     }
 
     /// The client certificate's identity, on a TLS listener that requires
@@ -105,20 +91,21 @@ impl Transport {
     /// when no certificate was presented (TCP, or TLS without client CA).
     pub fn certificate_name(&self) -> Option<Option<String>> {
         match self {
-            Transport::Tcp(_) => None,
-            Transport::Tls(tls) => {
-                tls.get_ref().1.peer_certificates()?;
-                Some(astramq_shared::tls::client_common_name(tls))
-            }
+            Transport::Tcp(_) | Transport::Ws(_) => None,
+            Transport::Tls(tls) => certificate_name(tls),
+            Transport::Wss(ws) => certificate_name(ws.get_ref()),
         }
     }
 
     /// Whether bytes already written still wait inside the transport
-    /// (encrypted records the socket has not taken); never for TCP.
+    /// (encrypted records, WebSocket frames the socket has not taken);
+    /// never for TCP.
     pub fn wants_write(&self) -> bool {
         match self {
             Transport::Tcp(_) => false,
             Transport::Tls(tls) => tls.get_ref().1.wants_write(),
+            Transport::Ws(ws) => ws.wants_write(),
+            Transport::Wss(ws) => ws.wants_write() || ws.get_ref().get_ref().1.wants_write(),
         }
     }
 }
@@ -132,6 +119,8 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(tcp) => Pin::new(tcp).poll_write(cx, buf),
             Transport::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+            Transport::Ws(ws) => Pin::new(&mut **ws).poll_write(cx, buf),
+            Transport::Wss(ws) => Pin::new(&mut **ws).poll_write(cx, buf),
         }
     }
 
@@ -139,6 +128,8 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(tcp) => Pin::new(tcp).poll_flush(cx),
             Transport::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+            Transport::Ws(ws) => Pin::new(&mut **ws).poll_flush(cx),
+            Transport::Wss(ws) => Pin::new(&mut **ws).poll_flush(cx),
         }
     }
 
@@ -146,6 +137,53 @@ impl AsyncWrite for Transport {
         match self.get_mut() {
             Transport::Tcp(tcp) => Pin::new(tcp).poll_shutdown(cx),
             Transport::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+            Transport::Ws(ws) => Pin::new(&mut **ws).poll_shutdown(cx),
+            Transport::Wss(ws) => Pin::new(&mut **ws).poll_shutdown(cx),
         }
     }
+}
+
+/// Reads through a stream that buffers on its own (TLS, WebSocket) after
+/// `reserve` made room; releases the buffer while nothing arrives.
+fn poll_read_through<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    reserve: fn(&mut BytesMut),
+) -> Poll<io::Result<usize>> {
+    reserve(buf);
+    let read = std::pin::pin!(stream.read_buf(buf)).poll(cx);
+    match read {
+        Poll::Pending => {
+            if buf.is_empty() {
+                *buf = BytesMut::new();
+            }
+            Poll::Pending
+        }
+        // A client that closes without close_notify has still closed: the
+        // same clean end as a TCP FIN.
+        Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(0)),
+        ready => ready,
+    }
+}
+
+/// Writes what `stream` takes now and pushes out what it made of it, as
+/// far as the socket takes it, without waiting.
+fn try_write_through<W: AsyncWrite + Unpin>(stream: &mut W, buf: &[u8]) -> io::Result<usize> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let written = match Pin::new(&mut *stream).poll_write(&mut cx, buf) {
+        Poll::Ready(result) => result?,
+        Poll::Pending => return Err(io::ErrorKind::WouldBlock.into()),
+    };
+    if let Poll::Ready(Err(e)) = Pin::new(&mut *stream).poll_flush(&mut cx) {
+        return Err(e);
+    }
+    Ok(written)
+}
+
+/// The verified client certificate's CN on a TLS stream, as
+/// [`Transport::certificate_name`] reports it.
+fn certificate_name(tls: &TlsStream<TcpStream>) -> Option<Option<String>> {
+    tls.get_ref().1.peer_certificates()?;
+    Some(astramq_shared::tls::client_common_name(tls))
 }

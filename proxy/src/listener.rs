@@ -11,8 +11,8 @@
 //! finds the fd and uses it instead of binding.
 //!
 //! The wrapper also prints the readiness line,
-//! `astramq-proxy listening on mqtt://ADDR` (`mqtts://` for the TLS
-//! listener), with the real bound address,
+//! `astramq-proxy listening on mqtt://ADDR` (`mqtts://`, `ws://`, `wss://`
+//! for the TLS and WebSocket listeners), with the real bound address,
 //! once the services it depends on (the control plane: metrics, gossip)
 //! are ready and the signal handlers are installed.
 
@@ -37,7 +37,7 @@ pub struct PreboundListener<S> {
     key: String,
     /// The bound address, for the readiness line.
     bound: SocketAddr,
-    /// The readiness line's scheme: `mqtt`, or `mqtts` for TLS.
+    /// The readiness line's scheme: `mqtt`, `mqtts`, `ws` or `wss`.
     scheme: &'static str,
     /// Set when start-up failed elsewhere: then no readiness line.
     fatal: Arc<Fatal>,

@@ -61,7 +61,7 @@ use tokio::sync::watch;
 use tracing_subscriber::EnvFilter;
 
 use crate::admission::Admission;
-use crate::app::MqttProxy;
+use crate::app::{ClientTransport, MqttProxy};
 use crate::backends::BackendSet;
 use crate::balance::Balancer;
 use crate::config::ProxyConfig;
@@ -90,9 +90,8 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     // Bound here, before anything starts, so a taken port fails at once and
-    // port 0 works; see `listener.rs`.
-    let socket = std::net::TcpListener::bind(config.listen)
-        .with_context(|| format!("cannot listen for MQTT on {}", config.listen))?;
+    // port 0 works; see `listener.rs`. The plain listener first.
+    let sockets = bind_listeners(&config)?;
 
     let metrics = Arc::new(ProxyMetrics::new());
     let backends = Arc::new(BackendSet::with_fallback(&config.backends));
@@ -133,65 +132,40 @@ fn main() -> anyhow::Result<()> {
         fatal: fatal.clone(),
     });
 
-    let app = MqttProxy {
-        admission,
-        backends,
-        balancer: Balancer::new(config.balance),
-        metrics,
-        options: config.connection.clone(),
-        tls: None,
-    };
-    // The TLS listener: the same application (sharing admission, backends
-    // and metrics) behind a handshake, as a second pingora service.
-    let tls_service = match &config.tls {
-        Some((addr, tls)) => {
-            let socket = std::net::TcpListener::bind(addr)
-                .with_context(|| format!("cannot listen for MQTT over TLS on {addr}"))?;
-            let bound = socket
-                .local_addr()
-                .context("reading the bound MQTT TLS address")?;
-            let app = MqttProxy {
-                admission: app.admission.clone(),
-                backends: app.backends.clone(),
-                balancer: Balancer::new(config.balance),
-                metrics: app.metrics.clone(),
-                options: config.connection.clone(),
-                tls: Some(tls.clone()),
-            };
-            let mut service = ListeningService::new("mqtts".to_owned(), app);
-            service.add_listener(
-                ListenerConfig::tcp(listener::endpoint_key(bound))
-                    .l4_buffer(L4BufferSettings::unbuffered()),
-            );
-            Some(
-                PreboundListener::new(
-                    service,
-                    "mqtts",
-                    socket,
-                    fatal.clone(),
-                    signals_ready.clone(),
-                )
-                .context("preparing the MQTT TLS socket")?,
-            )
-        }
-        None => None,
-    };
-    let bound = socket
-        .local_addr()
-        .context("reading the bound MQTT address")?;
-    let mut mqtt = ListeningService::new("mqtt".to_owned(), app);
-    // Unbuffered: the relay does its own buffering and flushing.
-    mqtt.add_listener(
-        ListenerConfig::tcp(listener::endpoint_key(bound))
-            .l4_buffer(L4BufferSettings::unbuffered()),
-    );
-    let mqtt = PreboundListener::new(mqtt, "mqtt", socket, fatal.clone(), signals_ready)
-        .context("preparing the MQTT socket")?;
-    let mqtt = server.add_service(mqtt);
-    mqtt.add_dependency(&control);
-    if let Some(service) = tls_service {
+    // One pingora service per listener, all the same application (sharing
+    // admission, backends and metrics) behind their own handshakes.
+    let mut bound = None;
+    for (socket, transport) in sockets {
+        let local = socket
+            .local_addr()
+            .with_context(|| format!("reading the bound {}:// address", transport.scheme()))?;
+        bound.get_or_insert(local);
+        let scheme = transport.scheme();
+        let app = MqttProxy {
+            admission: admission.clone(),
+            backends: backends.clone(),
+            balancer: Balancer::new(config.balance),
+            metrics: metrics.clone(),
+            options: config.connection.clone(),
+            transport,
+        };
+        let mut service = ListeningService::new(scheme.to_owned(), app);
+        // Unbuffered: the relay does its own buffering and flushing.
+        service.add_listener(
+            ListenerConfig::tcp(listener::endpoint_key(local))
+                .l4_buffer(L4BufferSettings::unbuffered()),
+        );
+        let service = PreboundListener::new(
+            service,
+            scheme,
+            socket,
+            fatal.clone(),
+            signals_ready.clone(),
+        )
+        .with_context(|| format!("preparing the {scheme}:// socket"))?;
         server.add_service(service).add_dependency(&control);
     }
+    let bound = bound.context("no MQTT listener")?;
 
     tracing::info!(
         listen = %bound,
@@ -210,7 +184,7 @@ fn main() -> anyhow::Result<()> {
         shutdown_signal: Box::new(Signals {
             fatal: fatal.clone(),
             ready: signals_ready_tx,
-            tls: config.tls.as_ref().map(|(_, tls)| tls.clone()),
+            tls: config.tls_certificates(),
         }),
     });
     if fatal.is_tripped() {
@@ -218,6 +192,32 @@ fn main() -> anyhow::Result<()> {
     }
     tracing::info!("astramq-proxy stopped");
     Ok(())
+}
+
+/// Binds every configured listener (the plain one first) with what it
+/// speaks, naming the listener and address when one cannot be bound.
+fn bind_listeners(
+    config: &ProxyConfig,
+) -> anyhow::Result<Vec<(std::net::TcpListener, ClientTransport)>> {
+    let mut wanted = vec![(config.listen, ClientTransport::Plain)];
+    if let Some((addr, tls)) = &config.tls {
+        wanted.push((*addr, ClientTransport::Tls(tls.clone())));
+    }
+    if let Some(addr) = config.ws_listen {
+        wanted.push((addr, ClientTransport::Ws));
+    }
+    if let Some((addr, tls)) = &config.wss {
+        wanted.push((*addr, ClientTransport::Wss(tls.clone())));
+    }
+    wanted
+        .into_iter()
+        .map(|(addr, transport)| {
+            let socket = std::net::TcpListener::bind(addr).with_context(|| {
+                format!("cannot listen for {}:// on {addr}", transport.scheme())
+            })?;
+            Ok((socket, transport))
+        })
+        .collect()
 }
 
 /// What ends the server: SIGTERM, SIGINT or SIGQUIT (all graceful: listener
@@ -230,7 +230,7 @@ struct Signals {
     /// Set once the handlers are installed; the readiness line waits for it
     /// so a SIGTERM sent right after it is a graceful stop, not a kill.
     ready: watch::Sender<bool>,
-    /// The TLS listener's certificates, re-read on SIGHUP.
+    /// The TLS listeners' certificates, re-read on SIGHUP.
     tls: Option<Arc<astramq_shared::tls::ServerTls>>,
 }
 

@@ -31,7 +31,7 @@ use crate::connect::Reject;
 /// Every reject reason of the CONNECT reader and `no_backend`, so each
 /// series exists (at 0) from the start; the admission limits' reasons
 /// ([`Refusal::reason`]) are registered beside them.
-pub const REJECT_REASONS: [&str; 7] = [
+pub const REJECT_REASONS: [&str; 8] = [
     "timeout",
     "not_connect",
     "malformed",
@@ -39,6 +39,7 @@ pub const REJECT_REASONS: [&str; 7] = [
     "no_backend",
     "closed",
     "tls_handshake",
+    "ws_handshake",
 ];
 
 /// Membership states reported by `astramq_membership_members`.
@@ -246,6 +247,12 @@ impl ProxyMetrics {
     /// Counts a client closed because its TLS handshake failed or timed out.
     pub fn tls_handshake_failed(&self) {
         self.rejects.with_label_values(&["tls_handshake"]).inc();
+    }
+
+    /// Counts a client closed because its WebSocket upgrade failed (wrong
+    /// path, no `mqtt` subprotocol, not HTTP) or timed out.
+    pub fn ws_handshake_failed(&self) {
+        self.rejects.with_label_values(&["ws_handshake"]).inc();
     }
 
     /// Active connections to `backend` (the least-connections load).

@@ -9,6 +9,8 @@
 //! - [`ops_http`] — the `/metrics`, `/healthz` and `/readyz` endpoint.
 //! - [`tls`] — TLS listener configuration from PEM files (rustls),
 //!   reloadable, and the client certificate's CN.
+//! - [`ws`] — MQTT over WebSocket: the `/mqtt` upgrade and the byte stream
+//!   carried in binary messages.
 //! - [`log_text`] — client-supplied strings truncated and escaped for logs,
 //!   and passwords redacted from URLs.
 
@@ -17,3 +19,4 @@ pub mod log_text;
 pub mod membership;
 pub mod ops_http;
 pub mod tls;
+pub mod ws;

@@ -21,6 +21,8 @@
 //!   self-removing temporary directories for password files.
 //! - [`chaos`]: a fault-injecting cluster harness (kill, freeze, Redis
 //!   restart, partition) with a workload and a zero-loss checker.
+//! - [`ws`]: [`ws::WsClient`], a byte-level MQTT client over WebSocket
+//!   (and WebSocket inside TLS), for the `--ws-listen`/`--wss-listen` tests.
 //! - [`client`]: [`TestClient`], a wrapper around the independent `rumqttc`
 //!   client that turns its event loop into awaitable, bounded steps.
 
@@ -35,6 +37,7 @@ pub mod raw;
 pub mod redis;
 pub mod users;
 pub mod wire;
+pub mod ws;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};

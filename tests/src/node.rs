@@ -62,6 +62,15 @@ impl NodeProcess {
         Self::spawn(Command::new(&binary), "127.0.0.1:0", node_id, flags)
     }
 
+    /// Starts a node like [`Self::start_with`], logging at `RUST_LOG=level`
+    /// whatever the test's environment says.
+    pub fn start_logging(level: &str, flags: &[(&str, &str)]) -> Result<Self> {
+        let binary = node_binary()?;
+        let mut command = Command::new(&binary);
+        command.env("RUST_LOG", level);
+        Self::spawn(command, "127.0.0.1:0", &unique_id("node"), flags)
+    }
+
     /// Starts a node inside the network namespace `netns` (via `ip netns
     /// exec`, which execs the node, so [`NodeProcess::pid`] is the node's),
     /// listening on `listen_ip` there. Chaos tests partition such a node by

@@ -34,6 +34,12 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts a proxy on an ephemeral port with metrics on, plus `flags`.
     pub fn start(flags: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with_env(flags, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables (`RUST_LOG`, say),
+    /// set after the inherited `ASTRAMQ_*` ones are cleared.
+    pub fn start_with_env(flags: &[(&str, &str)], env: &[(&str, &str)]) -> Result<Self> {
         let binary = proxy_binary()?;
         let mut command = Command::new(&binary);
         command
@@ -51,6 +57,7 @@ impl ProxyProcess {
                 command.env_remove(key);
             }
         }
+        command.envs(env.iter().copied());
         let mut child = command
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;

@@ -261,9 +261,54 @@ fn compose_file_parses_and_everything_it_mounts_and_builds_exists() -> Result<()
     // The proxy is the front door on 1883.
     let proxy_ports = strings(&compose.service("proxy")?["ports"]);
     ensure!(
-        proxy_ports.iter().any(|p| p.starts_with("1883:")),
+        proxy_ports.iter().any(|p| p.starts_with("127.0.0.1:1883:")),
         "the proxy must publish port 1883: {proxy_ports:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn compose_gossip_is_keyed_and_published_ports_bind_loopback() -> Result<()> {
+    let compose = Compose::load()?;
+    // Every gossip member holds the same key (an example, overridable by
+    // ASTRAMQ_GOSSIP_KEY), in its environment rather than on its command
+    // line (where `ps` would show it).
+    let mut keys = BTreeSet::new();
+    for (name, service) in &compose.services {
+        let command = compose.command(name)?;
+        if flag(&command, "--gossip-listen").is_none() {
+            continue;
+        }
+        ensure!(
+            flag(&command, "--gossip-key").is_none(),
+            "{name}: the gossip key belongs in the environment, not the command"
+        );
+        let key = service["environment"]["ASTRAMQ_GOSSIP_KEY"]
+            .as_str()
+            .ok_or_else(|| anyhow!("{name} gossips without ASTRAMQ_GOSSIP_KEY"))?;
+        let example = key
+            .strip_prefix("${ASTRAMQ_GOSSIP_KEY:-")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .ok_or_else(|| anyhow!("{name}: the key must be ${{ASTRAMQ_GOSSIP_KEY:-example}}"))?;
+        ensure!(
+            example.len() == 44,
+            "{name}: the example key is not 32 bytes of base64"
+        );
+        keys.insert(example.to_owned());
+    }
+    ensure!(
+        keys.len() == 1,
+        "gossip members disagree on the key: {keys:?}"
+    );
+    // Published ports are for this host only.
+    for (name, service) in &compose.services {
+        for port in strings(&service["ports"]) {
+            ensure!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} on every interface of the host"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -291,6 +291,22 @@ async fn scripts_start_runs_the_local_stack_and_ctrl_c_stops_all_of_it() -> Resu
         );
     }
 
+    // Gossip runs with a key the script made for this stack, readable by
+    // its owner only.
+    let key_file = data_dir.join("gossip.key");
+    let key = std::fs::read_to_string(&key_file).context("reading the stack's gossip.key")?;
+    ensure!(
+        key.trim().len() == 44,
+        "gossip.key is not 32 bytes of base64"
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_file)?.permissions());
+    ensure!(mode & 0o077 == 0, "gossip.key has mode {mode:o}");
+    ensure!(
+        banner.contains("encrypted (key: "),
+        "the banner does not say gossip is keyed:\n{banner}"
+    );
+
     // Redis persists with an AOF in the data dir; the Prometheus config is
     // the template rendered for these ports.
     let aof = data_dir.join("redis/appendonlydir");

@@ -9,7 +9,8 @@
 //! - after SIGTERM a node is reported `left` at once and exits 0; it is
 //!   `reaped` after the tombstone timeout, and rejoins when restarted;
 //! - with `--gossip-key`, only members holding the same key (base64 or hex
-//!   spelling) get in.
+//!   spelling) get in, and a keyed proxy never sends a client to a keyless
+//!   or wrong-key node that tries to join it.
 //!
 //! Observations come from each process's stderr, where the membership
 //! library logs `membership event kind=<k> member=<id> role=<r>`; each line
@@ -211,6 +212,100 @@ fn a_gossip_key_admits_only_members_with_the_same_key() {
     }
 }
 
+#[test]
+fn a_keyed_proxy_never_routes_clients_to_a_keyless_or_wrong_key_node() {
+    let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let other = "HxAREhMUFRYXGBkaGxwdHh8AAQIDBAUGBwgJCgsMDQ4=";
+    let start = Instant::now();
+    let proxy_gossip = free_gossip_addr();
+    let proxy = spawn(
+        Bin::Proxy,
+        "kp",
+        proxy_gossip,
+        &[],
+        &[("--gossip-key", key)],
+    );
+    let member = spawn(
+        Bin::Node,
+        "kn",
+        free_gossip_addr(),
+        &[proxy_gossip],
+        &[("--gossip-key", key)],
+    );
+    // Two real brokers claiming to be nodes, without the key and with
+    // another one, both pointed at the proxy.
+    let keyless = spawn(Bin::Node, "kx", free_gossip_addr(), &[proxy_gossip], &[]);
+    let wrong = spawn(
+        Bin::Node,
+        "kw",
+        free_gossip_addr(),
+        &[proxy_gossip],
+        &[("--gossip-key", other)],
+    );
+    proxy.wait_event("joined", "kn", start, JOIN_BOUND);
+    keyless.wait_line("no gossip seed answered yet", JOIN_BOUND);
+    wrong.wait_line("no gossip seed answered yet", JOIN_BOUND);
+    let proxy_addr = proxy.listen_addr("astramq-proxy listening on mqtt://");
+    // Round-robin over whatever the proxy trusts: every client must land
+    // on the keyed node.
+    const CLIENTS: usize = 12;
+    for i in 0..CLIENTS {
+        assert_eq!(
+            connack_via(proxy_addr, &format!("kclient-{i}")),
+            0,
+            "client {i} not accepted:\n{}",
+            proxy.log()
+        );
+    }
+    let routed: Vec<String> = proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("client routed"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(routed.len(), CLIENTS, "{}", proxy.log());
+    assert!(
+        routed.iter().all(|l| l.contains("backend=kn ")),
+        "a client went elsewhere: {routed:#?}"
+    );
+    // Nor did the proxy ever see the outsiders as members or backends.
+    for outsider in ["kx", "kw"] {
+        assert!(
+            !proxy.events().iter().any(|e| e.member == outsider)
+                && !proxy.log().contains(&format!("node_id={outsider} ")),
+            "the proxy knows {outsider}:\n{}",
+            proxy.log()
+        );
+    }
+    drop((member, keyless, wrong));
+}
+
+/// The CONNACK return code a clean-session CONNECT as `client_id` gets
+/// through `proxy` (blocking, bounded by read and write timeouts).
+fn connack_via(proxy: SocketAddr, client_id: &str) -> u8 {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect_timeout(&proxy, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to the proxy: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let connect = astramq_tests::wire::Connect::new(client_id).encode();
+    stream.write_all(&connect).unwrap();
+    let mut connack = [0u8; 4];
+    stream
+        .read_exact(&mut connack)
+        .unwrap_or_else(|e| panic!("no CONNACK for {client_id}: {e}"));
+    assert_eq!(
+        connack[..3],
+        [0x20, 0x02, 0x00],
+        "not a CONNACK: {connack:?}"
+    );
+    connack[3]
+}
+
 /// Starts member `id`: the proxy for `px`, a node otherwise; it joins every
 /// gossip address but its own.
 fn spawn_member(id: &str, addr: SocketAddr, all: &[SocketAddr], extra: &[(&str, &str)]) -> Proc {
@@ -366,12 +461,16 @@ impl Proc {
 
     /// The MQTT address a node printed on stdout once it listened.
     fn mqtt_addr(&self) -> SocketAddr {
-        const READY: &str = "astramq-node listening on mqtt://";
-        self.wait_line(READY, JOIN_BOUND);
+        self.listen_addr("astramq-node listening on mqtt://")
+    }
+
+    /// The address on the first output line containing `ready`, after it.
+    fn listen_addr(&self, ready: &str) -> SocketAddr {
+        self.wait_line(ready, JOIN_BOUND);
         let lines = self.lines.lock().unwrap();
         let line = lines
             .iter()
-            .find_map(|(_, l)| l.split(READY).nth(1))
+            .find_map(|(_, l)| l.split(ready).nth(1))
             .unwrap();
         line.trim()
             .parse()

@@ -11,6 +11,7 @@
 //! fit together (the message names the setting and the file). Not checked:
 //! whether addresses can be bound or Redis reached (start-up reports those).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use astramq_shared::tls::{ServerTls, TlsFiles};
@@ -170,27 +171,32 @@ pub fn password_file(s: &Settings) -> Result<UserTable, InvalidSetting> {
     })
 }
 
-/// Loads the TLS listener's files when `--tls-listen` is given; refuses
-/// TLS files without it and a TLS listener without them.
-pub fn tls(s: &Settings) -> Result<Option<TlsListen>, InvalidSetting> {
-    let Some(listen) = s.tls_listen else {
-        let given = [
-            ("tls-cert", s.tls_cert.is_some()),
-            ("tls-key", s.tls_key.is_some()),
-            ("tls-client-ca", s.tls_client_ca.is_some()),
-        ];
-        return match given.iter().find(|(_, given)| *given) {
-            Some((setting, _)) => Err(InvalidSetting {
-                setting,
-                problem: "given without --tls-listen".to_owned(),
-            }),
-            None => Ok(None),
-        };
+/// Loads the TLS files when `--tls-listen` or `--wss-listen` is given
+/// (one configuration, shared by both listeners and reloaded once);
+/// refuses TLS files without either and either listener without them.
+pub fn tls(s: &Settings) -> Result<(Option<TlsListen>, Option<TlsListen>), InvalidSetting> {
+    let listener = match (s.tls_listen, s.wss_listen) {
+        (Some(_), _) => "--tls-listen",
+        (None, Some(_)) => "--wss-listen",
+        (None, None) => {
+            let given = [
+                ("tls-cert", s.tls_cert.is_some()),
+                ("tls-key", s.tls_key.is_some()),
+                ("tls-client-ca", s.tls_client_ca.is_some()),
+            ];
+            return match given.iter().find(|(_, given)| *given) {
+                Some((setting, _)) => Err(InvalidSetting {
+                    setting,
+                    problem: "given without --tls-listen or --wss-listen".to_owned(),
+                }),
+                None => Ok((None, None)),
+            };
+        }
     };
     let required = |setting: &'static str, path: &Option<std::path::PathBuf>| {
         path.clone().ok_or_else(|| InvalidSetting {
             setting,
-            problem: "required with --tls-listen".to_owned(),
+            problem: format!("required with {listener}"),
         })
     };
     let files = TlsFiles {
@@ -198,14 +204,17 @@ pub fn tls(s: &Settings) -> Result<Option<TlsListen>, InvalidSetting> {
         key: required("tls-key", &s.tls_key)?,
         client_ca: s.tls_client_ca.clone(),
     };
-    let tls = ServerTls::load(files).map_err(|error| InvalidSetting {
+    let tls = Arc::new(ServerTls::load(files).map_err(|error| InvalidSetting {
         setting: error.setting,
         problem: format!("{}: {}", error.path, error.problem),
-    })?;
-    Ok(Some(TlsListen {
-        listen,
-        tls: Arc::new(tls),
-    }))
+    })?);
+    let listen = |listen: Option<SocketAddr>| {
+        listen.map(|listen| TlsListen {
+            listen,
+            tls: tls.clone(),
+        })
+    };
+    Ok((listen(s.tls_listen), listen(s.wss_listen)))
 }
 
 #[cfg(test)]

@@ -107,15 +107,18 @@ async fn handshake(
 }
 
 /// The client's address: the peer's, or, behind a trusted load balancer,
-/// the one in its PROXY protocol header (within the connect timeout). A
-/// TLS connection never carries one: the header would have to come before
-/// the handshake, and load balancers in front of TLS ports terminate TLS.
+/// the one in its PROXY protocol header (within the connect timeout). Only
+/// plain TCP carries one: on TLS and WebSocket the header would have to
+/// come before the handshake, and load balancers in front of those ports
+/// terminate them.
 async fn client_address(
     broker: &Broker,
     connection: &mut Connection,
     peer: SocketAddr,
 ) -> Option<SocketAddr> {
-    if connection.transport().is_tls() || !broker.limits().trusted_proxies.contains(&peer.ip()) {
+    if !connection.transport().is_plain_tcp()
+        || !broker.limits().trusted_proxies.contains(&peer.ip())
+    {
         return Some(peer);
     }
     let header = tokio::time::timeout(

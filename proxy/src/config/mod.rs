@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use astramq_shared::config::Layered;
 use astramq_shared::tls::{ServerTls, TlsFiles};
+use astramq_shared::ws::WsLimits;
 use clap::Parser;
 use serde::Deserialize;
 
@@ -28,6 +29,10 @@ pub const MAX_CONNECT_TIMEOUT_SECS: u64 = 3600;
 
 /// `--max-connect-size` default, bytes.
 pub const DEFAULT_MAX_CONNECT_SIZE: usize = 65_536;
+
+/// `--ws-max-message-size` default, bytes: the node's default
+/// `--max-packet-size` (1 MiB) plus the largest MQTT fixed header.
+pub const DEFAULT_WS_MAX_MESSAGE_SIZE: usize = 1024 * 1024 + 5;
 
 /// `--max-connections` default. A relayed connection costs the proxy two
 /// file descriptors and about 40 KiB (two 16 KiB relay buffers plus the
@@ -65,7 +70,19 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_TLS_LISTEN", value_name = "ADDR")]
     pub tls_listen: Option<SocketAddr>,
 
-    /// PEM certificate chain of the TLS listener, leaf first; re-read on SIGHUP [default: none].
+    /// MQTT over WebSocket listen address (path `/mqtt`, subprotocol `mqtt`), in addition to `--listen`; relayed to nodes as plain MQTT over TCP [default: off].
+    #[arg(long, env = "ASTRAMQ_WS_LISTEN", value_name = "ADDR")]
+    pub ws_listen: Option<SocketAddr>,
+
+    /// MQTT over WebSocket inside TLS listen address (path `/mqtt`, subprotocol `mqtt`); needs `--tls-cert` and `--tls-key` [default: off].
+    #[arg(long, env = "ASTRAMQ_WSS_LISTEN", value_name = "ADDR")]
+    pub wss_listen: Option<SocketAddr>,
+
+    /// Largest WebSocket message (and frame) accepted from a client, in bytes; keep it at least the nodes' `--max-packet-size` + 5 [default: 1048581].
+    #[arg(long, env = "ASTRAMQ_WS_MAX_MESSAGE_SIZE", value_name = "BYTES")]
+    pub ws_max_message_size: Option<usize>,
+
+    /// PEM certificate chain of the TLS listeners (`--tls-listen`, `--wss-listen`), leaf first; re-read on SIGHUP [default: none].
     #[arg(long, env = "ASTRAMQ_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
 
@@ -154,6 +171,9 @@ impl Layered for Settings {
             config: self.config.or(lower.config),
             listen: self.listen.or(lower.listen),
             tls_listen: self.tls_listen.or(lower.tls_listen),
+            ws_listen: self.ws_listen.or(lower.ws_listen),
+            wss_listen: self.wss_listen.or(lower.wss_listen),
+            ws_max_message_size: self.ws_max_message_size.or(lower.ws_max_message_size),
             tls_cert: self.tls_cert.or(lower.tls_cert),
             tls_key: self.tls_key.or(lower.tls_key),
             tls_client_ca: self.tls_client_ca.or(lower.tls_client_ca),
@@ -194,6 +214,11 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// The MQTT over TLS listener and its certificates, if enabled.
     pub tls: Option<(SocketAddr, Arc<ServerTls>)>,
+    /// The MQTT over WebSocket listener, if enabled.
+    pub ws_listen: Option<SocketAddr>,
+    /// The WebSocket-inside-TLS listener, if enabled; its certificates are
+    /// the same object as the TLS listener's.
+    pub wss: Option<(SocketAddr, Arc<ServerTls>)>,
     /// Metrics endpoint, if enabled.
     pub metrics_listen: Option<SocketAddr>,
     /// Gossip member name.
@@ -213,6 +238,15 @@ pub struct ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// The certificates of `--tls-listen` and `--wss-listen` (one
+    /// configuration for both), for SIGHUP to reload.
+    pub fn tls_certificates(&self) -> Option<Arc<ServerTls>> {
+        self.tls
+            .as_ref()
+            .or(self.wss.as_ref())
+            .map(|(_, tls)| tls.clone())
+    }
+
     /// Reads flags and environment, then the file they name, and resolves.
     pub fn load() -> anyhow::Result<ProxyConfig> {
         ProxyConfig::resolve(astramq_shared::config::load::<Settings>()?)
@@ -220,7 +254,7 @@ impl ProxyConfig {
 
     /// Applies defaults and checks values.
     pub fn resolve(s: Settings) -> anyhow::Result<ProxyConfig> {
-        let tls = tls(&s)?;
+        let (tls, wss) = tls(&s)?;
         let backends = s.backends.unwrap_or_default();
         let gossip = s.gossip_listen.map(|listen| GossipSettings {
             listen,
@@ -237,6 +271,8 @@ impl ProxyConfig {
         );
         let max_connect_size = s.max_connect_size.unwrap_or(DEFAULT_MAX_CONNECT_SIZE);
         within("max-connect-size", max_connect_size, 16, u64::MAX)?;
+        let ws_max_message_size = s.ws_max_message_size.unwrap_or(DEFAULT_WS_MAX_MESSAGE_SIZE);
+        within("ws-max-message-size", ws_max_message_size, 16, u64::MAX)?;
         let dial_timeout_ms = s.dial_timeout_ms.unwrap_or(1000);
         within("dial-timeout-ms", dial_timeout_ms, 1, u64::MAX)?;
         let connect_timeout = s.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT_SECS);
@@ -275,6 +311,8 @@ impl ProxyConfig {
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 1883))),
             tls,
+            ws_listen: s.ws_listen,
+            wss,
             metrics_listen: s.metrics_listen,
             node_id: s.node_id.unwrap_or_else(default_node_id),
             gossip,
@@ -285,6 +323,9 @@ impl ProxyConfig {
                 max_connect_size,
                 dial_timeout: Duration::from_millis(dial_timeout_ms),
                 proxy_protocol: s.proxy_protocol.unwrap_or(false),
+                ws_limits: WsLimits {
+                    max_message_size: ws_max_message_size,
+                },
             },
             admission,
             threads,
@@ -306,19 +347,30 @@ fn within(setting: &str, value: impl TryInto<u64>, min: u64, max: u64) -> anyhow
     anyhow::bail!("{setting}: {value} is out of range; it must be between {min} and {max}")
 }
 
-/// Loads the TLS listener's files when `--tls-listen` is given, naming
-/// the setting and the file of any that cannot be used (exit code 2);
-/// refuses TLS files without `--tls-listen` and the listener without them.
-fn tls(s: &Settings) -> anyhow::Result<Option<(SocketAddr, Arc<ServerTls>)>> {
-    let Some(listen) = s.tls_listen else {
-        for (setting, given) in [
-            ("tls-cert", s.tls_cert.is_some()),
-            ("tls-key", s.tls_key.is_some()),
-            ("tls-client-ca", s.tls_client_ca.is_some()),
-        ] {
-            anyhow::ensure!(!given, "{setting}: given without --tls-listen");
+/// A listener inside TLS: its address and certificates.
+type TlsListen = Option<(SocketAddr, Arc<ServerTls>)>;
+
+/// Loads the TLS files when `--tls-listen` or `--wss-listen` is given (one
+/// configuration for both, reloaded once), naming the setting and the
+/// file of any that cannot be used (exit code 2); refuses TLS files
+/// without either listener and either listener without them.
+fn tls(s: &Settings) -> anyhow::Result<(TlsListen, TlsListen)> {
+    let listener = match (s.tls_listen, s.wss_listen) {
+        (Some(_), _) => "--tls-listen",
+        (None, Some(_)) => "--wss-listen",
+        (None, None) => {
+            for (setting, given) in [
+                ("tls-cert", s.tls_cert.is_some()),
+                ("tls-key", s.tls_key.is_some()),
+                ("tls-client-ca", s.tls_client_ca.is_some()),
+            ] {
+                anyhow::ensure!(
+                    !given,
+                    "{setting}: given without --tls-listen or --wss-listen"
+                );
+            }
+            return Ok((None, None));
         }
-        return Ok(None);
     };
     let (Some(cert), Some(key)) = (s.tls_cert.clone(), s.tls_key.clone()) else {
         let missing = if s.tls_cert.is_none() {
@@ -326,14 +378,16 @@ fn tls(s: &Settings) -> anyhow::Result<Option<(SocketAddr, Arc<ServerTls>)>> {
         } else {
             "tls-key"
         };
-        anyhow::bail!("{missing}: required with --tls-listen");
+        anyhow::bail!("{missing}: required with {listener}");
     };
     let files = TlsFiles {
         cert,
         key,
         client_ca: s.tls_client_ca.clone(),
     };
-    Ok(Some((listen, Arc::new(ServerTls::load(files)?))))
+    let tls = Arc::new(ServerTls::load(files)?);
+    let with = |listen: Option<SocketAddr>| listen.map(|listen| (listen, tls.clone()));
+    Ok((with(s.tls_listen), with(s.wss_listen)))
 }
 
 /// A name unique per host and process, so two proxies on one machine (or
