@@ -198,7 +198,7 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
 
-    /// New connections per second this node accepts (token bucket, bursts of as many); more are closed before CONNECT is read; 0 disables [default: 2000].
+    /// New connections per second this node accepts (token bucket, bursts of as many); beyond it the node stops accepting and new connections wait in the listen backlog; 0 disables [default: 2000].
     #[arg(long, env = "ASTRAMQ_MAX_CONNECTION_RATE")]
     pub max_connection_rate: Option<u32>,
 

@@ -132,6 +132,25 @@ fn poll_accept(
     Poll::Pending
 }
 
+/// Stops accepting for `wait` (new connections queue in the listen
+/// backlog), counted; breaks when `shutdown` resolves meanwhile.
+async fn pause_accepting(
+    broker: &Broker,
+    wait: Duration,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> std::ops::ControlFlow<()> {
+    broker.stats().accept_pauses.inc();
+    broker
+        .stats()
+        .accept_paused_seconds
+        .inc_by(wait.as_secs_f64());
+    tracing::debug!(?wait, "max-connection-rate reached: not accepting");
+    tokio::select! {
+        _ = shutdown.as_mut() => std::ops::ControlFlow::Break(()),
+        _ = tokio::time::sleep(wait) => std::ops::ControlFlow::Continue(()),
+    }
+}
+
 /// Accepts connections until `shutdown` resolves, then ends every session
 /// and waits (at most `drain_timeout`) for them to save their state.
 pub async fn serve(
@@ -150,6 +169,15 @@ pub async fn serve(
     );
     tokio::pin!(shutdown);
     loop {
+        if let Err(wait) = admission.next_accept(Instant::now().into_std()) {
+            if pause_accepting(&broker, wait, &mut shutdown)
+                .await
+                .is_break()
+            {
+                break;
+            }
+            continue;
+        }
         let (accepted, protocol) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = std::future::poll_fn(|cx| poll_accept(&listeners.sockets, cx)) => accepted,
@@ -282,7 +310,6 @@ where
 fn refuse(broker: &Broker, why: NotAdmitted) {
     let (refusal, limit) = match why {
         NotAdmitted::PerIp => (Refusal::PerIp, LimitReason::ConnectionsPerIp),
-        NotAdmitted::Rate => (Refusal::Rate, LimitReason::ConnectionRate),
     };
     tracing::debug!(?why, "connection closed at accept: admission limit");
     broker.stats().refused(refusal);

@@ -8,7 +8,7 @@
 //! values. Names follow Prometheus conventions: `astramq_` prefix, `_total`
 //! for counters, base units, and no client id or topic as a label.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{Counter, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::message::Qos;
 use crate::router::topic::TopicLimit;
@@ -28,8 +28,6 @@ pub enum Refusal {
     ServerUnavailable,
     /// `max-connections-per-ip` reached.
     PerIp,
-    /// `max-connection-rate` exceeded.
-    Rate,
     /// CONNACK 0x04: unknown user, wrong or missing password.
     BadCredentials,
     /// CONNACK 0x05: no credentials while anonymous clients are refused.
@@ -43,7 +41,7 @@ pub enum Refusal {
 }
 
 /// How many values the `reason` label of connection refusals has.
-const REFUSALS: usize = 11;
+const REFUSALS: usize = 10;
 
 impl Refusal {
     const ALL: [(Refusal, &'static str); REFUSALS] = [
@@ -53,7 +51,6 @@ impl Refusal {
         (Refusal::IdentifierRejected, "identifier_rejected"),
         (Refusal::ServerUnavailable, "server_unavailable"),
         (Refusal::PerIp, "max_connections_per_ip"),
-        (Refusal::Rate, "max_connection_rate"),
         (Refusal::BadCredentials, "bad_credentials"),
         (Refusal::NotAuthorized, "not_authorized"),
         (Refusal::TlsHandshake, "tls_handshake"),
@@ -85,8 +82,6 @@ pub enum LimitReason {
     Sessions,
     /// A connection beyond `max-connections-per-ip` (closed at accept).
     ConnectionsPerIp,
-    /// A connection beyond `max-connection-rate` (closed at accept).
-    ConnectionRate,
     /// A keep-alive over `max-keep-alive` (held to the maximum).
     KeepAlive,
     /// A delivery beyond `max-queued-bytes-per-session` (dropped).
@@ -108,14 +103,13 @@ impl LimitReason {
         (LimitReason::WillPayload, "will_payload"),
         (LimitReason::Sessions, "sessions"),
         (LimitReason::ConnectionsPerIp, "connections_per_ip"),
-        (LimitReason::ConnectionRate, "connection_rate"),
         (LimitReason::KeepAlive, "keep_alive"),
         (LimitReason::QueuedBytes, "queued_bytes"),
     ];
 }
 
 /// How many values the `reason` label of limit refusals has.
-const LIMIT_REASONS: usize = 13;
+const LIMIT_REASONS: usize = 12;
 
 impl From<TopicLimit> for LimitReason {
     fn from(limit: TopicLimit) -> LimitReason {
@@ -185,6 +179,10 @@ pub struct Stats {
     pub registry: Registry,
     /// Connections accepted by the listener.
     pub connections_total: IntCounter,
+    /// Times the listener stopped accepting for `max-connection-rate`.
+    pub accept_pauses: IntCounter,
+    /// Seconds the listener spent not accepting for `max-connection-rate`.
+    pub accept_paused_seconds: Counter,
     /// Sessions currently connected.
     pub clients_connected: IntGauge,
     refused: [IntCounter; REFUSALS],
@@ -307,6 +305,21 @@ impl Stats {
             .set(1);
         Stats {
             connections_total: counter(r, "astramq_connections_total", "TCP connections accepted."),
+            accept_pauses: counter(
+                r,
+                "astramq_accept_pauses_total",
+                "Times the listener stopped accepting because max-connection-rate was reached.",
+            ),
+            accept_paused_seconds: {
+                let metric = Counter::new(
+                    "astramq_accept_paused_seconds_total",
+                    "Seconds the listener did not accept because max-connection-rate was reached.",
+                )
+                .expect("valid metric name");
+                r.register(Box::new(metric.clone()))
+                    .expect("metric registered once");
+                metric
+            },
             clients_connected: gauge(
                 r,
                 "astramq_connections",

@@ -5,7 +5,8 @@
 //!
 //! - [`per_ip`]: counts open connections per address; a guard gives the
 //!   slot back when the connection ends, however it ends.
-//! - [`rate`]: a token bucket of new connections per second for the node.
+//! - [`rate`]: a token bucket of new connections per second for the node;
+//!   when it is empty the listener stops accepting until it refills.
 //! - [`sessions`]: `max-sessions`, reserved atomically per handshake.
 //! - [`keep_alive`]: the server maximum and the default for keep-alive 0.
 //! - [`queue`]: messages and bytes queued per session.
@@ -14,8 +15,13 @@
 //! is read (no CONNECT is parsed, nothing is allocated for it beyond the
 //! accepted socket). Connections from `--trusted-proxies` carry many
 //! clients each and are not counted per IP (bound those at the proxy); the
-//! rate counts every accepted connection. Not guaranteed: fairness between
-//! addresses when the rate limit is hit (first come, first served).
+//! rate counts every accepted connection. The rate never refuses: beyond
+//! it connections wait in the kernel's listen backlog (4096) and are
+//! accepted as the bucket refills, as EMQX's acceptors do, so a burst (a
+//! proxy's reconnect storm, a fleet after an outage) is slowed, not turned
+//! away. Not guaranteed: fairness between addresses when the rate limit is
+//! hit (first come, first served), nor what the kernel does when the
+//! backlog itself is full (it drops the SYN; the client retries).
 
 pub mod keep_alive;
 pub mod per_ip;
@@ -25,7 +31,7 @@ pub mod sessions;
 
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use per_ip::{IpSlot, PerIpCounts};
 use rate::TokenBucket;
@@ -35,8 +41,6 @@ use rate::TokenBucket;
 pub enum NotAdmitted {
     /// `max-connections-per-ip` connections from this address are open.
     PerIp,
-    /// More than `max-connection-rate` new connections in the last second.
-    Rate,
 }
 
 /// The per-IP and rate limits of one listener.
@@ -60,15 +64,22 @@ impl Admission {
         }
     }
 
-    /// Admits a connection from `ip`, or says which limit refuses it. The
-    /// returned slot must live as long as the connection.
-    pub fn admit(&self, ip: IpAddr) -> Result<Option<IpSlot>, NotAdmitted> {
-        if let Some(rate) = &self.rate {
-            let mut bucket = rate.lock().unwrap_or_else(|p| p.into_inner());
-            if !bucket.take(Instant::now()) {
-                return Err(NotAdmitted::Rate);
-            }
+    /// Takes the rate's token for the next connection to accept, or says
+    /// how long to wait before asking again (the listener does not accept
+    /// meanwhile).
+    pub fn next_accept(&self, now: Instant) -> Result<(), Duration> {
+        match &self.rate {
+            Some(rate) => rate
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take_or_wait(now),
+            None => Ok(()),
         }
+    }
+
+    /// Admits an accepted connection from `ip`, or says which limit
+    /// refuses it. The returned slot must live as long as the connection.
+    pub fn admit(&self, ip: IpAddr) -> Result<Option<IpSlot>, NotAdmitted> {
         if self.exempt.contains(&ip) {
             return Ok(None);
         }
@@ -95,11 +106,13 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_refuses_beyond_the_burst() {
+    fn beyond_the_burst_the_rate_says_wait() {
+        let now = Instant::now();
         let admission = Admission::new(0, 2, Vec::new());
-        let ip: IpAddr = "10.0.0.3".parse().unwrap();
-        assert!(admission.admit(ip).is_ok());
-        assert!(admission.admit(ip).is_ok());
-        assert_eq!(admission.admit(ip).err(), Some(NotAdmitted::Rate));
+        assert_eq!(admission.next_accept(now), Ok(()));
+        assert_eq!(admission.next_accept(now), Ok(()));
+        assert_eq!(admission.next_accept(now), Err(Duration::from_millis(500)));
+        let unlimited = Admission::new(0, 0, Vec::new());
+        assert!((0..10_000).all(|_| unlimited.next_accept(now).is_ok()));
     }
 }
