@@ -4,9 +4,14 @@
 //! the style of `tokio::io::copy_bidirectional`, with what a proxy needs on
 //! top:
 //!
-//! - **Backpressure**: each direction has one buffer and reads again only
-//!   when everything read has been written, so a slow reader slows its
-//!   writer down instead of growing memory.
+//! - **No buffer while idle**: each read goes into a 16 KiB scratch
+//!   buffer shared by the relays of one thread and is written on at once;
+//!   only bytes the writer does not take right away are copied into a
+//!   buffer of the direction's own, freed when they are written. An idle
+//!   relayed connection therefore holds no relay buffer (it held 32 KiB).
+//! - **Backpressure**: a direction reads again only when everything read
+//!   has been written, so a slow reader slows its writer down instead of
+//!   growing memory (at most one read, 16 KiB, is held per direction).
 //! - **Byte counting** as it goes (not at the end), for
 //!   `astramq_proxy_bytes_total` on long-lived MQTT connections.
 //! - **Half-close**: end-of-stream on one side becomes a `shutdown(Write)`
@@ -17,6 +22,7 @@
 //! - Writes are flushed only when the next read would block: a burst of
 //!   reads is written without a flush per read, a lone packet at once.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -27,9 +33,26 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// Buffer per direction. MQTT packets are mostly small; 16 KiB moves large
-/// publishes in few syscalls and costs 32 KiB per proxied connection.
+/// The most one read takes. MQTT packets are mostly small; 16 KiB moves
+/// large publishes in few syscalls.
 pub const BUFFER_SIZE: usize = 16 * 1024;
+
+thread_local! {
+    /// The scratch buffer reads go into, one per thread; `None` while a
+    /// read on this thread is using it.
+    static SCRATCH: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+}
+
+/// Runs `f` with this thread's scratch buffer (or a fresh one if it is in
+/// use further up the stack).
+fn with_scratch<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    let mut scratch = SCRATCH
+        .take()
+        .unwrap_or_else(|| vec![0; BUFFER_SIZE].into_boxed_slice());
+    let result = f(&mut scratch);
+    SCRATCH.set(Some(scratch));
+    result
+}
 
 /// How long one direction may stay open after the other has ended.
 pub const HALF_CLOSE_LINGER: Duration = Duration::from_secs(10);
@@ -54,12 +77,12 @@ pub enum Ended {
     HalfCloseTimeout,
 }
 
-/// One direction: read from one side into `buf`, write to the other.
+/// One direction: read from one side, write to the other.
 struct Pipe {
-    buf: Box<[u8]>,
-    /// Bytes `pos..cap` of `buf` are read and not yet written.
+    /// Bytes read that the writer has not taken yet (empty, unallocated,
+    /// while the direction is idle); `pos..` is what is left of them.
+    pending: Vec<u8>,
     pos: usize,
-    cap: usize,
     /// The reader reached end-of-stream.
     eof: bool,
     /// Something was written since the last flush.
@@ -73,9 +96,8 @@ struct Pipe {
 impl Pipe {
     fn new(meter: IntCounter) -> Self {
         Pipe {
-            buf: vec![0; BUFFER_SIZE].into_boxed_slice(),
+            pending: Vec::new(),
             pos: 0,
-            cap: 0,
             eof: false,
             need_flush: false,
             done: false,
@@ -96,47 +118,93 @@ impl Pipe {
         W: AsyncWrite + ?Sized,
     {
         loop {
-            if self.pos == self.cap && !self.eof {
-                let mut read = ReadBuf::new(&mut self.buf);
-                match reader.as_mut().poll_read(cx, &mut read) {
-                    Poll::Ready(Ok(())) => {
-                        let n = read.filled().len();
-                        if n == 0 {
-                            self.eof = true;
-                        } else {
-                            self.pos = 0;
-                            self.cap = n;
-                        }
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err((from, e))),
-                    Poll::Pending => {
-                        if self.need_flush {
-                            ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (to, e))?;
-                            self.need_flush = false;
-                        }
-                        return Poll::Pending;
-                    }
-                }
-            }
-            while self.pos < self.cap {
-                let n = ready!(writer
-                    .as_mut()
-                    .poll_write(cx, &self.buf[self.pos..self.cap]))
-                .map_err(|e| (to, e))?;
-                if n == 0 {
-                    return Poll::Ready(Err((to, io::ErrorKind::WriteZero.into())));
-                }
-                self.pos += n;
-                self.meter.inc_by(n as u64);
-                self.need_flush = true;
-            }
+            ready!(self.poll_write_pending(cx, writer.as_mut())).map_err(|e| (to, e))?;
             if self.eof {
                 ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (to, e))?;
                 ready!(writer.as_mut().poll_shutdown(cx)).map_err(|e| (to, e))?;
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
+            let read = with_scratch(|scratch| {
+                let mut read = ReadBuf::new(scratch);
+                match reader.as_mut().poll_read(cx, &mut read) {
+                    Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                        self.eof = true;
+                        Poll::Ready(Ok(()))
+                    }
+                    Poll::Ready(Ok(())) => {
+                        self.write_through(cx, (writer.as_mut(), to), read.filled())
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err((from, e))),
+                    Poll::Pending => Poll::Pending,
+                }
+            });
+            match read {
+                Poll::Ready(result) => result?,
+                Poll::Pending => {
+                    if self.need_flush {
+                        ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (to, e))?;
+                        self.need_flush = false;
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
+    }
+
+    /// Writes what was just read as far as the writer takes it now; keeps
+    /// the rest in `pending`. Errors are the writer's (`to`'s).
+    fn write_through<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        (mut writer, to): (Pin<&mut W>, Side),
+        mut bytes: &[u8],
+    ) -> Poll<Result<(), (Side, io::Error)>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        while !bytes.is_empty() {
+            match writer.as_mut().poll_write(cx, bytes) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err((to, io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.meter.inc_by(n as u64);
+                    self.need_flush = true;
+                    bytes = &bytes[n..];
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err((to, e))),
+                Poll::Pending => break,
+            }
+        }
+        self.pending.extend_from_slice(bytes);
+        self.pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes out `pending`; frees it once it is all written.
+    fn poll_write_pending<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut writer: Pin<&mut W>,
+    ) -> Poll<io::Result<()>>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        while self.pos < self.pending.len() {
+            let n = ready!(writer.as_mut().poll_write(cx, &self.pending[self.pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.pos += n;
+            self.meter.inc_by(n as u64);
+            self.need_flush = true;
+        }
+        if !self.pending.is_empty() {
+            self.pending = Vec::new();
+            self.pos = 0;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -276,5 +344,32 @@ mod tests {
         drop(client_app); // EOF from the client; the node never closes
         let ended = Relay::new(&mut client_proxy, &mut node_proxy, counter(), counter()).await;
         assert!(matches!(ended, Ended::HalfCloseTimeout));
+    }
+
+    #[tokio::test]
+    async fn a_relay_keeps_no_buffer_once_its_bytes_are_written() {
+        let (mut client_app, mut client_proxy) = duplex(64);
+        let (mut node_proxy, mut node_app) = duplex(64);
+        let mut relay = Relay::new(&mut client_proxy, &mut node_proxy, counter(), counter());
+        // 1000 bytes through 64-byte pipes: most of each read waits in
+        // `pending` for the node to take it.
+        let payload = vec![7u8; 1000];
+        let mut got = vec![0u8; 1000];
+        let moved = async {
+            let (sent, read) = tokio::join!(
+                client_app.write_all(&payload),
+                node_app.read_exact(&mut got)
+            );
+            sent.unwrap();
+            read.unwrap();
+        };
+        tokio::select! {
+            _ = &mut relay => panic!("the relay ended"),
+            () = moved => {}
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(20), &mut relay).await;
+        assert_eq!(got, payload);
+        assert_eq!(relay.upstream.pending.capacity(), 0);
+        assert_eq!(relay.downstream.pending.capacity(), 0);
     }
 }
