@@ -220,6 +220,31 @@ pub fn tls(s: &Settings) -> Result<(Option<TlsListen>, Option<TlsListen>), Inval
     Ok((listen(s.tls_listen), listen(s.wss_listen)))
 }
 
+/// The Redis endpoint of `--redis` with `--redis-ca`, `--redis-cert` and
+/// `--redis-key` (files read and checked now); `None` without `--redis`.
+pub fn redis(s: &Settings) -> anyhow::Result<Option<RedisEndpoint>> {
+    let files = RedisTlsFiles {
+        ca: s.redis_ca.clone(),
+        cert: s.redis_cert.clone(),
+        key: s.redis_key.clone(),
+    };
+    let Some(url) = &s.redis else {
+        if let Some(setting) = ["redis-ca", "redis-cert", "redis-key"]
+            .into_iter()
+            .zip([&files.ca, &files.cert, &files.key])
+            .find_map(|(setting, file)| file.as_ref().map(|_| setting))
+        {
+            return Err(InvalidSetting {
+                setting,
+                problem: "given without --redis".to_owned(),
+            }
+            .into());
+        }
+        return Ok(None);
+    };
+    Ok(Some(RedisEndpoint::open(url, &files)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,29 +324,4 @@ mod tests {
         };
         assert_eq!(problem(s), "heartbeat-ttl-ms");
     }
-}
-
-/// The Redis endpoint of `--redis` with `--redis-ca`, `--redis-cert` and
-/// `--redis-key` (files read and checked now); `None` without `--redis`.
-pub fn redis(s: &Settings) -> anyhow::Result<Option<RedisEndpoint>> {
-    let files = RedisTlsFiles {
-        ca: s.redis_ca.clone(),
-        cert: s.redis_cert.clone(),
-        key: s.redis_key.clone(),
-    };
-    let Some(url) = &s.redis else {
-        if let Some(setting) = ["redis-ca", "redis-cert", "redis-key"]
-            .into_iter()
-            .zip([&files.ca, &files.cert, &files.key])
-            .find_map(|(setting, file)| file.as_ref().map(|_| setting))
-        {
-            return Err(InvalidSetting {
-                setting,
-                problem: "given without --redis".to_owned(),
-            }
-            .into());
-        }
-        return Ok(None);
-    };
-    Ok(Some(RedisEndpoint::open(url, &files)?))
 }
