@@ -85,9 +85,21 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_NODE_ID")]
     pub node_id: Option<String>,
 
-    /// Redis URL of the shared cluster state [default: none, embedded in-memory store].
+    /// Redis URL of the shared cluster state: `redis://[user]:password@host:port/db`, or `rediss://...` for TLS [default: none, embedded in-memory store].
     #[arg(long, env = "ASTRAMQ_REDIS", hide_env_values = true)]
     pub redis: Option<String>,
+
+    /// PEM CA certificates a `rediss://` server's certificate must chain to, instead of the system's roots [default: none, the system's roots].
+    #[arg(long, env = "ASTRAMQ_REDIS_CA", value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
+
+    /// PEM client certificate chain to present to a `rediss://` server (Redis `tls-auth-clients`); needs `--redis-key` [default: none].
+    #[arg(long, env = "ASTRAMQ_REDIS_CERT", value_name = "FILE")]
+    pub redis_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--redis-cert` [default: none].
+    #[arg(long, env = "ASTRAMQ_REDIS_KEY", value_name = "FILE")]
+    pub redis_key: Option<PathBuf>,
 
     /// How publishes cross nodes: `routed` (to the inboxes of subscribing nodes) or `broadcast` (one stream every node reads) [default: routed].
     #[arg(long, env = "ASTRAMQ_CLUSTER_MODE", value_enum)]
@@ -253,6 +265,9 @@ impl Layered for Settings {
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             node_id: self.node_id.or(lower.node_id),
             redis: self.redis.or(lower.redis),
+            redis_ca: self.redis_ca.or(lower.redis_ca),
+            redis_cert: self.redis_cert.or(lower.redis_cert),
+            redis_key: self.redis_key.or(lower.redis_key),
             gossip_listen: self.gossip_listen.or(lower.gossip_listen),
             join: self.join.or(lower.join),
             gossip_key: self.gossip_key.or(lower.gossip_key),
@@ -466,6 +481,7 @@ impl NodeConfig {
             password_file: s.password_file.clone(),
         };
         let acl = checks::acl_file(&s)?;
+        let redis = checks::redis(&s)?;
         let defaults = Limits::default();
         let limits = Limits {
             max_packet_size: s.max_packet_size.unwrap_or(defaults.max_packet_size),
@@ -527,8 +543,8 @@ impl NodeConfig {
             wss,
             metrics_listen: s.metrics_listen,
             node_id: s.node_id.unwrap_or_else(random_node_id),
-            cluster: s.redis.map(|redis_url| ClusterOptions {
-                redis_url,
+            cluster: redis.map(|redis| ClusterOptions {
+                redis,
                 mode: s.cluster_mode.unwrap_or(Mode::Routed),
                 redis_timeout: Duration::from_millis(s.redis_timeout_ms.unwrap_or(2000)),
                 stream_maxlen: s.stream_maxlen.unwrap_or(100_000),
@@ -674,6 +690,34 @@ mod tests {
                 .max_client_id_length,
             64
         );
+    }
+
+    #[test]
+    fn redis_tls_files_need_redis_and_a_rediss_url() {
+        let file: Settings = toml::from_str("redis-ca = \"/ca.pem\"\n").unwrap();
+        let error = NodeConfig::resolve(file).unwrap_err().to_string();
+        assert_eq!(error, "redis-ca: given without --redis");
+        let flags = Settings::try_parse_from([
+            "astramq-node",
+            "--redis",
+            "redis://:pw@127.0.0.1:6379",
+            "--redis-key",
+            "/key.pem",
+        ])
+        .unwrap();
+        let error = NodeConfig::resolve(flags).unwrap_err().to_string();
+        assert!(
+            error.starts_with("redis-key: needs a rediss:// URL"),
+            "{error}"
+        );
+        let flags =
+            Settings::try_parse_from(["astramq-node", "--redis", "rediss://127.0.0.1:6380"])
+                .unwrap();
+        let cluster = NodeConfig::resolve(flags)
+            .unwrap()
+            .cluster
+            .expect("a cluster");
+        assert!(cluster.redis.is_tls());
     }
 
     #[test]

@@ -48,7 +48,7 @@ use anyhow::{anyhow, Context, Result};
 pub use client::TestClient;
 pub use node::NodeProcess;
 pub use raw::RawClient;
-pub use redis::RedisProcess;
+pub use redis::{RedisProcess, RedisSetup, RedisTls};
 
 /// Upper bound for any single expected event (a packet, an ack, a close).
 ///

@@ -3,7 +3,8 @@
 //! Cluster tests share state through Redis the way production does, so
 //! each starts its own server on a free loopback port, with AOF persistence
 //! in a private directory so a restart keeps the data (as `appendfsync
-//! everysec` does in production).
+//! everysec` does in production). [`RedisSetup`] makes it serve TLS only
+//! or require ACL users instead.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream};
@@ -27,6 +28,34 @@ pub struct RedisProcess {
     /// Addresses besides 127.0.0.1 the server listens on (a chaos test's
     /// network-namespace link), kept for restarts.
     extra_binds: Vec<IpAddr>,
+    /// TLS and access settings, kept for restarts.
+    setup: RedisSetup,
+}
+
+/// The files of a server that speaks only TLS (`--port 0 --tls-port P`).
+#[derive(Debug, Clone)]
+pub struct RedisTls {
+    /// The server's certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// The CA that signed it, given to `redis-cli` (and, with
+    /// `client`, the CA client certificates must chain to).
+    pub ca: PathBuf,
+    /// With a client certificate and key: `tls-auth-clients yes`, and
+    /// `redis-cli` presents them. Without: `tls-auth-clients no`.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// How a server differs from the plain, open default.
+#[derive(Debug, Clone, Default)]
+pub struct RedisSetup {
+    /// Serve TLS only.
+    pub tls: Option<RedisTls>,
+    /// More `redis-server` arguments (`--user ...`, `--requirepass ...`).
+    pub args: Vec<String>,
+    /// User and password [`RedisProcess::cli`] logs in with.
+    pub cli_auth: Option<(String, String)>,
 }
 
 impl RedisProcess {
@@ -35,9 +64,18 @@ impl RedisProcess {
         Self::start_bound(&[])
     }
 
+    /// Starts a server on a free loopback port, set up as `setup` says.
+    pub fn start_with(setup: RedisSetup) -> Result<Self> {
+        Self::start_set_up(&[], setup)
+    }
+
     /// Starts a server on a free port of 127.0.0.1 and of each of
     /// `extra_binds` (local addresses that must already exist).
     pub fn start_bound(extra_binds: &[IpAddr]) -> Result<Self> {
+        Self::start_set_up(extra_binds, RedisSetup::default())
+    }
+
+    fn start_set_up(extra_binds: &[IpAddr], setup: RedisSetup) -> Result<Self> {
         let port = free_port()?;
         let dir = std::env::temp_dir().join(unique_id("astramq-redis"));
         std::fs::create_dir_all(&dir).context("creating the Redis data directory")?;
@@ -46,6 +84,7 @@ impl RedisProcess {
             port,
             dir,
             extra_binds: extra_binds.to_vec(),
+            setup,
         };
         redis.spawn()?;
         Ok(redis)
@@ -54,8 +93,25 @@ impl RedisProcess {
     fn spawn(&mut self) -> Result<()> {
         let mut binds = vec!["127.0.0.1".to_owned()];
         binds.extend(self.extra_binds.iter().map(ToString::to_string));
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind"])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        match &self.setup.tls {
+            None => command.args(["--port", &port]),
+            Some(tls) => {
+                let auth_clients = if tls.client.is_some() { "yes" } else { "no" };
+                command
+                    .args(["--port", "0", "--tls-port", &port])
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--tls-auth-clients", auth_clients])
+            }
+        };
+        let child = command
+            .arg("--bind")
             .args(&binds)
             .args([
                 "--save",
@@ -77,18 +133,37 @@ impl RedisProcess {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.setup.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("spawning redis-server (is it installed? scripts/test installs it)")?;
         self.child = Some(child);
-        wait_for_pong(self.port)
+        if self.setup.tls.is_none() && self.setup.args.is_empty() {
+            wait_for_pong(self.port)
+        } else {
+            // A plain PING gets no PONG over TLS or without credentials;
+            // a listening port is enough (an empty data dir loads at once).
+            wait_for_listener(self.port)
+        }
     }
 
-    /// The URL nodes connect with.
+    /// The URL nodes connect with (`rediss://` when the server speaks
+    /// TLS), without credentials.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.setup.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL with `user:password@` in it.
+    pub fn url_with_credentials(&self, user: &str, password: &str) -> String {
+        self.url()
+            .replacen("://", &format!("://{user}:{password}@"), 1)
     }
 
     /// Stops the server gracefully (SIGTERM flushes the AOF) and waits.
@@ -127,11 +202,18 @@ impl RedisProcess {
 
     /// Runs one command with `redis-cli` and returns its output.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let output = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .context("running redis-cli")?;
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if let Some(tls) = &self.setup.tls {
+            command.arg("--tls").arg("--cacert").arg(&tls.ca);
+            if let Some((cert, key)) = &tls.client {
+                command.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+        }
+        if let Some((user, password)) = &self.setup.cli_auth {
+            command.args(["--no-auth-warning", "--user", user, "--pass", password]);
+        }
+        let output = command.args(args).output().context("running redis-cli")?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 }
@@ -161,6 +243,17 @@ fn wait_for_pong(port: u16) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(anyhow!("redis-server on port {port} did not answer PING"))
+}
+
+fn wait_for_listener(port: u16) -> Result<()> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(anyhow!("redis-server on port {port} did not listen"))
 }
 
 fn ping(port: u16) -> std::io::Result<bool> {

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use astramq_shared::log_text::redact_url;
 use clap::{Args, Parser, Subcommand};
 
 use super::hash::hash_password;
 use super::password_file::{check_name, PasswordFile};
+use crate::redis_model::endpoint::{permanent_failure, RedisEndpoint, RedisTlsFiles};
 use crate::redis_model::keys;
 
 /// Bound on connecting to Redis and on each command.
@@ -57,16 +57,25 @@ enum Action {
     },
 }
 
-/// Where the users are kept: exactly one of the two.
+/// Where the users are kept: exactly one of the two (checked by
+/// [`Target::place`]; a clap group would also take in the TLS flags).
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
 struct Target {
     /// The password file (`name:PHC-hash` lines); created if missing.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "redis")]
     password_file: Option<PathBuf>,
-    /// The cluster's Redis URL (users shared by every node).
+    /// The cluster's Redis URL (users shared by every node): `redis://[user]:password@host:port`, or `rediss://...` for TLS.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// With `--redis rediss://...`: PEM CA certificates the server's certificate must chain to [default: the system's roots].
+    #[arg(long, value_name = "FILE", requires = "redis")]
+    redis_ca: Option<PathBuf>,
+    /// With `--redis rediss://...`: PEM client certificate chain to present; needs `--redis-key`.
+    #[arg(long, value_name = "FILE", requires = "redis")]
+    redis_cert: Option<PathBuf>,
+    /// The private key of `--redis-cert`.
+    #[arg(long, value_name = "FILE", requires = "redis")]
+    redis_key: Option<PathBuf>,
 }
 
 /// Runs `astramq-node user ...` (`args` without the program name and
@@ -105,8 +114,8 @@ fn run(command: UserCommand) -> anyhow::Result<()> {
                         path.display()
                     );
                 }
-                Place::Redis(url) => {
-                    let mut con = redis_connection(&url)?;
+                Place::Redis(endpoint) => {
+                    let mut con = redis_connection(&endpoint)?;
                     redis_query::<()>(
                         &mut con,
                         redis::cmd("HSET").arg(keys::users()).arg(&name).arg(&hash),
@@ -124,8 +133,8 @@ fn run(command: UserCommand) -> anyhow::Result<()> {
                 file.save()?;
                 println!("user {name} removed from {}", path.display());
             }
-            Place::Redis(url) => {
-                let mut con = redis_connection(&url)?;
+            Place::Redis(endpoint) => {
+                let mut con = redis_connection(&endpoint)?;
                 let removed: u64 =
                     redis_query(&mut con, redis::cmd("HDEL").arg(keys::users()).arg(&name))?;
                 if removed == 0 {
@@ -142,8 +151,8 @@ fn run(command: UserCommand) -> anyhow::Result<()> {
                     .into_iter()
                     .map(str::to_owned)
                     .collect(),
-                Place::Redis(url) => {
-                    let mut con = redis_connection(&url)?;
+                Place::Redis(endpoint) => {
+                    let mut con = redis_connection(&endpoint)?;
                     redis_query(&mut con, redis::cmd("HKEYS").arg(keys::users()))?
                 }
             };
@@ -159,14 +168,21 @@ fn run(command: UserCommand) -> anyhow::Result<()> {
 /// A target resolved.
 enum Place {
     File(PathBuf),
-    Redis(String),
+    Redis(RedisEndpoint),
 }
 
 impl Target {
     fn place(self) -> anyhow::Result<Place> {
         match (self.password_file, self.redis) {
             (Some(path), None) => Ok(Place::File(path)),
-            (None, Some(url)) => Ok(Place::Redis(url)),
+            (None, Some(url)) => {
+                let files = RedisTlsFiles {
+                    ca: self.redis_ca,
+                    cert: self.redis_cert,
+                    key: self.redis_key,
+                };
+                Ok(Place::Redis(RedisEndpoint::open(&url, &files)?))
+            }
             _ => bail!("give one of --password-file FILE or --redis URL"),
         }
     }
@@ -208,13 +224,18 @@ fn read_password(name: &str) -> anyhow::Result<String> {
     Ok(password)
 }
 
-/// A connection to `url` with bounded waits.
-fn redis_connection(url: &str) -> anyhow::Result<redis::Connection> {
-    let client = redis::Client::open(url)
-        .with_context(|| format!("invalid Redis URL {}", redact_url(url)))?;
-    let con = client
-        .get_connection_with_timeout(REDIS_TIMEOUT)
-        .with_context(|| format!("connecting to Redis at {}", redact_url(url)))?;
+/// A connection to `endpoint` with bounded waits.
+fn redis_connection(endpoint: &RedisEndpoint) -> anyhow::Result<redis::Connection> {
+    let url = endpoint.redacted();
+    let con = match endpoint.client().get_connection_with_timeout(REDIS_TIMEOUT) {
+        Ok(con) => con,
+        Err(error) => match permanent_failure(&error) {
+            Some(problem) => bail!("connecting to Redis at {url}: {problem}"),
+            None => {
+                return Err(error).with_context(|| format!("connecting to Redis at {url}"));
+            }
+        },
+    };
     con.set_read_timeout(Some(REDIS_TIMEOUT))?;
     con.set_write_timeout(Some(REDIS_TIMEOUT))?;
     Ok(con)
@@ -225,5 +246,9 @@ fn redis_query<T: redis::FromRedisValue>(
     con: &mut redis::Connection,
     cmd: &mut redis::Cmd,
 ) -> anyhow::Result<T> {
-    cmd.query(con).context("Redis command failed")
+    cmd.query(con)
+        .map_err(|error| match permanent_failure(&error) {
+            Some(problem) => anyhow::anyhow!("{problem}"),
+            None => anyhow::Error::new(error).context("Redis command failed"),
+        })
 }

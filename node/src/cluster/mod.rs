@@ -58,12 +58,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use astramq_shared::log_text::redact_url;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 use crate::limits::queue::QueueBound;
 use crate::message::{Message, Qos};
+use crate::redis_model::endpoint::{permanent_failure, RedisEndpoint};
 use crate::redis_model::keys;
 use crate::redis_model::metrics::ClusterMetrics;
 use crate::redis_model::scripts::Scripts;
@@ -84,8 +84,9 @@ pub enum Mode {
 /// Cluster settings.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
-    /// Redis URL (`redis://host:port/db`).
-    pub redis_url: String,
+    /// The Redis server: URL (credentials included) and TLS files, with
+    /// the client every connection is opened from.
+    pub redis: RedisEndpoint,
     /// Routed or broadcast delivery.
     pub mode: Mode,
     /// Bound on every Redis command and connection attempt.
@@ -172,24 +173,18 @@ impl Cluster {
         registry: &prometheus::Registry,
         refusals: QueueRefusalCounters,
     ) -> anyhow::Result<Arc<Cluster>> {
-        let client = redis::Client::open(options.redis_url.as_str())
-            .with_context(|| format!("invalid Redis URL {}", redact_url(&options.redis_url)))?;
+        let client = options.redis.client();
+        let url = options.redis.redacted();
+        first_contact(&client, &url, options.redis_timeout).await?;
+        tracing::info!(%url, tls = options.redis.is_tls(), "connected to Redis");
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(options.redis_timeout)
             .set_response_timeout(options.redis_timeout)
             .set_number_of_retries(3)
             .set_max_delay(1000);
-        let mut delay = Duration::from_millis(100);
-        let connection = loop {
-            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-                Ok(connection) => break connection,
-                Err(error) => {
-                    tracing::warn!(%error, url = %redact_url(&options.redis_url), "Redis unreachable; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+        let connection = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .with_context(|| format!("connecting to Redis at {url}"))?;
         let (forward_tx, forward_rx) = mpsc::channel(FORWARD_QUEUE);
         let scripts = Arc::new(Scripts::default());
         let mut loader = connection.clone();
@@ -392,6 +387,36 @@ impl Cluster {
             .arg(keys::nodes())
             .query_async(&mut self.connection())
             .await
+    }
+}
+
+/// Connects to Redis and PINGs it, retrying with backoff while it is
+/// unreachable (it may still be starting). Refused credentials, a failed
+/// TLS handshake and refused commands end start-up at once with an error
+/// saying so: retrying would not fix them.
+async fn first_contact(client: &redis::Client, url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(timeout)
+        .set_response_timeout(timeout);
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let contact = async {
+            let mut con = client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?;
+            redis::cmd("PING").query_async::<String>(&mut con).await
+        };
+        match contact.await {
+            Ok(_) => return Ok(()),
+            Err(error) => {
+                if let Some(problem) = permanent_failure(&error) {
+                    anyhow::bail!("connecting to Redis at {url}: {problem}");
+                }
+                tracing::warn!(%error, %url, "Redis unreachable; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

@@ -8,8 +8,10 @@
 //! file, which must be readable and well-formed (the message names the
 //! malformed line); the ACL file, likewise (the message names the rule or
 //! the TOML position); the TLS files, which must be readable, valid PEM and
-//! fit together (the message names the setting and the file). Not checked:
-//! whether addresses can be bound or Redis reached (start-up reports those).
+//! fit together (the message names the setting and the file); the Redis
+//! URL and its TLS files (`redis_model::endpoint` says what is refused).
+//! Not checked: whether addresses can be bound or Redis reached, or whether
+//! Redis accepts the credentials (start-up reports those).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use super::{
 };
 use crate::acl::Rules;
 use crate::auth::password_file::UserTable;
+use crate::redis_model::endpoint::{RedisEndpoint, RedisTlsFiles};
 use crate::router::topic::MAX_TOPIC_LEN;
 
 /// Shortest client id a 3.1.1 server must accept (MQTT-3.1.3-5).
@@ -215,6 +218,31 @@ pub fn tls(s: &Settings) -> Result<(Option<TlsListen>, Option<TlsListen>), Inval
         })
     };
     Ok((listen(s.tls_listen), listen(s.wss_listen)))
+}
+
+/// The Redis endpoint of `--redis` with `--redis-ca`, `--redis-cert` and
+/// `--redis-key` (files read and checked now); `None` without `--redis`.
+pub fn redis(s: &Settings) -> anyhow::Result<Option<RedisEndpoint>> {
+    let files = RedisTlsFiles {
+        ca: s.redis_ca.clone(),
+        cert: s.redis_cert.clone(),
+        key: s.redis_key.clone(),
+    };
+    let Some(url) = &s.redis else {
+        if let Some(setting) = ["redis-ca", "redis-cert", "redis-key"]
+            .into_iter()
+            .zip([&files.ca, &files.cert, &files.key])
+            .find_map(|(setting, file)| file.as_ref().map(|_| setting))
+        {
+            return Err(InvalidSetting {
+                setting,
+                problem: "given without --redis".to_owned(),
+            }
+            .into());
+        }
+        return Ok(None);
+    };
+    Ok(Some(RedisEndpoint::open(url, &files)?))
 }
 
 #[cfg(test)]

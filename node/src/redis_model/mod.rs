@@ -1,7 +1,8 @@
 //! The Redis data model, in one place: the key layout ([`keys`]), the binary
 //! records ([`wire`]), reading replies ([`value`]), the Lua scripts
 //! ([`scripts`]), the commands several tasks put in their pipelines
-//! ([`queue`], [`inbox`]) and the Redis metrics ([`metrics`]).
+//! ([`queue`], [`inbox`]), the Redis metrics ([`metrics`]), and where and
+//! how to reach the server — URL, credentials, TLS ([`endpoint`]).
 //!
 //! Both the store (sessions, retained messages) and the cluster (inboxes,
 //! routes, liveness, recovery) use it; it uses neither, so the two never
@@ -10,6 +11,7 @@
 //! every record read back is bounds-checked (data in Redis is not trusted
 //! more than a client).
 
+pub mod endpoint;
 pub mod inbox;
 pub mod keys;
 pub mod metrics;
