@@ -8,6 +8,7 @@
 //! values. Names follow Prometheus conventions: `astramq_` prefix, `_total`
 //! for counters, base units, and no client id or topic as a label.
 
+use astramq_shared::metrics::{register, register_build_info};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::message::Qos;
@@ -212,27 +213,18 @@ pub struct Stats {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("valid metric name");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    register(registry, IntCounter::new(name, help))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid metric name");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    register(registry, IntGauge::new(name, help))
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric name");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), &[label]),
+    )
 }
 
 fn by_qos(vec: &IntCounterVec) -> [IntCounter; 3] {
@@ -285,26 +277,14 @@ impl Stats {
             "Requests the ACL denied, by action (publish, subscribe, will).",
             "action",
         );
-        let sessions = IntGaugeVec::new(
-            Opts::new("astramq_sessions", "Sessions on this node, by state."),
-            &["state"],
-        )
-        .expect("valid metric name");
-        r.register(Box::new(sessions.clone()))
-            .expect("metric registered once");
-        let build = IntGaugeVec::new(
-            Opts::new(
-                "astramq_build_info",
-                "Build information; the value is always 1.",
+        let sessions = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new("astramq_sessions", "Sessions on this node, by state."),
+                &["state"],
             ),
-            &["version", "component"],
-        )
-        .expect("valid metric name");
-        r.register(Box::new(build.clone()))
-            .expect("metric registered once");
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), "node"])
-            .set(1);
+        );
+        register_build_info(r, "node", env!("CARGO_PKG_VERSION"));
         Stats {
             connections_total: counter(r, "astramq_connections_total", "TCP connections accepted."),
             clients_connected: gauge(
@@ -443,9 +423,7 @@ mod tests {
         stats.refused(Refusal::IdentifierRejected);
         stats.refused(Refusal::BadCredentials);
         stats.limit_refused(TopicLimit::Levels.into());
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&stats.registry.gather())
-            .unwrap();
+        let text = astramq_shared::metrics::render(&stats.registry);
         assert!(text.contains("astramq_messages_received_total{qos=\"1\"} 1"));
         assert!(text.contains("astramq_messages_dropped_total{reason=\"queue_full\"} 2"));
         assert!(

@@ -7,6 +7,9 @@
 //! - [`config`] — flags, environment and TOML file, layered the same way
 //!   for every binary.
 //! - [`ops_http`] — the `/metrics`, `/healthz` and `/readyz` endpoint.
+//! - [`metrics`] — registering and rendering Prometheus metrics, and the
+//!   two metrics every binary exports: `astramq_build_info` and
+//!   `astramq_membership_members`.
 //! - [`tls`] — TLS listener configuration from PEM files (rustls),
 //!   reloadable, and the client certificate's CN.
 //! - [`ws`] — MQTT over WebSocket: the `/mqtt` upgrade and the byte stream
@@ -17,6 +20,7 @@
 pub mod config;
 pub mod log_text;
 pub mod membership;
+pub mod metrics;
 pub mod ops_http;
 pub mod tls;
 pub mod ws;
