@@ -14,6 +14,10 @@
 //!   reloadable, and the client certificate's CN.
 //! - [`ws`] — MQTT over WebSocket: the `/mqtt` upgrade and the byte stream
 //!   carried in binary messages.
+//! - [`varint`] — MQTT's variable byte integer (the remaining length), for
+//!   the node's framing and the proxy's CONNECT reader.
+//! - [`proxy_v2`] — the PROXY protocol v2 header: the proxy writes it, the
+//!   node reads it.
 //! - [`log_text`] — client-supplied strings truncated and escaped for logs,
 //!   and passwords redacted from URLs.
 
@@ -22,5 +26,7 @@ pub mod log_text;
 pub mod membership;
 pub mod metrics;
 pub mod ops_http;
+pub mod proxy_v2;
 pub mod tls;
+pub mod varint;
 pub mod ws;
