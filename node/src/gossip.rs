@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use astramq_shared::membership::{MemberEvent, Membership, MembershipConfig, Role};
+use astramq_shared::metrics::MemberCount;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::cluster::Cluster;
 use crate::config::GossipOptions;
-use crate::stats::Stats;
 
 /// Joins the gossip cluster as a broker reachable at `mqtt_addr`.
 pub async fn join(
@@ -37,65 +37,33 @@ pub async fn join(
     .context("starting gossip membership")
 }
 
-/// Follows membership events until membership stops: keeps the member
-/// gauge current and wakes dead-node detection on a failure.
+/// Follows membership events until membership stops: keeps
+/// `astramq_membership_members` current and wakes dead-node detection on a
+/// failure.
 pub async fn follow(
     membership: Membership,
     cluster: Option<Arc<Cluster>>,
-    stats: Arc<GossipGauge>,
+    node_id: String,
+    mut members: MemberCount,
 ) {
     let mut events = membership.subscribe();
-    stats.set(&membership);
+    members.seed(&node_id, Role::Broker, &membership);
     loop {
         match events.recv().await {
             Ok(event) => {
-                stats.set(&membership);
+                members.apply(&event);
                 if let (MemberEvent::Failed(_), Some(cluster)) = (&event, &cluster) {
                     cluster.check_liveness_now();
                 }
             }
-            Err(RecvError::Lagged(_)) => stats.set(&membership),
+            Err(RecvError::Lagged(_)) => members.seed(&node_id, Role::Broker, &membership),
             Err(RecvError::Closed) => {
                 tracing::error!(
                     "gossip membership stopped; this node is no longer announced to proxies"
                 );
-                stats.clear();
+                members.clear();
                 return;
             }
         }
-    }
-}
-
-/// `astramq_membership_members`: live brokers as this node sees them.
-pub struct GossipGauge {
-    alive: prometheus::IntGauge,
-}
-
-impl GossipGauge {
-    /// Registers the gauge with the node's metrics.
-    pub fn new(stats: &Stats) -> GossipGauge {
-        let members = prometheus::IntGaugeVec::new(
-            prometheus::Opts::new(
-                "astramq_membership_members",
-                "Cluster members known through gossip, by state.",
-            ),
-            &["state"],
-        )
-        .expect("valid metric");
-        stats
-            .registry
-            .register(Box::new(members.clone()))
-            .expect("metric registered once");
-        GossipGauge {
-            alive: members.with_label_values(&["alive"]),
-        }
-    }
-
-    fn set(&self, membership: &Membership) {
-        self.alive.set(membership.live_brokers().len() as i64);
-    }
-
-    fn clear(&self) {
-        self.alive.set(0);
     }
 }

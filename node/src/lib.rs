@@ -66,6 +66,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use anyhow::Context;
+use astramq_shared::metrics::MemberCount;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::acl::AccessControl;
@@ -140,8 +141,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
     let membership = match &config.gossip {
         Some(options) => {
             let membership = gossip::join(&config.node_id, options, local, metrics_addr).await?;
-            let gauge = Arc::new(gossip::GossipGauge::new(broker.stats()));
-            tokio::spawn(gossip::follow(membership.clone(), cluster.clone(), gauge));
+            tokio::spawn(gossip::follow(
+                membership.clone(),
+                cluster.clone(),
+                config.node_id.clone(),
+                MemberCount::register(&broker.stats().registry),
+            ));
             Some(membership)
         }
         None => None,

@@ -25,10 +25,7 @@ impl NodeOps {
 impl OpsSource for NodeOps {
     fn metrics_text(&self) -> String {
         self.broker.refresh_gauges();
-        let families = self.broker.stats().registry.gather();
-        prometheus::TextEncoder::new()
-            .encode_to_string(&families)
-            .unwrap_or_else(|error| format!("# metrics encoding failed: {error}\n"))
+        astramq_shared::metrics::render(&self.broker.stats().registry)
     }
 
     fn readiness(&self) -> Result<(), String> {

@@ -8,6 +8,7 @@
 //! values. Names follow Prometheus conventions: `astramq_` prefix, `_total`
 //! for counters, base units, and no client id or topic as a label.
 
+use astramq_shared::metrics::{register, register_build_info};
 use prometheus::{Counter, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 use crate::message::Qos;
@@ -210,27 +211,18 @@ pub struct Stats {
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).expect("valid metric name");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    register(registry, IntCounter::new(name, help))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let metric = IntGauge::new(name, help).expect("valid metric name");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    register(registry, IntGauge::new(name, help))
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric name");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), &[label]),
+    )
 }
 
 fn by_qos(vec: &IntCounterVec) -> [IntCounter; 3] {
@@ -283,26 +275,14 @@ impl Stats {
             "Requests the ACL denied, by action (publish, subscribe, will).",
             "action",
         );
-        let sessions = IntGaugeVec::new(
-            Opts::new("astramq_sessions", "Sessions on this node, by state."),
-            &["state"],
-        )
-        .expect("valid metric name");
-        r.register(Box::new(sessions.clone()))
-            .expect("metric registered once");
-        let build = IntGaugeVec::new(
-            Opts::new(
-                "astramq_build_info",
-                "Build information; the value is always 1.",
+        let sessions = register(
+            r,
+            IntGaugeVec::new(
+                Opts::new("astramq_sessions", "Sessions on this node, by state."),
+                &["state"],
             ),
-            &["version", "component"],
-        )
-        .expect("valid metric name");
-        r.register(Box::new(build.clone()))
-            .expect("metric registered once");
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), "node"])
-            .set(1);
+        );
+        register_build_info(r, "node", env!("CARGO_PKG_VERSION"));
         Stats {
             connections_total: counter(r, "astramq_connections_total", "TCP connections accepted."),
             accept_pauses: counter(
@@ -310,16 +290,13 @@ impl Stats {
                 "astramq_accept_pauses_total",
                 "Times the listener stopped accepting because max-connection-rate was reached.",
             ),
-            accept_paused_seconds: {
-                let metric = Counter::new(
+            accept_paused_seconds: register(
+                r,
+                Counter::new(
                     "astramq_accept_paused_seconds_total",
                     "Seconds the listener did not accept because max-connection-rate was reached.",
-                )
-                .expect("valid metric name");
-                r.register(Box::new(metric.clone()))
-                    .expect("metric registered once");
-                metric
-            },
+                ),
+            ),
             clients_connected: gauge(
                 r,
                 "astramq_connections",
@@ -456,9 +433,7 @@ mod tests {
         stats.refused(Refusal::IdentifierRejected);
         stats.refused(Refusal::BadCredentials);
         stats.limit_refused(TopicLimit::Levels.into());
-        let text = prometheus::TextEncoder::new()
-            .encode_to_string(&stats.registry.gather())
-            .unwrap();
+        let text = astramq_shared::metrics::render(&stats.registry);
         assert!(text.contains("astramq_messages_received_total{qos=\"1\"} 1"));
         assert!(text.contains("astramq_messages_dropped_total{reason=\"queue_full\"} 2"));
         assert!(

@@ -54,7 +54,6 @@ use crate::backends::{Backend, BackendSet};
 use crate::balance::Balancer;
 use crate::connect::{self, ConnectInfo, Reject};
 use crate::metrics::ProxyMetrics;
-use crate::proxy_protocol;
 use crate::relay::{Ended, Relay, Side};
 
 /// CONNACK, return code 0x03: server unavailable.
@@ -318,7 +317,7 @@ impl MqttProxy {
 
         let mut preamble = Vec::with_capacity(first.len() + 52);
         if self.options.proxy_protocol {
-            proxy_protocol::write_header(&mut preamble, peer, local);
+            astramq_shared::proxy_v2::write_header(&mut preamble, peer, local);
         }
         preamble.extend_from_slice(&first);
         if let Err(error) = node.write_all(&preamble).await {

@@ -6,19 +6,18 @@
 //! ready, which releases the MQTT listener (it depends on this service), so
 //! the readiness line means "metrics up, membership joined". While running
 //! it keeps the backend set equal to the live brokers and counts members by
-//! state. On pingora's shutdown signal it leaves the cluster gracefully
+//! role and state. On pingora's shutdown signal it leaves the cluster gracefully
 //! (peers see `left`, not `failed`).
 //!
 //! A start-up failure (port in use, bad gossip key) or membership stopping
 //! on its own (a node-id conflict) trips the [`Fatal`] switch: the process
 //! then exits with an error instead of serving with a frozen backend set.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use astramq_shared::membership::{MemberEvent, MemberState, Membership, MembershipConfig};
+use astramq_shared::membership::{Membership, MembershipConfig, Role};
 use astramq_shared::ops_http::{self, OpsSource};
 use async_trait::async_trait;
 use pingora_core::server::{ListenFds, ShutdownWatch};
@@ -151,97 +150,23 @@ impl ServiceWithDependents for ControlPlane {
     }
 }
 
-/// Keeps `astramq_membership_members{state}` current from membership events
-/// until the event stream closes. Seeded with the live brokers and this
-/// proxy; other members are counted from their first event on.
+/// Keeps `astramq_membership_members` current from membership events
+/// until the event stream closes.
 async fn count_members(membership: &Membership, self_id: &str, metrics: &ProxyMetrics) {
     let mut events = membership.subscribe();
-    let mut states = MemberStates::default();
-    states.set(self_id, MemberState::Alive);
-    for broker in membership.live_brokers().iter() {
-        states.set(&broker.node_id, MemberState::Alive);
-    }
+    metrics.members().seed(self_id, Role::Proxy, membership);
     loop {
-        states.export(metrics);
         match events.recv().await {
-            Ok(event) => states.apply(&event),
-            Err(RecvError::Lagged(_)) => {}
+            Ok(event) => metrics.members().apply(&event),
+            Err(RecvError::Lagged(_)) => metrics.members().seed(self_id, Role::Proxy, membership),
             Err(RecvError::Closed) => return,
-        }
-    }
-}
-
-/// The last known state of each member, by node id.
-#[derive(Debug, Default)]
-struct MemberStates(HashMap<String, MemberState>);
-
-impl MemberStates {
-    fn set(&mut self, node_id: &str, state: MemberState) {
-        self.0.insert(node_id.to_owned(), state);
-    }
-
-    fn apply(&mut self, event: &MemberEvent) {
-        let id = &event.member().node_id;
-        match event {
-            MemberEvent::Joined(_) | MemberEvent::Updated(_) => self.set(id, MemberState::Alive),
-            MemberEvent::Left(_) => self.set(id, MemberState::Left),
-            MemberEvent::Failed(_) => self.set(id, MemberState::Failed),
-            MemberEvent::Reaped(_) => {
-                self.0.remove(id);
-            }
-        }
-    }
-
-    fn count(&self, state: MemberState) -> i64 {
-        self.0.values().filter(|s| **s == state).count() as i64
-    }
-
-    fn export(&self, metrics: &ProxyMetrics) {
-        for (label, state) in [
-            ("alive", MemberState::Alive),
-            ("leaving", MemberState::Leaving),
-            ("left", MemberState::Left),
-            ("failed", MemberState::Failed),
-        ] {
-            metrics
-                .members
-                .with_label_values(&[label])
-                .set(self.count(state));
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use astramq_shared::membership::{MemberInfo, Role};
-
     use super::*;
-
-    fn member(id: &str) -> MemberInfo {
-        MemberInfo {
-            node_id: id.to_owned(),
-            role: Role::Broker,
-            mqtt_addr: None,
-            metrics_addr: None,
-            version: "0".to_owned(),
-            gossip_addr: "127.0.0.1:1".parse().unwrap(),
-            state: MemberState::Alive,
-        }
-    }
-
-    #[test]
-    fn member_states_follow_events_until_reaped() {
-        let mut states = MemberStates::default();
-        states.apply(&MemberEvent::Joined(member("a")));
-        states.apply(&MemberEvent::Joined(member("b")));
-        states.apply(&MemberEvent::Failed(member("b")));
-        assert_eq!(states.count(MemberState::Alive), 1);
-        assert_eq!(states.count(MemberState::Failed), 1);
-        states.apply(&MemberEvent::Reaped(member("b")));
-        assert_eq!(states.count(MemberState::Failed), 0);
-        states.apply(&MemberEvent::Left(member("a")));
-        assert_eq!(states.count(MemberState::Left), 1);
-    }
 
     #[tokio::test]
     async fn fatal_wakes_a_waiter_tripped_before_or_after() {

@@ -18,7 +18,6 @@
 //! - [`backends`] — the live backend set, fed by membership.
 //! - [`control`] — metrics endpoint and membership as a pingora service.
 //! - [`relay`] — the bidirectional copy with backpressure and half-close.
-//! - [`proxy_protocol`] — the PROXY protocol v2 header.
 //! - [`metrics`] — Prometheus metrics, `/metrics` and `/readyz`.
 //!
 //! # Threads and shutdown
@@ -42,7 +41,6 @@ mod config;
 mod control;
 mod listener;
 mod metrics;
-mod proxy_protocol;
 mod relay;
 
 use std::io::IsTerminal;

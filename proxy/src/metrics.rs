@@ -11,14 +11,15 @@
 //! | `astramq_proxy_dial_failures_total` | counter: node connects refused or timed out | `backend` |
 //! | `astramq_proxy_dial_duration_seconds` | histogram: successful node connects | |
 //! | `astramq_proxy_backends` | gauge: backends usable now | |
-//! | `astramq_membership_members` | gauge: cluster members by gossip state | `state` |
-//! | `astramq_build_info` | gauge, always 1 | `version`, `component="proxy"` |
+//! | `astramq_membership_members` | gauge: gossip members by role and state ([`astramq_shared::metrics`]) | `role`, `state` |
+//! | `astramq_build_info` | gauge, always 1 ([`astramq_shared::metrics`]) | `version`, `component="proxy"` |
 //!
 //! `backend` is the broker's node id (for a static `--backends` entry, its
 //! address), so label cardinality is bounded by the cluster size.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
+use astramq_shared::metrics::{register, register_build_info, render, MemberCount};
 use astramq_shared::ops_http::OpsSource;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -41,9 +42,6 @@ pub const REJECT_REASONS: [&str; 8] = [
     "tls_handshake",
     "ws_handshake",
 ];
-
-/// Membership states reported by `astramq_membership_members`.
-pub const MEMBER_STATES: [&str; 4] = ["alive", "leaving", "left", "failed"];
 
 /// Dial latency buckets: loopback connects take tens of µs, a LAN a few
 /// hundred, and the dial timeout caps the top.
@@ -75,8 +73,8 @@ pub struct ProxyMetrics {
     pub client_sockets: IntGauge,
     /// Client addresses with a socket open, refreshed at each scrape.
     pub client_addresses: IntGauge,
-    /// Members per gossip state, kept by the control plane.
-    pub members: IntGaugeVec,
+    /// Members per role and gossip state, kept by the control plane.
+    members: Mutex<MemberCount>,
 }
 
 /// The per-connection handles for one backend, resolved once when the
@@ -188,32 +186,8 @@ impl ProxyMetrics {
                 "Client addresses (IPv6: /64 prefixes) with a socket open now.",
             ),
         );
-        let members = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "astramq_membership_members",
-                    "Cluster members (brokers and proxies) by gossip state, as this proxy sees them.",
-                ),
-                &["state"],
-            ),
-        );
-        for state in MEMBER_STATES {
-            members.with_label_values(&[state]);
-        }
-        let build = register(
-            &registry,
-            IntGaugeVec::new(
-                Opts::new(
-                    "astramq_build_info",
-                    "Build information; the value is always 1.",
-                ),
-                &["version", "component"],
-            ),
-        );
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), "proxy"])
-            .set(1);
+        let members = Mutex::new(MemberCount::register(&registry));
+        register_build_info(&registry, "proxy", env!("CARGO_PKG_VERSION"));
         ProxyMetrics {
             registry,
             connections,
@@ -276,9 +250,12 @@ impl ProxyMetrics {
 
     /// The registry in Prometheus text format.
     pub fn render(&self) -> String {
-        prometheus::TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|error| format!("# metrics encoding failed: {error}\n"))
+        render(&self.registry)
+    }
+
+    /// `astramq_membership_members`, for the control plane to keep current.
+    pub fn members(&self) -> MutexGuard<'_, MemberCount> {
+        self.members.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -286,17 +263,6 @@ impl Default for ProxyMetrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn register<M: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    metric: prometheus::Result<M>,
-) -> M {
-    let metric = metric.expect("valid metric definition");
-    registry
-        .register(Box::new(metric.clone()))
-        .expect("metric registered once");
-    metric
 }
 
 /// What `/metrics` and `/readyz` report for the proxy.
@@ -372,7 +338,7 @@ mod tests {
             "astramq_proxy_dial_failures_total{backend=\"n2\"} 1",
             "astramq_proxy_dial_duration_seconds_count 1",
             "astramq_proxy_backends 1",
-            "astramq_membership_members{state=\"alive\"} 0",
+            "astramq_membership_members{role=\"broker\",state=\"alive\"} 0",
             "astramq_build_info{component=\"proxy\",version=",
         ] {
             assert!(text.contains(line), "missing {line:?} in:\n{text}");

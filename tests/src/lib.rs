@@ -23,6 +23,7 @@
 //!   restart, partition) with a workload and a zero-loss checker.
 //! - [`ws`]: [`ws::WsClient`], a byte-level MQTT client over WebSocket
 //!   (and WebSocket inside TLS), for the `--ws-listen`/`--wss-listen` tests.
+//! - [`signal`]: signals to a started process (the one `kill(2)`).
 //! - [`client`]: [`TestClient`], a wrapper around the independent `rumqttc`
 //!   client that turns its event loop into awaitable, bounded steps.
 
@@ -35,6 +36,7 @@ pub mod observability;
 pub mod proxy;
 pub mod raw;
 pub mod redis;
+pub mod signal;
 pub mod users;
 pub mod wire;
 pub mod ws;

@@ -197,17 +197,9 @@ impl NodeProcess {
     }
 
     /// Sends `signal` to the node.
-    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     pub fn signal(&self, signal: libc::c_int) -> Result<()> {
-        let pid = libc::pid_t::try_from(self.pid()).context("pid out of range")?;
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-        // own child, which cannot be reaped (and reused) before we wait on it.
-        let rc = unsafe { libc::kill(pid, signal) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("sending signal {signal} to a node"));
-        }
-        Ok(())
+        crate::signal::send(&self.child, signal)
+            .with_context(|| format!("sending signal {signal} to a node"))
     }
 
     /// Kills the node at once (SIGKILL), as a crash would, and reaps it.

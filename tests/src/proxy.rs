@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::binary::proxy_binary;
 
@@ -110,12 +110,9 @@ impl ProxyProcess {
     }
 
     /// Sends `signal` to the proxy (SIGTERM for a graceful stop).
-    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     pub fn signal(&self, signal: libc::c_int) -> Result<()> {
-        let pid = libc::pid_t::try_from(self.child.id())?;
-        // SAFETY: kill(2) on our own unreaped child has no memory-safety preconditions.
-        ensure!(unsafe { libc::kill(pid, signal) } == 0, "kill failed");
-        Ok(())
+        crate::signal::send(&self.child, signal)
+            .with_context(|| format!("sending signal {signal} to the proxy"))
     }
 }
 

@@ -167,15 +167,11 @@ impl RedisProcess {
     }
 
     /// Stops the server gracefully (SIGTERM flushes the AOF) and waits.
-    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     pub fn stop(&mut self) -> Result<()> {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-        // own child, not yet reaped.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let _ = crate::signal::send(&child, libc::SIGTERM);
         child.wait().context("waiting for redis-server")?;
         Ok(())
     }

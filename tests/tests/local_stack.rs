@@ -23,7 +23,7 @@ use astramq_tests::binary::binaries_dir;
 use astramq_tests::observability::exposition::Exposition;
 use astramq_tests::observability::prometheus::render_config_raw;
 use astramq_tests::observability::workspace_root;
-use astramq_tests::{unique_id, within, TestClient};
+use astramq_tests::{signal, unique_id, within, TestClient};
 use rumqttc::QoS;
 
 /// The script's last banner line: everything is up.
@@ -150,18 +150,8 @@ impl Script {
     }
 
     /// Sends SIGINT, as Ctrl-C in a terminal does.
-    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     fn interrupt(&self) -> Result<()> {
-        let pid = libc::pid_t::try_from(self.child.id())?;
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-        // own child, not yet reaped.
-        let rc = unsafe { libc::kill(pid, libc::SIGINT) };
-        ensure!(
-            rc == 0,
-            "SIGINT failed: {}",
-            std::io::Error::last_os_error()
-        );
-        Ok(())
+        signal::send(&self.child, libc::SIGINT).context("SIGINT failed")
     }
 
     /// Waits for the script to exit; returns how long it took.

@@ -18,6 +18,7 @@
 //! The process guard is kept in this file (std only) because events must be
 //! timestamped per line and both binaries are needed.
 
+use astramq_tests::signal;
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read},
@@ -484,19 +485,10 @@ impl Proc {
         at
     }
 
-    #[allow(unsafe_code)] // a libc call; its SAFETY comment is at the call
     fn sigterm(&mut self) -> Instant {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our
-        // own child, not yet reaped, so it cannot have been reused.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(
-            rc,
-            0,
-            "SIGTERM to {}: {}",
-            self.id,
-            std::io::Error::last_os_error()
-        );
+        if let Err(error) = signal::send(&self.child, libc::SIGTERM) {
+            panic!("SIGTERM to {}: {error}", self.id);
+        }
         Instant::now()
     }
 

@@ -292,7 +292,10 @@ fn check_node_metrics(before: &[Exposition], after: &[Exposition]) -> Result<()>
             i + 1
         );
         ensure!(
-            page.sum("astramq_membership_members", &[("state", "alive")]) == Some(3.0),
+            page.sum(
+                "astramq_membership_members",
+                &[("role", "broker"), ("state", "alive")]
+            ) == Some(3.0),
             "node {} does not see 3 live brokers",
             i + 1
         );
@@ -402,6 +405,13 @@ fn check_proxy_metrics(before: &Exposition, after: &Exposition) -> Result<()> {
     ensure!(
         after.total("astramq_membership_members", &[("state", "alive")]) >= 4.0,
         "the proxy does not see 4 live members"
+    );
+    ensure!(
+        after.sum(
+            "astramq_membership_members",
+            &[("role", "broker"), ("state", "alive")]
+        ) == Some(3.0),
+        "the proxy does not see 3 live brokers"
     );
     let moved = [
         ("astramq_proxy_connections_total", vec![]),

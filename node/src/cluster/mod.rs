@@ -42,8 +42,9 @@
 //! - A subscription becomes visible to other nodes when they read the route
 //!   log (milliseconds after SUBACK), not atomically with SUBACK.
 //!
-//! The full lists are the README's "Guarantees" and "What is not
-//! guaranteed"; `docs/zero-loss.md` explains the design.
+//! The full lists are "Guarantees" and "What is not guaranteed" in
+//! `docs/zero-loss.md` (the README keeps a short version), which also
+//! explains the design.
 
 pub mod bus;
 pub mod ledger;

@@ -5,6 +5,8 @@
 //! reserves or reads the rest of the packet, and so that a connection whose
 //! first byte cannot start a CONNECT is refused on that byte alone.
 
+use astramq_shared::varint;
+
 /// A complete fixed header at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -57,55 +59,37 @@ pub fn check_connect_start(buf: &[u8]) -> Result<(), FrameError> {
     }
 }
 
-/// Most bytes the remaining-length field may take.
-const MAX_LENGTH_BYTES: usize = 4;
-
 /// Parses the fixed header at the start of `buf`.
 ///
 /// `Ok(None)` means more bytes are needed to know the length. A packet
 /// larger than `max_packet_size` is refused here, even when only its first
 /// bytes have arrived.
 pub fn parse_header(buf: &[u8], max_packet_size: usize) -> Result<Option<FrameHeader>, FrameError> {
-    let Some(&first_byte) = buf.first() else {
+    let Some((&first_byte, rest)) = buf.split_first() else {
         return Ok(None);
     };
-    let mut remaining_len = 0usize;
-    for index in 0..MAX_LENGTH_BYTES {
-        let Some(&byte) = buf.get(1 + index) else {
-            return Ok(None);
-        };
-        remaining_len |= usize::from(byte & 0x7F) << (7 * index);
-        if byte & 0x80 == 0 {
-            let header = FrameHeader {
-                first_byte,
-                header_len: 2 + index,
-                remaining_len,
-            };
-            if header.packet_len() > max_packet_size {
-                return Err(FrameError::TooLarge {
-                    size: header.packet_len(),
-                    max: max_packet_size,
-                });
-            }
-            return Ok(Some(header));
-        }
+    let Some((remaining_len, length_bytes)) =
+        varint::decode(rest).map_err(|_| FrameError::MalformedLength)?
+    else {
+        return Ok(None);
+    };
+    let header = FrameHeader {
+        first_byte,
+        header_len: 1 + length_bytes,
+        remaining_len,
+    };
+    if header.packet_len() > max_packet_size {
+        return Err(FrameError::TooLarge {
+            size: header.packet_len(),
+            max: max_packet_size,
+        });
     }
-    Err(FrameError::MalformedLength)
+    Ok(Some(header))
 }
 
 /// Appends the remaining-length encoding of `len` (at most 268,435,455).
-pub fn put_remaining_length(out: &mut bytes::BytesMut, mut len: usize) {
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.extend_from_slice(&[byte]);
-        if len == 0 {
-            break;
-        }
-    }
+pub fn put_remaining_length(out: &mut bytes::BytesMut, len: usize) {
+    varint::encode(out, len);
 }
 
 #[cfg(test)]

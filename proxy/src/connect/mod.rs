@@ -19,10 +19,8 @@
 
 use std::time::Duration;
 
+use astramq_shared::varint;
 use tokio::io::{AsyncRead, AsyncReadExt};
-
-/// Largest remaining length the 4-byte variable integer can encode.
-const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
 /// Most read from the socket at a time while waiting for CONNECT.
 const READ_CHUNK: usize = 4096;
@@ -102,21 +100,16 @@ pub fn frame_len(buf: &[u8], max_size: usize) -> Result<Option<usize>, Reject> {
     if first & 0x0F != 0 {
         return Err(Reject::Malformed("reserved fixed-header flags set"));
     }
-    let mut remaining = 0usize;
-    for i in 0..4 {
-        let Some(&byte) = buf.get(1 + i) else {
-            return Ok(None);
-        };
-        remaining |= usize::from(byte & 0x7F) << (7 * i);
-        if byte & 0x80 == 0 {
-            let total = 1 + (i + 1) + remaining;
-            if total > max_size {
-                return Err(Reject::TooLarge(total));
-            }
-            return Ok((buf.len() >= total).then_some(total));
-        }
+    let decoded = varint::decode(&buf[1..])
+        .map_err(|_| Reject::Malformed("remaining length longer than 4 bytes"))?;
+    let Some((remaining, length_bytes)) = decoded else {
+        return Ok(None);
+    };
+    let total = 1 + length_bytes + remaining;
+    if total > max_size {
+        return Err(Reject::TooLarge(total));
     }
-    Err(Reject::Malformed("remaining length longer than 4 bytes"))
+    Ok((buf.len() >= total).then_some(total))
 }
 
 /// Parses one whole CONNECT packet (fixed header included), as delimited by
@@ -260,16 +253,14 @@ impl<'a> Cursor<'a> {
 
     /// A variable byte integer (at most 4 bytes).
     fn varint(&mut self) -> Result<usize, Reject> {
-        let mut value = 0usize;
-        for i in 0..4 {
-            let byte = self.u8()?;
-            value |= usize::from(byte & 0x7F) << (7 * i);
-            if byte & 0x80 == 0 {
-                debug_assert!(value <= MAX_REMAINING_LENGTH);
-                return Ok(value);
+        match varint::decode(&self.buf[self.pos..]) {
+            Ok(Some((value, len))) => {
+                self.pos += len;
+                Ok(value)
             }
+            Ok(None) => Err(Reject::Malformed("field runs past the end of the packet")),
+            Err(_) => Err(Reject::Malformed("variable integer longer than 4 bytes")),
         }
-        Err(Reject::Malformed("variable integer longer than 4 bytes"))
     }
 
     /// A length-prefixed binary field.
