@@ -11,12 +11,15 @@
 //!   reloadable, and the client certificate's CN.
 //! - [`ws`] — MQTT over WebSocket: the `/mqtt` upgrade and the byte stream
 //!   carried in binary messages.
+//! - [`mqtt_connect`] — the one CONNECT rule set: what the proxy lets
+//!   through is what a node accepts, refused with the same CONNACK code.
 //! - [`log_text`] — client-supplied strings truncated and escaped for logs,
 //!   and passwords redacted from URLs.
 
 pub mod config;
 pub mod log_text;
 pub mod membership;
+pub mod mqtt_connect;
 pub mod ops_http;
 pub mod tls;
 pub mod ws;
