@@ -1,8 +1,10 @@
-//! One client's byte stream (TCP, or TLS over TCP: [`Transport`]), as whole
-//! MQTT frames in and coalesced bytes out.
+//! One client's byte stream (TCP, or TLS over TCP: [`Transport`]), as
+//! decoded MQTT packets in and coalesced bytes out.
 //!
 //! Reads go straight into a buffer that exists only while bytes are
-//! pending: once every buffered frame is handed out the buffer is released,
+//! pending: a packet is framed there ([`frame`]), decoded from there (its
+//! payload stays a slice of that buffer) and, once every buffered packet
+//! is handed out, the buffer is released,
 //! so an idle connection holds no read or write buffer at all. Writes are
 //! appended to one output buffer by everything a session does in a turn and
 //! leave in a single write.
@@ -20,12 +22,13 @@ use std::io;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::protocol::codec::ConnectPacket;
 use crate::protocol::frame::{self, parse_header};
 use crate::protocol::proxy_header;
-use crate::protocol::{FrameError, FrameHeader, ProtocolError};
+use crate::protocol::{decode, decode_first, FrameHeader, Inbound, ProtocolError, Version};
 use crate::transport::Transport;
 
 /// How much to read at a time.
@@ -42,8 +45,8 @@ pub const MAX_UNWRITTEN_WHILE_READING: usize = 1024 * 1024;
 /// What [`Connection::next_input`] saw.
 #[derive(Debug)]
 pub enum Input {
-    /// A frame, or `None` for a clean close between packets.
-    Frame(Option<(FrameHeader, Bytes)>),
+    /// A packet, or `None` for a clean close between packets.
+    Packet(Option<Inbound>),
     /// Every byte of output has left (asked for with `report_drained`).
     Drained,
 }
@@ -84,6 +87,9 @@ pub struct Connection {
     read_buf: BytesMut,
     write_buf: BytesMut,
     max_packet_size: usize,
+    /// How packets after the CONNECT are decoded: set by
+    /// [`Connection::read_connect`] from the CONNECT's protocol level.
+    version: Version,
     /// Since when unsent output has waited without the client taking a
     /// byte of it; `None` while nothing waits.
     write_stalled_since: Option<tokio::time::Instant>,
@@ -97,8 +103,14 @@ impl Connection {
             read_buf: BytesMut::new(),
             write_buf: BytesMut::new(),
             max_packet_size,
+            version: Version::Mqtt311,
             write_stalled_since: None,
         }
+    }
+
+    /// The protocol version of the connection's CONNECT (3.1.1 before it).
+    pub fn version(&self) -> Version {
+        self.version
     }
 
     /// The transport underneath (TCP or TLS), for what it says about the
@@ -107,8 +119,8 @@ impl Connection {
         &self.stream
     }
 
-    /// The next complete frame already buffered, without waiting.
-    pub fn buffered_frame(&mut self) -> Result<Option<(FrameHeader, Bytes)>, ProtocolError> {
+    /// The header of the next packet if all of it is buffered.
+    fn buffered_header(&mut self) -> Result<Option<FrameHeader>, ProtocolError> {
         let Some(header) = parse_header(&self.read_buf, self.max_packet_size)? else {
             return Ok(None);
         };
@@ -117,49 +129,69 @@ impl Connection {
             self.read_buf.reserve(missing.min(MAX_RESERVE_AHEAD));
             return Ok(None);
         }
-        let frame = self.read_buf.split_to(header.packet_len()).freeze();
+        Ok(Some(header))
+    }
+
+    /// After a packet was decoded out of the read buffer.
+    fn packet_taken(&mut self) {
         if self.read_buf.is_empty() {
-            // Release the allocation: the frames handed out keep what they need.
+            // Release the allocation: the packets handed out keep what they
+            // need.
             self.read_buf = BytesMut::new();
         }
-        Ok(Some((header, frame)))
     }
 
-    /// Waits for the next frame. `Ok(None)` is a clean close between packets.
-    /// Cancel-safe: nothing read is lost if the future is dropped.
-    pub async fn read_frame(&mut self) -> Result<Option<(FrameHeader, Bytes)>, ConnectionError> {
-        self.read_frame_checked(|_| Ok(())).await
+    /// The next packet already buffered, decoded, without waiting.
+    pub fn buffered_packet(&mut self) -> Result<Option<Inbound>, ProtocolError> {
+        let Some(header) = self.buffered_header()? else {
+            return Ok(None);
+        };
+        let packet = decode(self.version, &header, &mut self.read_buf);
+        self.packet_taken();
+        packet.map(Some)
     }
 
-    /// Waits for a connection's first frame: like [`Self::read_frame`], but
-    /// refuses the bytes as soon as the first one cannot start a CONNECT,
-    /// without waiting for the length it declares.
-    pub async fn read_connect_frame(
-        &mut self,
-    ) -> Result<Option<(FrameHeader, Bytes)>, ConnectionError> {
-        self.read_frame_checked(frame::check_connect_start).await
-    }
-
-    /// [`Self::read_frame`], with `check` run on the buffered bytes before
-    /// each attempt to frame them.
-    async fn read_frame_checked(
-        &mut self,
-        check: fn(&[u8]) -> Result<(), FrameError>,
-    ) -> Result<Option<(FrameHeader, Bytes)>, ConnectionError> {
+    /// Waits for the next packet. `Ok(None)` is a clean close between
+    /// packets. Cancel-safe: nothing read is lost if the future is dropped.
+    pub async fn read_packet(&mut self) -> Result<Option<Inbound>, ConnectionError> {
         loop {
-            check(&self.read_buf).map_err(ProtocolError::from)?;
-            if let Some(frame) = self.buffered_frame()? {
-                return Ok(Some(frame));
+            if let Some(packet) = self.buffered_packet()? {
+                return Ok(Some(packet));
             }
-            let read = std::future::poll_fn(|cx| {
-                self.stream
-                    .poll_read_into(cx, &mut self.read_buf, reserve_read)
-            })
-            .await;
-            if self.read_done(read)? {
+            if self.read_more().await? {
                 return Ok(None);
             }
         }
+    }
+
+    /// Waits for a connection's first packet, which must be a CONNECT:
+    /// refuses the bytes as soon as the first one cannot start one, without
+    /// waiting for the length it declares. Packets after it are decoded
+    /// with the CONNECT's protocol version.
+    pub async fn read_connect(&mut self) -> Result<Option<Box<ConnectPacket>>, ConnectionError> {
+        loop {
+            frame::check_connect_start(&self.read_buf).map_err(ProtocolError::from)?;
+            if let Some(header) = self.buffered_header()? {
+                let connect = decode_first(&header, &mut self.read_buf);
+                self.packet_taken();
+                let connect = connect?;
+                self.version = connect.version;
+                return Ok(Some(connect));
+            }
+            if self.read_more().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads what the socket has; true on a clean close between packets.
+    async fn read_more(&mut self) -> Result<bool, ConnectionError> {
+        let read = std::future::poll_fn(|cx| {
+            self.stream
+                .poll_read_into(cx, &mut self.read_buf, reserve_read)
+        })
+        .await;
+        self.read_done(read)
     }
 
     /// What a read means; true on a clean close between packets.
@@ -224,12 +256,12 @@ impl Connection {
                 if report_drained {
                     return Ok(Input::Drained);
                 }
-                return self.read_frame().await.map(Input::Frame);
+                return self.read_packet().await.map(Input::Packet);
             }
             let reading = self.write_buf.len() <= MAX_UNWRITTEN_WHILE_READING;
             if reading {
-                if let Some(frame) = self.buffered_frame()? {
-                    return Ok(Input::Frame(Some(frame)));
+                if let Some(packet) = self.buffered_packet()? {
+                    return Ok(Input::Packet(Some(packet)));
                 }
             }
             let stalled = self
@@ -262,7 +294,7 @@ impl Connection {
             match wake {
                 Wake::Read(read) => {
                     if self.read_done(read)? {
-                        return Ok(Input::Frame(None));
+                        return Ok(Input::Packet(None));
                     }
                 }
                 Wake::Written(written) => {

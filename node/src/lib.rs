@@ -16,7 +16,8 @@
 //!   client may publish and subscribe to.
 //! - [`connection`]: bytes ⇄ whole MQTT frames, with coalesced writes and
 //!   no buffers held while idle, over a [`transport`] (TCP, TLS, WebSocket).
-//! - [`protocol`]: framing, bounds-checked validation and the mqttrs codec.
+//! - [`protocol`]: framing, bounds-checked validation and the rmqtt-codec
+//!   codec (3.1.1 served; 5.0 decoded, not yet served).
 //! - [`broker`]: the publish path: route, post to mailboxes, queue offline.
 //! - [`registry`]: connected sessions by client id, and their mailboxes.
 //! - [`router`]: topic validation and the subscription tree.

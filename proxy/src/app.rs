@@ -52,14 +52,12 @@ use tracing::Instrument;
 use crate::admission::Admission;
 use crate::backends::{Backend, BackendSet};
 use crate::balance::Balancer;
-use crate::connect::{self, ConnectInfo, Reject};
+use crate::connect::{self, ConnectInfo};
 use crate::metrics::ProxyMetrics;
 use crate::relay::{Ended, Relay, Side};
 
 /// CONNACK, return code 0x03: server unavailable.
 const CONNACK_SERVER_UNAVAILABLE: [u8; 4] = [0x20, 0x02, 0x00, 0x03];
-/// CONNACK, return code 0x01: unacceptable protocol version.
-const CONNACK_BAD_PROTOCOL: [u8; 4] = [0x20, 0x02, 0x00, 0x01];
 
 /// Per-connection limits and options, from the configuration.
 #[derive(Debug, Clone)]
@@ -276,8 +274,8 @@ impl MqttProxy {
             Err(reject) => {
                 tracing::debug!(reason = reject.reason(), error = %reject, "client rejected");
                 self.metrics.reject(&reject);
-                if let Reject::UnsupportedLevel(_) = reject {
-                    let _ = write_and_flush(client, &CONNACK_BAD_PROTOCOL).await;
+                if let Some(code) = reject.connack_code() {
+                    let _ = write_and_flush(client, &[0x20, 0x02, 0x00, code]).await;
                 }
                 return;
             }

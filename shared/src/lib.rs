@@ -18,6 +18,8 @@
 //!   the node's framing and the proxy's CONNECT reader.
 //! - [`proxy_v2`] — the PROXY protocol v2 header: the proxy writes it, the
 //!   node reads it.
+//! - [`mqtt_connect`] — the one CONNECT rule set: what the proxy lets
+//!   through is what a node accepts, refused with the same CONNACK code.
 //! - [`log_text`] — client-supplied strings truncated and escaped for logs,
 //!   and passwords redacted from URLs.
 
@@ -25,6 +27,7 @@ pub mod config;
 pub mod log_text;
 pub mod membership;
 pub mod metrics;
+pub mod mqtt_connect;
 pub mod ops_http;
 pub mod proxy_v2;
 pub mod tls;

@@ -1,6 +1,6 @@
 //! The MQTT fixed header: packet type, flags and remaining length.
 //!
-//! Parsed here rather than by mqttrs so that a declared length over the
+//! Parsed here rather than by the codec so that a declared length over the
 //! limit is refused as soon as its length bytes arrive, before the node
 //! reserves or reads the rest of the packet, and so that a connection whose
 //! first byte cannot start a CONNECT is refused on that byte alone.

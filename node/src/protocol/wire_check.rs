@@ -1,10 +1,23 @@
-//! Bounds-checked validation of one packet's body before mqttrs sees it.
+//! Bounds-checked validation of one 3.1/3.1.1 packet's body before the
+//! codec decodes it.
 //!
-//! mqttrs indexes its input without checking lengths, so every field it will
-//! read is walked here first: a packet that passes [`check`] is exactly the
-//! shape mqttrs expects, with nothing missing and nothing left over. The
-//! MQTT 3.1.1 rules mqttrs skips (reserved bits, a SUBSCRIBE with no
-//! filters, U+0000 in strings, flag combinations) are enforced here too.
+//! `rmqtt-codec` is bounds checked itself (it replaced mqttrs, which was
+//! not), so this walk is no longer what keeps the node from panicking; it
+//! stays for the MQTT 3.1.1 rules the codec does not enforce, each with a
+//! test below:
+//!
+//! - SUBSCRIBE option bytes with reserved bits set (the codec masks them
+//!   off and accepts `0x04`, MQTT-3.8.3-4);
+//! - U+0000 in any string (MQTT-1.5.3-2);
+//! - DUP set on a QoS 0 PUBLISH (MQTT-3.3.1-2);
+//! - bytes after PINGREQ or DISCONNECT (the codec ignores them).
+//!
+//! What the codec provably checks as well (packet id 0, truncated fields,
+//! an empty SUBSCRIBE or UNSUBSCRIBE, invalid UTF-8, reserved fixed-header
+//! flags, QoS 3) is still checked here, as the walk reads those fields
+//! anyway; a test in `codec` shows the codec refusing each on its own.
+//! CONNECT is not checked here: the rule set shared with the proxy
+//! ([`astramq_shared::mqtt_connect`]) checks it.
 
 use super::ProtocolError;
 
@@ -122,7 +135,8 @@ pub fn check(first_byte: u8, body: &[u8]) -> Result<(), ProtocolError> {
         return Err(fields.malformed("reserved fixed-header flags"));
     }
     match packet_kind {
-        packet_type::CONNECT => check_connect(fields),
+        // The shared CONNECT rules (astramq_shared::mqtt_connect) apply.
+        packet_type::CONNECT => Ok(()),
         packet_type::PUBACK | packet_type::PUBREC | packet_type::PUBREL | packet_type::PUBCOMP => {
             fields.packet_id()?;
             fields.expect_end()
@@ -152,7 +166,29 @@ pub fn check(first_byte: u8, body: &[u8]) -> Result<(), ProtocolError> {
     }
 }
 
-fn packet_name(kind: u8) -> &'static str {
+/// The fixed-header flag rules alone (MQTT-2.2.2-2): PUBREL, SUBSCRIBE and
+/// UNSUBSCRIBE carry `0010`, PUBLISH any but QoS 3, every other type
+/// `0000`. Used for 5.0 packets, whose bodies the 5.0 codec checks.
+pub fn check_fixed_header_flags(first_byte: u8) -> Result<(), ProtocolError> {
+    let flags = first_byte & 0x0F;
+    let kind = first_byte >> 4;
+    let fine = match kind {
+        packet_type::PUBLISH => (flags >> 1) & 0b11 != 3,
+        packet_type::PUBREL | packet_type::SUBSCRIBE | packet_type::UNSUBSCRIBE => flags == 0b0010,
+        _ => flags == 0,
+    };
+    if fine {
+        Ok(())
+    } else {
+        Err(ProtocolError::Malformed {
+            packet: packet_name(kind),
+            reason: "reserved fixed-header flags",
+        })
+    }
+}
+
+/// The packet type's name, for errors and logs.
+pub fn packet_name(kind: u8) -> &'static str {
     match kind {
         packet_type::CONNECT => "CONNECT",
         packet_type::CONNACK => "CONNACK",
@@ -168,57 +204,9 @@ fn packet_name(kind: u8) -> &'static str {
         packet_type::PINGREQ => "PINGREQ",
         packet_type::PINGRESP => "PINGRESP",
         packet_type::DISCONNECT => "DISCONNECT",
+        15 => "AUTH",
         _ => "reserved",
     }
-}
-
-/// CONNECT flag bits (MQTT-3.1.2.3).
-mod connect_flag {
-    pub const RESERVED: u8 = 0b0000_0001;
-    pub const WILL: u8 = 0b0000_0100;
-    pub const WILL_QOS: u8 = 0b0001_1000;
-    pub const WILL_RETAIN: u8 = 0b0010_0000;
-    pub const PASSWORD: u8 = 0b0100_0000;
-    pub const USERNAME: u8 = 0b1000_0000;
-}
-
-fn check_connect(mut fields: Fields<'_>) -> Result<(), ProtocolError> {
-    let name = fields.string("truncated protocol name")?;
-    let level = fields.u8("missing protocol level")?;
-    if !matches!((name, level), ("MQTT", 4) | ("MQIsdp", 3)) {
-        return Err(ProtocolError::UnsupportedProtocol {
-            name: name.to_owned(),
-            level,
-        });
-    }
-    let flags = fields.u8("missing connect flags")?;
-    fields.u16("missing keep-alive")?;
-    if flags & connect_flag::RESERVED != 0 {
-        return Err(fields.malformed("reserved connect flag set"));
-    }
-    let will_qos = (flags & connect_flag::WILL_QOS) >> 3;
-    if will_qos > 2 {
-        return Err(fields.malformed("will QoS 3"));
-    }
-    let has_will = flags & connect_flag::WILL != 0;
-    if !has_will && (will_qos != 0 || flags & connect_flag::WILL_RETAIN != 0) {
-        return Err(fields.malformed("will QoS or retain without a will"));
-    }
-    if flags & connect_flag::PASSWORD != 0 && flags & connect_flag::USERNAME == 0 {
-        return Err(fields.malformed("password without a user name"));
-    }
-    fields.string("truncated client identifier")?;
-    if has_will {
-        fields.string("truncated will topic")?;
-        fields.binary("truncated will message")?;
-    }
-    if flags & connect_flag::USERNAME != 0 {
-        fields.string("truncated user name")?;
-    }
-    if flags & connect_flag::PASSWORD != 0 {
-        fields.binary("truncated password")?;
-    }
-    fields.expect_end()
 }
 
 fn check_publish(flags: u8, mut fields: Fields<'_>) -> Result<(), ProtocolError> {
@@ -267,57 +255,60 @@ mod tests {
         assert!(check(first, body).is_err(), "accepted {packet:02X?}");
     }
 
+    /// mqttrs panicked on these; the PUBLISH and SUBSCRIBE are refused
+    /// here (the CONNECTs by the shared rules, tested in `codec`).
     #[test]
-    fn inputs_that_panic_mqttrs_are_rejected() {
-        rejects(&[0x10, 0x06, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54]);
-        rejects(&[0x10, 0x07, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04]);
+    fn inputs_that_panicked_mqttrs_are_rejected() {
         rejects(&[
             0x30, 0x02, 0x00, 0x05, 0x61, 0x62, 0x63, 0x64, 0x65, 0xC0, 0x00,
         ]);
         rejects(&[0x82, 0x05, 0x00, 0x01, 0x00, 0x01, 0x61]);
     }
 
+    /// One case per rule the codec does not enforce (see the module doc).
     #[test]
-    fn rules_mqttrs_skips_are_enforced() {
-        // SUBSCRIBE with no filters.
-        rejects(&[0x82, 0x02, 0x00, 0x01]);
-        // CONNECT with the reserved flag set.
-        rejects(&[
-            0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x03, 0, 60, 0, 0,
-        ]);
-        // Will QoS without a will.
-        rejects(&[
-            0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x0A, 0, 60, 0, 0,
-        ]);
-        // Password without a user name.
-        rejects(&[
-            0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x42, 0, 60, 0, 0,
-        ]);
+    fn rules_the_codec_skips_are_enforced() {
+        // SUBSCRIBE option byte with a reserved bit.
+        rejects(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x04]);
+        // U+0000 in a PUBLISH topic and in a filter.
+        rejects(&[0x30, 0x04, 0x00, 0x02, b'a', 0x00]);
+        rejects(&[0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', 0x00, 0x01]);
+        rejects(&[0xA2, 0x06, 0x00, 0x01, 0x00, 0x02, b'a', 0x00]);
         // PUBLISH QoS 0 with DUP.
         rejects(&[0x38, 0x03, 0x00, 0x01, b't']);
+        // Bytes after PINGREQ and DISCONNECT.
+        rejects(&[0xC0, 0x01, 0x00]);
+        rejects(&[0xE0, 0x01, 0x00]);
+    }
+
+    /// Rules the codec checks too (tested against the codec in `codec`).
+    #[test]
+    fn rules_both_check_are_enforced() {
+        // SUBSCRIBE with no filters.
+        rejects(&[0x82, 0x02, 0x00, 0x01]);
         // Invalid UTF-8 topic.
         rejects(&[0x30, 0x04, 0x00, 0x02, 0xC3, 0x28]);
         // Client-bound packet from a client.
         rejects(&[0xD0, 0x00]);
+        // Packet id 0.
+        rejects(&[0x40, 0x02, 0x00, 0x00]);
+        // Reserved flags on PUBACK.
+        rejects(&[0x41, 0x02, 0x00, 0x01]);
     }
 
     #[test]
-    fn unsupported_protocol_level_is_told_apart() {
-        let (first, body) = body_of(&[
-            0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0,
-        ]);
-        assert!(matches!(
-            check(first, body),
-            Err(ProtocolError::UnsupportedProtocol { level: 5, .. })
-        ));
+    fn fixed_header_flags_alone() {
+        for ok in [0x30, 0x3D, 0x62, 0x82, 0xA2, 0xC0, 0xE0, 0xF0, 0x40] {
+            assert_eq!(check_fixed_header_flags(ok), Ok(()), "{ok:#04x}");
+        }
+        for bad in [0x36, 0x60, 0x80, 0xA0, 0xC1, 0xE2, 0xF1, 0x41] {
+            assert!(check_fixed_header_flags(bad).is_err(), "{bad:#04x}");
+        }
     }
 
     #[test]
     fn well_formed_packets_pass() {
         let ok = [
-            vec![
-                0x10, 0x0C, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 0,
-            ],
             vec![0x30, 0x05, 0x00, 0x01, b't', b'h', b'i'],
             vec![0x32, 0x05, 0x00, 0x01, b't', 0x00, 0x07],
             vec![0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x01],

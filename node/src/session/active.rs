@@ -6,7 +6,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -21,7 +20,7 @@ use crate::message::{ClientId, Delivery, Message, Qos, QueueId};
 use crate::protocol::codec::{
     encode_ack, encode_connack, encode_pingresp, encode_publish, Ack, ConnackCode,
 };
-use crate::protocol::{decode, FrameHeader, Inbound};
+use crate::protocol::Inbound;
 use crate::registry::{Kick, SessionHandle};
 use crate::session_state::{IncomingQos2, OutgoingInflight, OutgoingStage, Progress, SessionState};
 use crate::stats::Stats;
@@ -384,7 +383,7 @@ impl ActiveSession {
                 input = self.connection.next_input(write_timeout, self.write_budget_spent) => {
                     let frame = match input {
                         Ok(Input::Drained) => continue,
-                        Ok(Input::Frame(frame)) => Ok(frame),
+                        Ok(Input::Packet(packet)) => Ok(packet),
                         Err(ConnectionError::WriteTimeout) => {
                             tracing::debug!("write timed out: the client does not read");
                             return End::ConnectionLost;
@@ -433,14 +432,12 @@ impl ActiveSession {
         }
     }
 
-    /// Handles a frame read from the socket and every further frame already
-    /// buffered, so one turn of the loop answers them all in one write.
-    async fn on_read(
-        &mut self,
-        first: Result<Option<(FrameHeader, Bytes)>, ConnectionError>,
-    ) -> Option<End> {
+    /// Handles a packet read from the socket and every further packet
+    /// already buffered, so one turn of the loop answers them all in one
+    /// write.
+    async fn on_read(&mut self, first: Result<Option<Inbound>, ConnectionError>) -> Option<End> {
         let mut next = match first {
-            Ok(Some(frame)) => frame,
+            Ok(Some(packet)) => packet,
             Ok(None) => return Some(End::ConnectionLost),
             Err(ConnectionError::Protocol(error)) => {
                 return Some(self.protocol_error(error.to_string()))
@@ -451,12 +448,11 @@ impl ActiveSession {
             }
         };
         loop {
-            let (header, frame) = next;
-            if let Some(end) = self.on_frame(&header, &frame).await {
+            if let Some(end) = self.on_packet(next).await {
                 return Some(end);
             }
-            next = match self.connection.buffered_frame() {
-                Ok(Some(frame)) => frame,
+            next = match self.connection.buffered_packet() {
+                Ok(Some(packet)) => packet,
                 Ok(None) => return None,
                 Err(error) => return Some(self.protocol_error(error.to_string())),
             };
@@ -586,22 +582,19 @@ impl ActiveSession {
         End::ProtocolError(reason)
     }
 
-    async fn on_frame(&mut self, header: &FrameHeader, frame: &Bytes) -> Option<End> {
-        let packet = match decode(header, frame) {
-            Ok(packet) => packet,
-            Err(error) => return Some(self.protocol_error(error.to_string())),
-        };
+    async fn on_packet(&mut self, packet: Inbound) -> Option<End> {
         let out = self.connection.output();
         let written = match packet {
             Inbound::Connect(_) => return Some(self.protocol_error("second CONNECT".into())),
             Inbound::Publish(publish) => return self.on_publish(publish).await,
-            Inbound::Puback(id) => {
-                let entry = self.window.puback(id);
+            Inbound::Puback(ack) => {
+                let entry = self.window.puback(ack.packet_id);
                 self.completed(entry);
                 Ok(())
             }
-            Inbound::Pubrec(id) => match self.window.pubrec(id) {
+            Inbound::Pubrec(ack) => match self.window.pubrec(ack.packet_id) {
                 AckOutcome::SendPubrel => {
+                    let id = ack.packet_id;
                     if let (true, Some(queued)) = (self.durable, self.window.queued(id)) {
                         let stage = (id, OutgoingStage::AwaitingPubcomp, queued.clone());
                         self.progress.stages.push(stage);
@@ -610,18 +603,23 @@ impl ActiveSession {
                 }
                 AckOutcome::Ignored => Ok(()),
             },
-            Inbound::Pubrel(id) => {
+            Inbound::Pubrel(ack) => {
+                let id = ack.packet_id;
                 if self.incoming_qos2.remove(&id).is_some() && self.durable {
                     self.released_qos2.push(id);
                 }
                 encode_ack(out, Ack::Pubcomp, id)
             }
-            Inbound::Pubcomp(id) => {
-                let entry = self.window.pubcomp(id);
+            Inbound::Pubcomp(ack) => {
+                let entry = self.window.pubcomp(ack.packet_id);
                 self.completed(entry);
                 Ok(())
             }
-            Inbound::Subscribe { packet_id, filters } => {
+            // 5.0 subscription options are not served yet (5.0 CONNECTs
+            // are refused): `v5` is always `None` here.
+            Inbound::Subscribe {
+                packet_id, filters, ..
+            } => {
                 self.on_subscribe(packet_id, filters).await;
                 Ok(())
             }
@@ -633,7 +631,10 @@ impl ActiveSession {
                 encode_pingresp(out);
                 Ok(())
             }
-            Inbound::Disconnect => return Some(End::Disconnect),
+            Inbound::Disconnect(_) => return Some(End::Disconnect),
+            Inbound::Auth(_) => {
+                return Some(self.protocol_error("AUTH without a 5.0 CONNECT".into()))
+            }
         };
         written.err().map(|e| self.protocol_error(e.to_string()))
     }

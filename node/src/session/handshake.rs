@@ -17,16 +17,13 @@ use crate::connection::{Connection, ConnectionError};
 use crate::limits::sessions::SessionSlot;
 use crate::message::{ClientId, Message};
 use crate::protocol::codec::{encode_connack, ConnackCode, ConnectPacket};
-use crate::protocol::{decode, Inbound, ProtocolError};
+use crate::protocol::ProtocolError;
 use crate::registry::mailbox::Mailbox;
 use crate::registry::SessionHandle;
 use crate::router::topic::is_valid_topic_name;
 use crate::stats::{AclDenial, LimitReason, Refusal};
 use crate::store::ClaimRequest;
 use crate::transport::Transport;
-
-/// Longest client id MQTT 3.1 (protocol level 3) allows.
-const MQTT31_MAX_CLIENT_ID: usize = 23;
 
 /// How long a new connection waits for an older one with its client id to
 /// hand its session over.
@@ -143,20 +140,10 @@ async fn client_address(
 /// Reads the first packet; answers and returns `None` unless it is a
 /// well-formed CONNECT.
 async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<ConnectPacket> {
-    let frame = tokio::time::timeout(
-        broker.limits().connect_timeout,
-        connection.read_connect_frame(),
-    )
-    .await;
-    let error = match frame {
-        Ok(Ok(Some((header, frame)))) => match decode(&header, &frame) {
-            Ok(Inbound::Connect(connect)) => return Some(connect),
-            Ok(_) => ProtocolError::Malformed {
-                packet: "first",
-                reason: "the first packet must be CONNECT",
-            },
-            Err(error) => error,
-        },
+    let connect =
+        tokio::time::timeout(broker.limits().connect_timeout, connection.read_connect()).await;
+    let error = match connect {
+        Ok(Ok(Some(connect))) => return Some(*connect),
         Ok(Err(ConnectionError::Protocol(error))) => error,
         Err(_) => {
             tracing::debug!("no CONNECT within the connect timeout");
@@ -168,6 +155,14 @@ async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<Co
             return None;
         }
     };
+    // The refusals of the rule set shared with the proxy
+    // (astramq_shared::mqtt_connect): the proxy answers these the same way.
+    if let ProtocolError::IdentifierRejected(reason) = &error {
+        tracing::debug!(reason, "client identifier rejected");
+        broker.stats().refused(Refusal::IdentifierRejected);
+        encode_connack(connection.output(), false, ConnackCode::IdentifierRejected);
+        return None;
+    }
     broker.stats().protocol_errors.inc();
     if let ProtocolError::UnsupportedProtocol { name, level } = &error {
         tracing::debug!(name = %untrusted(name), level, "unsupported protocol");
@@ -207,14 +202,11 @@ fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<Co
         broker.stats().limit_refused(LimitReason::ClientIdLength);
         return Err(Some(ConnackCode::IdentifierRejected));
     }
+    // The protocol's own client id rules (an empty id needs a clean
+    // session; 3.1 ids are 1 to 23 bytes) were applied with the shared
+    // CONNECT rules when it was decoded.
     if connect.client_id.is_empty() {
-        if !connect.clean_session || connect.protocol_level == 3 {
-            return Err(Some(ConnackCode::IdentifierRejected));
-        }
         return Ok(format!("astramq-{}-{}", broker.node_id(), broker.unique_id()).into());
-    }
-    if connect.protocol_level == 3 && connect.client_id.len() > MQTT31_MAX_CLIENT_ID {
-        return Err(Some(ConnackCode::IdentifierRejected));
     }
     Ok(connect.client_id.as_str().into())
 }
