@@ -31,21 +31,7 @@ fn connect(name: &[u8], level: u8, flags: u8, props: Option<&[u8]>, payload: &[&
         body.extend((field.len() as u16).to_be_bytes());
         body.extend(*field);
     }
-    let mut out = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend(body);
-    out
+    astramq_tests::wire::frame(0x10, &body)
 }
 
 /// What the client saw after sending `bytes` to `addr` as its first packet.

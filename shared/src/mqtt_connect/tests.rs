@@ -19,22 +19,12 @@ fn connect(name: &[u8], level: u8, flags: u8, payload: &[&[u8]]) -> Vec<u8> {
     frame(0x10, &body)
 }
 
+/// A packet: first byte, remaining length, body.
 fn frame(first: u8, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend(body);
-    out
+    let mut out = bytes::BytesMut::from(&[first][..]);
+    crate::varint::encode(&mut out, body.len());
+    out.extend_from_slice(body);
+    out.to_vec()
 }
 
 /// A 5.0 CONNECT: properties (receive maximum 16) before the client id.
