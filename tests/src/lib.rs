@@ -24,6 +24,9 @@
 //! - [`ws`]: [`ws::WsClient`], a byte-level MQTT client over WebSocket
 //!   (and WebSocket inside TLS), for the `--ws-listen`/`--wss-listen` tests.
 //! - [`signal`]: signals to a started process (the one `kill(2)`).
+//! - [`v5`]: hand-encoded MQTT 5.0 packets and properties, a decoder,
+//!   and [`v5::Client5`], a byte-level 5.0 client (the 5.0 twin of
+//!   [`wire`] and [`raw`]).
 //! - [`client`]: [`TestClient`], a wrapper around the independent `rumqttc`
 //!   client that turns its event loop into awaitable, bounded steps.
 
@@ -38,6 +41,7 @@ pub mod raw;
 pub mod redis;
 pub mod signal;
 pub mod users;
+pub mod v5;
 pub mod wire;
 pub mod ws;
 
