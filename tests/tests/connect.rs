@@ -56,10 +56,15 @@ async fn assert_level_refused(level: u8) -> Result<()> {
     Ok(())
 }
 
-/// MQTT 5 (level 5) is not spoken: refused with "unacceptable protocol version".
+/// MQTT 5.0 (level 5) is spoken: a 5.0 CONNECT (with its Property
+/// Length) gets a 5.0 CONNACK with reason 0x00 and is served. (It used to
+/// be refused with 3.1.1 code 1; tests/mqtt5.rs covers 5.0 itself.)
 #[tokio::test]
-async fn protocol_level_5_is_refused_with_code_1() -> Result<()> {
-    assert_level_refused(5).await
+async fn protocol_level_5_is_accepted() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let connect = astramq_tests::v5::Connect5::new(&unique_id("level5"));
+    let mut client = astramq_tests::v5::Client5::connect(node.addr(), &connect).await?;
+    client.ping().await
 }
 
 /// An unknown old level (2) is refused the same way.

@@ -431,6 +431,11 @@ impl Packet5 {
         let mut at = 0;
         Ok(match packet.kind() {
             kind::CONNACK => {
+                ensure!(
+                    body.len() > 2,
+                    "a CONNACK without a Property Length (3.1.1 framing), code {:#04x}: {packet:?}",
+                    body.get(1).copied().unwrap_or(0)
+                );
                 let head = take(body, &mut at, 2)?;
                 ensure!(
                     head[0] & 0xFE == 0,

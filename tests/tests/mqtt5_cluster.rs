@@ -1,0 +1,210 @@
+//! MQTT 5.0 in a cluster: three nodes sharing one `redis-server`, behind
+//! `astramq-proxy` (round-robin), driven by the hand-encoded 5.0 client
+//! (`astramq_tests::v5::Client5`). What 5.0 adds must survive the trip
+//! between nodes: PUBLISH properties (§3.3.2.3) are carried unchanged, the
+//! Message Expiry Interval keeps counting down (§3.3.2.3.3), and a session
+//! with a Session Expiry Interval (§3.1.2.11.2) resumes on another node
+//! with the QoS 1 messages queued while it was offline (§4.1).
+
+#[allow(dead_code)]
+mod proxy_harness;
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use astramq_tests::v5::{id, Client5, Connect5, Packet5, Properties, Publish5};
+use astramq_tests::{unique_id, within, within_for};
+
+use proxy_harness::{active_by_backend, grown, GossipCluster};
+
+/// The properties a publisher sets, including a Message Expiry Interval.
+fn properties() -> Properties {
+    Properties::new()
+        .byte(id::PAYLOAD_FORMAT_INDICATOR, 1)
+        .four(id::MESSAGE_EXPIRY_INTERVAL, 300)
+        .text(id::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .text(id::RESPONSE_TOPIC, "c5/reply")
+        .binary(id::CORRELATION_DATA, &[0, 0xFF, 7, b'x'])
+        .user("k", "1")
+        .user("other", "x")
+        .user("k", "2")
+}
+
+/// Requires `got` to carry [`properties`] unchanged (User Properties in
+/// order with duplicates), its expiry at most 300 s and at least 280 s.
+fn check(got: &Publish5) -> Result<()> {
+    let sent = properties();
+    for prop in [
+        id::PAYLOAD_FORMAT_INDICATOR,
+        id::CONTENT_TYPE,
+        id::RESPONSE_TOPIC,
+        id::CORRELATION_DATA,
+    ] {
+        ensure!(
+            got.props.get(prop) == sent.get(prop) && got.props.count(prop) == 1,
+            "property {prop:#04x} changed between nodes: {got:?}"
+        );
+    }
+    ensure!(
+        got.props.users() == sent.users(),
+        "User Properties changed between nodes: {:?}",
+        got.props.users()
+    );
+    let expiry = got.props.get_four(id::MESSAGE_EXPIRY_INTERVAL);
+    ensure!(
+        expiry.is_some_and(|s| (280..=300).contains(&s)),
+        "Message Expiry Interval 300 arrived as {expiry:?}"
+    );
+    Ok(())
+}
+
+/// Connects through the proxy; returns the client and the node it got.
+async fn through_proxy(cluster: &GossipCluster, connect: &Connect5) -> Result<(Client5, String)> {
+    let before = active_by_backend(&cluster.proxy).await?;
+    let client = Client5::connect(cluster.proxy.addr, connect).await?;
+    let backend = within("the proxy to count the connection", async {
+        loop {
+            if let Ok(b) = grown(&before, &active_by_backend(&cluster.proxy).await?) {
+                return Ok::<_, anyhow::Error>(b);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
+    Ok((client, backend))
+}
+
+/// Publishes QoS 0 probes on `probe` until `subscriber` sees one: its
+/// subscription has reached the publisher's node. Other messages the
+/// subscriber gets meanwhile are acknowledged and dropped.
+async fn await_route(publisher: &mut Client5, subscriber: &mut Client5, probe: &str) -> Result<()> {
+    within_for(
+        Duration::from_secs(10),
+        "the subscription to reach the publisher's node",
+        async {
+            loop {
+                publisher
+                    .publish(&Publish5::new(probe, 0, b"probe"))
+                    .await?;
+                while let Some(packet) = subscriber.recv_for(Duration::from_millis(100)).await? {
+                    if let Packet5::Publish(p) = packet {
+                        if p.topic == probe.as_bytes() {
+                            return Ok::<_, anyhow::Error>(());
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .await?
+}
+
+/// The next PUBLISH that is not a route probe, acknowledged.
+async fn next_message(client: &mut Client5) -> Result<Publish5> {
+    loop {
+        let p = client.recv_publish_acked().await?;
+        if !p.topic_str().ends_with("/probe") {
+            return Ok(p);
+        }
+    }
+}
+
+/// §3.3.2.3: a PUBLISH with Payload Format Indicator, Message Expiry
+/// Interval, Content Type, Response Topic, Correlation Data and User
+/// Properties, published on one node, reaches subscribers on the two
+/// other nodes with every property unchanged and the expiry not grown.
+#[tokio::test]
+async fn publish_properties_cross_nodes_unchanged() -> Result<()> {
+    let cluster = GossipCluster::start("round-robin").await?;
+    let mut subs = Vec::new();
+    let mut used = Vec::new();
+    for i in 0..2 {
+        let (mut sub, node) =
+            through_proxy(&cluster, &Connect5::new(&unique_id(&format!("csub{i}")))).await?;
+        ensure!(sub.subscribe(1, &[("c5/#", 1)]).await?.reasons == [1]);
+        subs.push(sub);
+        used.push(node);
+    }
+    let (mut publisher, node) = through_proxy(&cluster, &Connect5::new(&unique_id("cpub"))).await?;
+    used.push(node);
+    used.sort();
+    used.dedup();
+    ensure!(used.len() == 3, "clients not on three nodes: {used:?}");
+    for sub in &mut subs {
+        await_route(&mut publisher, sub, "c5/probe").await?;
+    }
+    let sent = Publish5::new("c5/t", 1, "crossing ✓".as_bytes())
+        .id(11)
+        .props(properties());
+    let ack = publisher.publish(&sent).await?.context("no PUBACK")?;
+    ensure!(ack.reason == 0, "PUBACK {ack:?}");
+    for sub in &mut subs {
+        let got = within("the message on another node", next_message(sub)).await??;
+        ensure!(
+            got.topic == sent.topic && got.payload == sent.payload,
+            "{got:?}"
+        );
+        check(&got)?;
+    }
+    Ok(())
+}
+
+/// §3.1.2.11.2, §4.1: a 5.0 session with Session Expiry Interval 300 s,
+/// left with a normal DISCONNECT on one node, resumes through the proxy on
+/// another node (Clean Start 0: Session Present 1) and gets the QoS 1
+/// messages published while it was offline, in order, with their
+/// properties.
+#[tokio::test]
+async fn a_persistent_v5_session_resumes_on_another_node_with_its_queue() -> Result<()> {
+    let cluster = GossipCluster::start("round-robin").await?;
+    let client_id = unique_id("roamer5");
+    let connect = Connect5::new(&client_id).session_expiry(300);
+    let (mut roamer, home) = through_proxy(&cluster, &connect).await?;
+    ensure!(roamer.subscribe(1, &[("r5/#", 1)]).await?.reasons == [1]);
+    let (mut publisher, publisher_node) =
+        through_proxy(&cluster, &Connect5::new(&unique_id("rpub"))).await?;
+    ensure!(
+        publisher_node != home,
+        "publisher and roamer both on {home}"
+    );
+    await_route(&mut publisher, &mut roamer, "r5/probe").await?;
+    roamer.disconnect().await?;
+
+    for i in 1..=3u16 {
+        let publish = Publish5::new(&format!("r5/{i}"), 1, format!("queued {i}").as_bytes())
+            .id(i)
+            .props(properties());
+        let ack = publisher.publish(&publish).await?.context("no PUBACK")?;
+        ensure!(ack.reason == 0 || ack.reason == 0x10, "PUBACK {ack:?}");
+    }
+
+    let resume = Connect5::new(&client_id)
+        .clean_start(false)
+        .session_expiry(300);
+    let mut attempts = 0;
+    let mut back = loop {
+        let (client, node) = through_proxy(&cluster, &resume).await?;
+        if node != home {
+            break client;
+        }
+        attempts += 1;
+        ensure!(
+            attempts < 3,
+            "the proxy keeps sending {client_id} to {home}"
+        );
+        client.disconnect().await?;
+    };
+    ensure!(
+        back.session_present(),
+        "the session did not resume on another node"
+    );
+    for i in 1..=3 {
+        let got = within("a queued message", next_message(&mut back)).await??;
+        ensure!(
+            got.topic_str() == format!("r5/{i}") && got.payload == format!("queued {i}").as_bytes(),
+            "expected r5/{i}, got {got:?}"
+        );
+        check(&got)?;
+    }
+    Ok(())
+}
