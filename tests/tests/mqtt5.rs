@@ -1545,3 +1545,54 @@ async fn without_a_node_the_proxy_answers_v5_with_connack_0x88() -> Result<()> {
     client.expect_closed(TIMEOUT).await?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------
+// 3.1.1 and 5.0 side by side
+// ---------------------------------------------------------------------
+
+/// A message crosses protocol versions in the receiver's framing: a 5.0
+/// PUBLISH with properties reaches a 3.1.1 subscriber as a 3.1.1 PUBLISH
+/// (no Property Length, the payload intact, exact bytes), and a 3.1.1
+/// PUBLISH reaches a 5.0 subscriber with a Property Length (§3.3.2.3.1).
+#[tokio::test]
+async fn messages_cross_between_3_1_1_and_5_0_in_the_receivers_framing() -> Result<()> {
+    use astramq_tests::wire::{self, Connect};
+
+    let node = NodeProcess::start()?;
+    let (mut old, _) = RawClient::connected(node.addr(), &Connect::new(&unique_id("v311"))).await?;
+    ensure!(old.subscribe(1, &[("mix/v5", 1)]).await? == [1]);
+    let mut new = connect(&node, "v5").await?;
+    ensure!(new.subscribe(1, &[("mix/v311", 1)]).await?.reasons == [1]);
+
+    let sent = Publish5::new("mix/v5", 1, b"from five")
+        .id(3)
+        .props(application_properties());
+    ack_reason(new.publish(&sent).await?, reason::SUCCESS)?;
+    let got = old.recv().await?;
+    let publish = got.publish()?;
+    let mut expected = vec![0x00, 0x06];
+    expected.extend(b"mix/v5");
+    expected.extend(publish.packet_id.to_be_bytes());
+    expected.extend(b"from five");
+    ensure!(
+        got.first_byte == 0x32 && got.body == expected,
+        "the 3.1.1 subscriber got {got:?} (body {:02x?})",
+        got.body
+    );
+    old.send(&wire::puback(publish.packet_id)).await?;
+
+    old.send(
+        &wire::Publish::new("mix/v311", 1, b"from three")
+            .with_packet_id(4)
+            .encode(),
+    )
+    .await?;
+    let acked = old.recv().await?.ack_id(kind::PUBACK)?;
+    ensure!(acked == 4, "PUBACK for {acked}");
+    let got = new.recv_publish_acked().await?;
+    ensure!(
+        got.topic == b"mix/v311" && got.payload == b"from three" && got.props.is_empty(),
+        "the 5.0 subscriber got {got:?}"
+    );
+    Ok(())
+}
