@@ -12,7 +12,7 @@ mod proxy_harness;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use astramq_tests::v5::{id, Client5, Connect5, Packet5, Properties, Publish5};
+use astramq_tests::v5::{id, reason, Client5, Connect5, Packet5, Properties, Publish5, Will5};
 use astramq_tests::{unique_id, within, within_for};
 
 use proxy_harness::{active_by_backend, grown, GossipCluster};
@@ -206,5 +206,60 @@ async fn a_persistent_v5_session_resumes_on_another_node_with_its_queue() -> Res
         );
         check(&got)?;
     }
+    Ok(())
+}
+
+/// §3.1.4 [MQTT-3.1.4-3], §3.14.2.1: a 5.0 client connecting on one node
+/// takes over the session of the same Client Identifier on another node;
+/// the old connection gets DISCONNECT 0x8E (Session taken over).
+#[tokio::test]
+async fn a_takeover_from_another_node_sends_disconnect_0x8e() -> Result<()> {
+    let cluster = GossipCluster::start("round-robin").await?;
+    let connect = Connect5::new(&unique_id("twin5")).session_expiry(60);
+    let (mut old, first) = through_proxy(&cluster, &connect).await?;
+    let (mut new, second) = through_proxy(&cluster, &connect).await?;
+    ensure!(first != second, "both connections on {first}");
+    within_for(
+        Duration::from_secs(10),
+        "the old connection's DISCONNECT",
+        old.expect_disconnect_reason(reason::SESSION_TAKEN_OVER),
+    )
+    .await??;
+    new.ping().await
+}
+
+/// §3.1.3.2: a will with Will Properties (content type, correlation data,
+/// user properties) from a client on one node reaches a subscriber on
+/// another node with them unchanged when the connection drops.
+#[tokio::test]
+async fn a_will_with_properties_crosses_nodes() -> Result<()> {
+    let cluster = GossipCluster::start("round-robin").await?;
+    let (mut sub, sub_node) = through_proxy(&cluster, &Connect5::new(&unique_id("wsub"))).await?;
+    ensure!(sub.subscribe(1, &[("cw5/#", 1)]).await?.reasons == [1]);
+    let will_props = Properties::new()
+        .text(id::CONTENT_TYPE, "text/plain")
+        .binary(id::CORRELATION_DATA, &[9, 0, 9])
+        .user("why", "dropped")
+        .user("why", "twice");
+    let will = Will5::new("cw5/will", b"gone")
+        .with_qos(1)
+        .with_props(will_props.clone());
+    let connect = Connect5::new(&unique_id("wdying")).will(will);
+    let (mut dying, dying_node) = through_proxy(&cluster, &connect).await?;
+    ensure!(dying_node != sub_node, "both clients on {sub_node}");
+    await_route(&mut dying, &mut sub, "cw5/probe").await?;
+    drop(dying);
+    let got = within("the will on another node", next_message(&mut sub)).await??;
+    ensure!(
+        got.topic == b"cw5/will" && got.payload == b"gone",
+        "{got:?}"
+    );
+    for prop in [id::CONTENT_TYPE, id::CORRELATION_DATA] {
+        ensure!(
+            got.props.get(prop) == will_props.get(prop),
+            "will property {prop:#04x} changed: {got:?}"
+        );
+    }
+    ensure!(got.props.users() == will_props.users(), "{got:?}");
     Ok(())
 }
