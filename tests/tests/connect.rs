@@ -56,10 +56,11 @@ async fn assert_level_refused(level: u8) -> Result<()> {
     Ok(())
 }
 
-/// MQTT 5 (level 5) is not spoken: refused with "unacceptable protocol version".
+/// A level past 5.0 (6) is refused with "unacceptable protocol version"
+/// (MQTT 5.0 itself is served: tests/tests/mqtt5.rs).
 #[tokio::test]
-async fn protocol_level_5_is_refused_with_code_1() -> Result<()> {
-    assert_level_refused(5).await
+async fn protocol_level_6_is_refused_with_code_1() -> Result<()> {
+    assert_level_refused(6).await
 }
 
 /// An unknown old level (2) is refused the same way.
