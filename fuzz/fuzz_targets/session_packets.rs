@@ -211,7 +211,7 @@ fuzz_target!(|input: Input| {
                         )
                     }
                 };
-                owed.push(ack, *packet_id, durability);
+                owed.push(ack, *packet_id, 0, durability);
                 owed_model.push_back((ack, *packet_id, model));
             }
             Step::Settle(which, settlement) => {

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::acl::AccessControl;
 use crate::auth::Authenticator;
@@ -36,7 +36,7 @@ use crate::registry::{Kick, Registry};
 use crate::retained::{RetainOutcome, RetainRefusal};
 use crate::router::SubscriptionTree;
 use crate::stats::{DropReason, LimitReason, Stats};
-use crate::store::{QueueOutcome, Store};
+use crate::store::{QueueOutcome, SessionOwner, Store};
 use astramq_shared::log_text::untrusted;
 
 /// A publish that could not be made durable; a QoS 1/2 publisher must not
@@ -316,6 +316,40 @@ impl Broker {
     /// stay in the tree so its messages are queued).
     pub fn session_parked(&self, client_id: &ClientId, filters: Vec<String>) {
         self.offline_sessions().insert(client_id.clone(), filters);
+    }
+
+    /// Ends a parked session `after` its client left (5.0 Session Expiry
+    /// Interval) unless it is claimed again by then, here or on another
+    /// node: its state is forgotten in the store (epoch-checked, so a newer
+    /// claim is never touched) and its subscriptions leave the tree.
+    pub fn expire_session_after(self: &Arc<Self>, owner: SessionOwner, after: Duration) {
+        let broker = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(broker) = broker.upgrade() {
+                broker.expire_session(&owner).await;
+            }
+        });
+    }
+
+    async fn expire_session(&self, owner: &SessionOwner) {
+        if self.registry.read().contains_key(&owner.client_id) {
+            return;
+        }
+        match self.store.discard_session(owner).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(%error, client_id = %untrusted(&owner.client_id), "expired session not discarded: store unavailable");
+                return;
+            }
+        }
+        tracing::debug!(client_id = %untrusted(&owner.client_id), "session expired");
+        let filters = self.offline_sessions().remove(&owner.client_id);
+        if let Some(filters) = filters {
+            self.unsubscribe(&owner.client_id, filters.iter().map(String::as_str))
+                .await;
+        }
     }
 
     /// False while this node cannot take clients (it is rejoining the
@@ -712,7 +746,8 @@ mod tests {
         let broker = broker();
         let request = ClaimRequest {
             client_id: "p".into(),
-            clean_session: false,
+            clean_start: false,
+            persistent: true,
             will: None,
         };
         let claim = broker.store().claim_session(&request).await.unwrap();

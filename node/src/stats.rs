@@ -39,10 +39,13 @@ pub enum Refusal {
     /// The WebSocket upgrade failed (wrong path, no `mqtt` subprotocol,
     /// not HTTP) or did not finish within the connect timeout.
     WsHandshake,
+    /// 5.0 CONNACK 0x8C: an enhanced authentication method (none is
+    /// supported).
+    BadAuthenticationMethod,
 }
 
 /// How many values the `reason` label of connection refusals has.
-const REFUSALS: usize = 10;
+const REFUSALS: usize = 11;
 
 impl Refusal {
     const ALL: [(Refusal, &'static str); REFUSALS] = [
@@ -56,6 +59,7 @@ impl Refusal {
         (Refusal::NotAuthorized, "not_authorized"),
         (Refusal::TlsHandshake, "tls_handshake"),
         (Refusal::WsHandshake, "ws_handshake"),
+        (Refusal::BadAuthenticationMethod, "bad_auth_method"),
     ];
 }
 
@@ -135,15 +139,18 @@ pub enum DropReason {
     /// An ACL refused it (unused: a denied PUBLISH is counted once, in
     /// `astramq_acl_denials_total`; kept so dashboards are stable).
     Acl,
+    /// Larger than the 5.0 client's Maximum Packet Size: not sent to it.
+    TooLarge,
 }
 
 impl DropReason {
-    const ALL: [(DropReason, &'static str); 5] = [
+    const ALL: [(DropReason, &'static str); 6] = [
         (DropReason::QueueFull, "queue_full"),
         (DropReason::Qos0Offline, "qos0_offline"),
         (DropReason::Expired, "expired"),
         (DropReason::NoSubscribers, "no_subscribers"),
         (DropReason::Acl, "acl"),
+        (DropReason::TooLarge, "too_large_for_client"),
     ];
 }
 
@@ -194,7 +201,7 @@ pub struct Stats {
     pub payload_bytes_received: IntCounter,
     /// Payload bytes sent in PUBLISH packets.
     pub payload_bytes_sent: IntCounter,
-    dropped: [IntCounter; 5],
+    dropped: [IntCounter; 6],
     acl_denials: [IntCounter; 3],
     /// Connections closed for breaking the protocol.
     pub protocol_errors: IntCounter,

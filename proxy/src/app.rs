@@ -13,7 +13,8 @@
 //! 2. **Route**: order the live backends ([`crate::balance`]) and dial them
 //!    in turn, each within `--dial-timeout-ms`; a refused or timed-out dial
 //!    is counted and the next backend tried. If none answers, the client
-//!    gets CONNACK 0x03 (server unavailable) and is closed.
+//!    gets a CONNACK "server unavailable" in its protocol's words (3.1.1:
+//!    return code 0x03; 5.0: reason code 0x88) and is closed.
 //! 3. **Pass through**: optionally a PROXY v2 header, then the CONNECT bytes
 //!    exactly as received (and whatever the client sent after them), then
 //!    [`crate::relay`] copies both ways until both sides close.
@@ -39,6 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use astramq_shared::log_text::untrusted;
+use astramq_shared::mqtt_connect::Refusal;
 use astramq_shared::tls::ServerTls;
 use astramq_shared::ws::{self, WsLimits};
 use async_trait::async_trait;
@@ -55,9 +57,6 @@ use crate::balance::Balancer;
 use crate::connect::{self, ConnectInfo};
 use crate::metrics::ProxyMetrics;
 use crate::relay::{Ended, Relay, Side};
-
-/// CONNACK, return code 0x03: server unavailable.
-const CONNACK_SERVER_UNAVAILABLE: [u8; 4] = [0x20, 0x02, 0x00, 0x03];
 
 /// Per-connection limits and options, from the configuration.
 #[derive(Debug, Clone)]
@@ -304,9 +303,10 @@ impl MqttProxy {
             stream: mut node,
         }) = self.dial(&info.client_id).await
         else {
-            tracing::warn!("no backend reachable: answering CONNACK 0x03");
+            tracing::warn!("no backend reachable: answering CONNACK server unavailable");
             self.metrics.no_backend();
-            let _ = write_and_flush(client, &CONNACK_SERVER_UNAVAILABLE).await;
+            let answer = Refusal::ServerUnavailable.connack(info.level);
+            let _ = write_and_flush(client, answer).await;
             return;
         };
         let (meters, _active) = self.metrics.routed(&backend.node_id);

@@ -53,6 +53,16 @@ pub fn encode(out: &mut BytesMut, mut value: usize) {
     }
 }
 
+/// How many bytes [`encode`] writes for `value`.
+pub fn encoded_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +82,7 @@ mod tests {
             let mut out = BytesMut::new();
             encode(&mut out, value);
             assert_eq!(out.len(), len, "{value}");
+            assert_eq!(encoded_len(value), len, "{value}");
             assert_eq!(decode(&out), Ok(Some((value, len))));
             for cut in 0..len {
                 assert_eq!(decode(&out[..cut]), Ok(None), "{value} cut at {cut}");

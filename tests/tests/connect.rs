@@ -67,6 +67,13 @@ async fn protocol_level_5_is_accepted() -> Result<()> {
     client.ping().await
 }
 
+/// A level past 5.0 (6) is refused with "unacceptable protocol version"
+/// (MQTT 5.0 itself is served: tests/tests/mqtt5.rs).
+#[tokio::test]
+async fn protocol_level_6_is_refused_with_code_1() -> Result<()> {
+    assert_level_refused(6).await
+}
+
 /// An unknown old level (2) is refused the same way.
 #[tokio::test]
 async fn protocol_level_2_is_refused_with_code_1() -> Result<()> {

@@ -32,6 +32,9 @@ impl Default for KeepAlivePolicy {
 pub struct KeepAlive {
     /// Silence after which the connection is closed; `None`: never.
     pub timeout: Option<Duration>,
+    /// The keep-alive in seconds the client is held to (what a 5.0
+    /// CONNACK's Server Keep Alive says when it differs from the ask).
+    pub secs: u16,
     /// True when the client asked for more than the maximum.
     pub clamped: bool,
 }
@@ -47,6 +50,7 @@ impl KeepAlivePolicy {
         };
         KeepAlive {
             timeout: (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 1500)),
+            secs,
             clamped,
         }
     }
@@ -66,6 +70,7 @@ mod tests {
             policy.apply(30),
             KeepAlive {
                 timeout: Some(Duration::from_secs(45)),
+                secs: 30,
                 clamped: false
             }
         );
@@ -73,10 +78,12 @@ mod tests {
             policy.apply(600),
             KeepAlive {
                 timeout: Some(Duration::from_secs(90)),
+                secs: 60,
                 clamped: true
             }
         );
         assert_eq!(policy.apply(0).timeout, Some(Duration::from_secs(15)));
+        assert_eq!(policy.apply(0).secs, 10);
         let never = KeepAlivePolicy {
             default_secs: 0,
             ..policy

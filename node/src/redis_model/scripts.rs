@@ -11,7 +11,8 @@
 /// Redis until its entries are acknowledged, so a claimer that dies right
 /// after loses nothing.
 /// KEYS: session, subs, inflight, qos2, queue, seen.
-/// ARGV: node id, clean (0/1), will record ("" for none).
+/// ARGV: node id, clean start (0/1), will record ("" for none), persistent
+/// (0/1: kept when the connection ends).
 /// Returns {epoch, previous owner, had persistent state (0/1), subs
 /// (flat filter/qos list), inflight (flat id/record list), qos2 (flat
 /// id/record list), queue entries (XRANGE reply)}.
@@ -26,13 +27,11 @@ if had_state then
   qos2 = redis.call('HGETALL', KEYS[4])
   queued = redis.call('XRANGE', KEYS[5], '-', '+')
 end
-local persistent = '1'
 if ARGV[2] == '1' or not had_state then
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
   redis.call('HDEL', KEYS[1], 'qbytes')
 end
-if ARGV[2] == '1' then persistent = '0' end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'connected', '1', 'persistent', persistent, 'will', ARGV[3])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'connected', '1', 'persistent', ARGV[4], 'will', ARGV[3])
 return {epoch, previous_owner, had_state and 1 or 0, subs, inflight, qos2, queued}
 "#;
 

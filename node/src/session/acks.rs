@@ -19,6 +19,8 @@ use crate::protocol::codec::Ack;
 struct Owed {
     ack: Ack,
     packet_id: u16,
+    /// The 5.0 reason code (0x00 on 3.1.1, which sends none).
+    code: u8,
     durability: Durability,
 }
 
@@ -29,6 +31,8 @@ pub struct Settled {
     pub ack: Ack,
     /// The publisher's packet id.
     pub packet_id: u16,
+    /// The 5.0 reason code to send with it.
+    pub code: u8,
     /// True when the message is safe and the ack may be sent.
     pub written: bool,
 }
@@ -37,16 +41,36 @@ pub struct Settled {
 #[derive(Debug, Default)]
 pub struct OwedAcks {
     queue: VecDeque<Owed>,
+    /// How many of them are PUBACKs (the 5.0 Receive Maximum counts them).
+    pubacks: usize,
 }
 
 impl OwedAcks {
-    /// Owes `ack` for `packet_id` once `durability` is settled.
-    pub fn push(&mut self, ack: Ack, packet_id: u16, durability: Durability) {
+    /// Owes `ack` for `packet_id` (with 5.0 reason `code`) once
+    /// `durability` is settled.
+    pub fn push(&mut self, ack: Ack, packet_id: u16, code: u8, durability: Durability) {
+        if ack == Ack::Puback {
+            self.pubacks += 1;
+        }
         self.queue.push_back(Owed {
             ack,
             packet_id,
+            code,
             durability,
         });
+    }
+
+    /// Acknowledgements owed for QoS 1 PUBLISH (PUBACK not yet sent).
+    pub fn pubacks(&self) -> usize {
+        self.pubacks
+    }
+
+    fn take_front(&mut self) -> Option<Owed> {
+        let owed = self.queue.pop_front()?;
+        if owed.ack == Ack::Puback {
+            self.pubacks -= 1;
+        }
+        Some(owed)
     }
 
     /// The oldest acknowledgement, if its write has settled.
@@ -61,10 +85,11 @@ impl OwedAcks {
                 Err(TryRecvError::Closed) => false,
             },
         };
-        let owed = self.queue.pop_front()?;
+        let owed = self.take_front()?;
         Some(Settled {
             ack: owed.ack,
             packet_id: owed.packet_id,
+            code: owed.code,
             written,
         })
     }
@@ -100,11 +125,12 @@ impl OwedAcks {
     /// Waits for every owed write; returns those that failed.
     pub async fn settle_all(&mut self) -> Vec<Settled> {
         let mut failed = Vec::new();
-        while let Some(owed) = self.queue.pop_front() {
+        while let Some(owed) = self.take_front() {
             if !owed.durability.wait().await {
                 failed.push(Settled {
                     ack: owed.ack,
                     packet_id: owed.packet_id,
+                    code: owed.code,
                     written: false,
                 });
             }
@@ -123,8 +149,8 @@ mod tests {
     async fn acknowledgements_leave_in_order_once_written() {
         let mut owed = OwedAcks::default();
         let (tx, rx) = oneshot::channel();
-        owed.push(Ack::Puback, 1, Durability::Pending(rx));
-        owed.push(Ack::Pubrec, 2, Durability::Done);
+        owed.push(Ack::Puback, 1, 0, Durability::Pending(rx));
+        owed.push(Ack::Pubrec, 2, 0, Durability::Done);
         assert_eq!(owed.pop_settled(), None, "the older write is still pending");
         assert!(owed.is_waiting());
         tx.send(true).unwrap();
@@ -144,7 +170,7 @@ mod tests {
     async fn a_failed_write_is_reported_not_acknowledged() {
         let mut owed = OwedAcks::default();
         let (tx, rx) = oneshot::channel::<bool>();
-        owed.push(Ack::Pubrec, 7, Durability::Pending(rx));
+        owed.push(Ack::Pubrec, 7, 0, Durability::Pending(rx));
         drop(tx);
         let failed = owed.settle_all().await;
         assert_eq!(failed.len(), 1);

@@ -11,16 +11,24 @@ use tokio::time::Instant;
 
 use super::acks::OwedAcks;
 use super::read_mark::ReadMark;
+use super::v5::{
+    outgoing_properties, reason, ClientLimits, SessionV5, RECEIVE_MAXIMUM, TOPIC_ALIAS_MAXIMUM,
+};
+use super::will::Will;
 use super::window::{AckOutcome, OutgoingWindow};
 use super::ShutdownSignal;
 use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionError, Input};
 use crate::limits::queue::queued_size;
-use crate::message::{ClientId, Delivery, Message, Qos, QueueId};
+use crate::message::unix_millis;
+use crate::message::{ClientId, Delivery, Qos, QueueId};
 use crate::protocol::codec::{
-    encode_ack, encode_connack, encode_pingresp, encode_publish, Ack, ConnackCode,
+    encode_ack, encode_ack_v5, encode_connack, encode_connack_v5, encode_disconnect_v5,
+    encode_pingresp, encode_publish, encode_unsuback_v5, Ack, ConnackV5, DisconnectPacket,
+    EncodeError, OutgoingPublish,
 };
-use crate::protocol::Inbound;
+use crate::protocol::frame::FrameError;
+use crate::protocol::{Inbound, ProtocolError};
 use crate::registry::{Kick, SessionHandle};
 use crate::session_state::{IncomingQos2, OutgoingInflight, OutgoingStage, Progress, SessionState};
 use crate::stats::Stats;
@@ -45,12 +53,14 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct SessionSetup {
     /// The (possibly assigned) client id.
     pub client_id: ClientId,
+    /// Drop what the session held (3.1.1 clean session, 5.0 clean start).
+    pub clean_start: bool,
     /// Forget the session when the connection ends.
     pub clean_session: bool,
     /// 1.5 × the client's keep-alive; `None` when disabled.
     pub keep_alive: Option<Duration>,
     /// Published if the connection ends without DISCONNECT.
-    pub will: Option<Arc<Message>>,
+    pub will: Option<Will>,
     /// The CONNECT's user name, for the ACL's `user` and `%u`.
     pub user: Option<String>,
     /// This session's entry in the registry.
@@ -59,6 +69,20 @@ pub struct SessionSetup {
     pub finished: watch::Sender<bool>,
     /// Ownership and previous state from the store.
     pub claim: SessionClaim,
+    /// 5.0 only: what the CONNECT said and the CONNACK must say.
+    pub v5: Option<Box<SetupV5>>,
+}
+
+/// What a 5.0 CONNECT brings to the session.
+pub struct SetupV5 {
+    /// The client's limits.
+    pub client: ClientLimits,
+    /// The CONNECT's Session Expiry Interval.
+    pub session_expiry: u32,
+    /// True when the node made the client id up (it goes in the CONNACK).
+    pub assigned_client_id: bool,
+    /// The keep-alive the node holds the client to, when not the asked one.
+    pub server_keep_alive: Option<u16>,
 }
 
 /// When the session's timer must next fire: the keep-alive deadline or
@@ -128,8 +152,10 @@ pub(super) enum End {
     KeepAliveTimeout,
     /// The client went away without DISCONNECT.
     ConnectionLost,
-    /// The client broke the protocol.
-    ProtocolError(String),
+    /// DISCONNECT with reason 0x04 (5.0): the will is published.
+    DisconnectWithWill,
+    /// The client broke the protocol: the 5.0 reason code, and why.
+    ProtocolError(u8, String),
     /// A newer connection on this node took the client id over.
     TakenOver,
     /// A connection on another node claimed the session.
@@ -147,6 +173,21 @@ pub(super) enum End {
 }
 
 impl End {
+    /// The reason code of the DISCONNECT a 5.0 client is sent for this
+    /// end, if one is sent (5.0 §4.13: not when the client disconnected).
+    fn disconnect_reason(&self) -> Option<u8> {
+        match self {
+            End::Disconnect | End::DisconnectWithWill | End::ConnectionLost => None,
+            End::KeepAliveTimeout => Some(reason::KEEP_ALIVE_TIMEOUT),
+            End::ProtocolError(code, _) => Some(*code),
+            End::TakenOver | End::Released | End::Superseded | End::Fenced => {
+                Some(reason::SESSION_TAKEN_OVER)
+            }
+            End::Shutdown => Some(reason::SERVER_SHUTTING_DOWN),
+            End::StoreUnavailable(_) => Some(reason::UNSPECIFIED),
+        }
+    }
+
     fn publishes_will(&self) -> bool {
         // Fenced: the survivor that declared this node dead published it.
         !matches!(
@@ -156,6 +197,20 @@ impl End {
     }
 }
 
+/// What the CONNACK says beyond session present, from the handshake.
+struct Greeting {
+    /// Drop the previous state rather than resume it.
+    clean_start: bool,
+    /// 5.0: the client id was made up by the node.
+    assigned_client_id: bool,
+    /// 5.0: the keep-alive the node holds the client to, when not its own.
+    server_keep_alive: Option<u16>,
+}
+
+/// The session expiry of a session that never expires (3.1.1 persistent
+/// sessions; 5.0's 0xFFFFFFFF).
+const NEVER_EXPIRES: Duration = Duration::MAX;
+
 /// A session with a live connection.
 pub struct ActiveSession {
     pub(super) broker: Arc<Broker>,
@@ -163,7 +218,7 @@ pub struct ActiveSession {
     pub(super) client_id: ClientId,
     pub(super) owner: SessionOwner,
     pub(super) clean_session: bool,
-    pub(super) will: Option<Arc<Message>>,
+    pub(super) will: Option<Will>,
     /// The CONNECT's user name (ACL checks); `None` when anonymous.
     pub(super) user: Option<Box<str>>,
     pub(super) handle: SessionHandle,
@@ -197,6 +252,8 @@ pub struct ActiveSession {
     /// True when the last `send_pending` stopped at the write budget with
     /// deliveries left: the loop comes back once the output has left.
     pub(super) write_budget_spent: bool,
+    /// 5.0 connections only: the client's limits, topic aliases, expiry.
+    pub(super) v5: Option<Box<SessionV5>>,
 }
 
 impl ActiveSession {
@@ -213,8 +270,13 @@ impl ActiveSession {
         shutdown: ShutdownSignal,
     ) {
         let keep_alive = setup.keep_alive;
+        let greeting = Greeting {
+            clean_start: setup.clean_start,
+            assigned_client_id: setup.v5.as_ref().is_some_and(|v| v.assigned_client_id),
+            server_keep_alive: setup.v5.as_ref().and_then(|v| v.server_keep_alive),
+        };
         let (mut session, previous, finished) = ActiveSession::open(broker, connection, setup);
-        let late_drain = Box::pin(session.begin(previous))
+        let late_drain = Box::pin(session.begin(previous, greeting))
             .await
             .or_else(|| session.safety_drain_due());
         let end = session.run(keep_alive, shutdown, late_drain).await;
@@ -232,6 +294,16 @@ impl ActiveSession {
         broker.session_resumed(&setup.client_id);
         broker.stats().clients_connected.inc();
         let durable = !setup.clean_session && broker.cluster().is_some();
+        let v5 = setup
+            .v5
+            .map(|v5| Box::new(SessionV5::new(v5.client, v5.session_expiry)));
+        // The client's Receive Maximum bounds what is in flight to it.
+        let window = v5.as_ref().map_or(broker.limits().max_inflight, |v5| {
+            broker
+                .limits()
+                .max_inflight
+                .min(usize::from(v5.client.receive_maximum))
+        });
         let session = ActiveSession {
             durable,
             progress: Progress::default(),
@@ -240,7 +312,7 @@ impl ActiveSession {
             read_mark: ReadMark::default(),
             late_drains: 1,
             progress_since: None,
-            window: OutgoingWindow::new(broker.limits().max_inflight),
+            window: OutgoingWindow::new(window),
             broker,
             connection,
             client_id: setup.client_id,
@@ -254,6 +326,7 @@ impl ActiveSession {
             pending: VecDeque::new(),
             owed: OwedAcks::default(),
             write_budget_spent: false,
+            v5,
         };
         (session, setup.claim.previous, setup.finished)
     }
@@ -261,8 +334,12 @@ impl ActiveSession {
     /// Answers CONNACK and, for a persistent session, resumes what the
     /// previous connection left; a clean session undoes its subscriptions
     /// instead. Returns when to look for straggling queued messages.
-    async fn begin(&mut self, previous: Option<SessionState>) -> Option<Instant> {
-        let resumed = match (self.clean_session, previous) {
+    async fn begin(
+        &mut self,
+        previous: Option<SessionState>,
+        greeting: Greeting,
+    ) -> Option<Instant> {
+        let resumed = match (greeting.clean_start, previous) {
             (true, Some(previous)) => {
                 let filters = previous.subscriptions.keys().map(String::as_str);
                 self.broker.unsubscribe(&self.client_id, filters).await;
@@ -270,14 +347,37 @@ impl ActiveSession {
             }
             (_, previous) => previous,
         };
-        encode_connack(
-            self.connection.output(),
-            resumed.is_some(),
-            ConnackCode::Accepted,
-        );
+        self.answer_connect(resumed.is_some(), &greeting);
         let state = resumed?;
         self.resume(state).await;
         Some(Instant::now() + LATE_DRAIN_AFTER)
+    }
+
+    /// The CONNACK that accepts the connection: 3.1.1's four bytes, or
+    /// 5.0's with the node's limits and what it decided for the client.
+    fn answer_connect(&mut self, session_present: bool, greeting: &Greeting) {
+        if self.v5.is_none() {
+            encode_connack(self.connection.output(), session_present);
+            return;
+        }
+        let limits = self.broker.limits();
+        let connack = ConnackV5 {
+            session_present,
+            receive_maximum: RECEIVE_MAXIMUM,
+            maximum_packet_size: u32::try_from(limits.max_packet_size).unwrap_or(u32::MAX),
+            assigned_client_id: greeting
+                .assigned_client_id
+                .then(|| self.client_id.to_string()),
+            topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
+            wildcard_subscription_available: true,
+            subscription_identifiers_available: false,
+            shared_subscription_available: false,
+            server_keep_alive: greeting.server_keep_alive,
+            ..ConnackV5::default()
+        };
+        if let Err(error) = encode_connack_v5(self.connection.output(), &connack) {
+            tracing::warn!(%error, "CONNACK not encoded");
+        }
     }
 
     /// Restores a parked session and re-sends its unacknowledged messages
@@ -307,6 +407,11 @@ impl ActiveSession {
             .add(state.outgoing.len() as i64);
         self.window.restore(state.outgoing);
         let out = self.connection.output();
+        let now_ms = unix_millis();
+        let max_packet = self
+            .v5
+            .as_ref()
+            .map_or(usize::MAX, |v5| v5.client.maximum_packet_size);
         for entry in self.window.entries() {
             let result = match entry.stage {
                 OutgoingStage::AwaitingPubcomp => encode_ack(out, Ack::Pubrel, entry.packet_id),
@@ -314,12 +419,19 @@ impl ActiveSession {
                     let d = &entry.delivery;
                     encode_publish(
                         out,
-                        &d.message.topic,
-                        &d.message.payload,
-                        d.qos,
-                        Some(entry.packet_id),
-                        true,
-                        d.retain,
+                        &OutgoingPublish {
+                            topic: &d.message.topic,
+                            payload: &d.message.payload,
+                            qos: d.qos,
+                            packet_id: Some(entry.packet_id),
+                            dup: true,
+                            retain: d.retain,
+                            v5: self
+                                .v5
+                                .as_ref()
+                                .map(|_| outgoing_properties(&d.message, &[], now_ms)),
+                            max_packet,
+                        },
                     )
                 }
             };
@@ -439,9 +551,7 @@ impl ActiveSession {
         let mut next = match first {
             Ok(Some(packet)) => packet,
             Ok(None) => return Some(End::ConnectionLost),
-            Err(ConnectionError::Protocol(error)) => {
-                return Some(self.protocol_error(error.to_string()))
-            }
+            Err(ConnectionError::Protocol(error)) => return Some(self.unreadable(error)),
             Err(error) => {
                 tracing::debug!(%error, "read failed");
                 return Some(End::ConnectionLost);
@@ -454,7 +564,7 @@ impl ActiveSession {
             next = match self.connection.buffered_packet() {
                 Ok(Some(packet)) => packet,
                 Ok(None) => return None,
-                Err(error) => return Some(self.protocol_error(error.to_string())),
+                Err(error) => return Some(self.unreadable(error)),
             };
         }
     }
@@ -577,9 +687,35 @@ impl ActiveSession {
         self.progress.acknowledged.push((queued, size));
     }
 
+    /// A delivery the client cannot take (over its Maximum Packet Size):
+    /// done with as if acknowledged, so its queue entry goes too.
+    pub(super) fn done_without_sending(&mut self, delivery: Delivery) {
+        let size = queued_size(&delivery);
+        if let Some(queued) = delivery.queued {
+            self.acknowledged.insert(queued.clone());
+            self.progress.acknowledged.push((queued, size));
+        }
+    }
+
+    /// The client broke the protocol (5.0: DISCONNECT 0x82).
     pub(super) fn protocol_error(&self, reason: String) -> End {
+        self.violation(reason::PROTOCOL_ERROR, reason)
+    }
+
+    /// The client broke a rule that 5.0 names with `code`.
+    pub(super) fn violation(&self, code: u8, reason: String) -> End {
         self.broker.stats().protocol_errors.inc();
-        End::ProtocolError(reason)
+        End::ProtocolError(code, reason)
+    }
+
+    /// A packet that could not be read: too large (0x95) or malformed
+    /// (0x81).
+    fn unreadable(&self, error: ProtocolError) -> End {
+        let code = match &error {
+            ProtocolError::Frame(FrameError::TooLarge { .. }) => reason::PACKET_TOO_LARGE,
+            _ => reason::MALFORMED_PACKET,
+        };
+        self.violation(code, error.to_string())
     }
 
     async fn on_packet(&mut self, packet: Inbound) -> Option<End> {
@@ -605,50 +741,114 @@ impl ActiveSession {
             },
             Inbound::Pubrel(ack) => {
                 let id = ack.packet_id;
-                if self.incoming_qos2.remove(&id).is_some() && self.durable {
+                let known = self.incoming_qos2.remove(&id).is_some();
+                if known && self.durable {
                     self.released_qos2.push(id);
                 }
-                encode_ack(out, Ack::Pubcomp, id)
+                let code = match known {
+                    true => reason::SUCCESS,
+                    false => reason::PACKET_ID_NOT_FOUND,
+                };
+                self.encode_ack(Ack::Pubcomp, id, code)
             }
             Inbound::Pubcomp(ack) => {
                 let entry = self.window.pubcomp(ack.packet_id);
                 self.completed(entry);
                 Ok(())
             }
-            // 5.0 subscription options are not served yet (5.0 CONNECTs
-            // are refused): `v5` is always `None` here.
             Inbound::Subscribe {
-                packet_id, filters, ..
+                packet_id,
+                filters,
+                v5,
             } => {
-                self.on_subscribe(packet_id, filters).await;
+                self.on_subscribe(packet_id, filters, v5).await;
                 Ok(())
             }
             Inbound::Unsubscribe { packet_id, filters } => {
-                self.on_unsubscribe(filters).await;
-                encode_ack(self.connection.output(), Ack::Unsuback, packet_id)
+                let codes = self.on_unsubscribe(filters).await;
+                self.encode_unsuback(packet_id, &codes)
             }
             Inbound::Pingreq => {
                 encode_pingresp(out);
                 Ok(())
             }
-            Inbound::Disconnect(_) => return Some(End::Disconnect),
+            Inbound::Disconnect(disconnect) => return Some(self.on_disconnect(disconnect)),
             Inbound::Auth(_) => {
-                return Some(self.protocol_error("AUTH without a 5.0 CONNECT".into()))
+                // No authentication method was agreed at CONNECT (any is
+                // refused there), so any AUTH breaks the protocol (4.12).
+                return Some(self.protocol_error("AUTH without an authentication method".into()));
             }
         };
         written.err().map(|e| self.protocol_error(e.to_string()))
     }
 
+    /// How long the session outlives its connection: zero for a clean
+    /// session, [`NEVER_EXPIRES`] for a 3.1.1 persistent one, the Session
+    /// Expiry Interval (as last set) for 5.0.
+    fn session_expiry(&self) -> Duration {
+        match (&self.v5, self.clean_session) {
+            (_, true) => Duration::ZERO,
+            (None, false) => NEVER_EXPIRES,
+            (Some(v5), false) if v5.session_expiry == u32::MAX => NEVER_EXPIRES,
+            (Some(v5), false) => Duration::from_secs(u64::from(v5.session_expiry)),
+        }
+    }
+
+    /// A DISCONNECT from the client; 5.0 may change the session expiry
+    /// (not from 0, 5.0 §3.14.2.2.2) and ask for the will (0x04).
+    fn on_disconnect(&mut self, disconnect: DisconnectPacket) -> End {
+        let Some(v5) = self.v5.as_mut() else {
+            return End::Disconnect;
+        };
+        if let Some(expiry) = disconnect.session_expiry_interval {
+            if v5.expiry_was_zero && expiry > 0 {
+                return self.protocol_error("DISCONNECT sets a session expiry after 0".into());
+            }
+            v5.session_expiry = expiry;
+            if expiry == 0 {
+                // Ends with the connection now: forgotten, not parked.
+                self.clean_session = true;
+            }
+        }
+        match disconnect.reason_code {
+            reason::DISCONNECT_WITH_WILL => End::DisconnectWithWill,
+            _ => End::Disconnect,
+        }
+    }
+
+    /// Appends an acknowledgement; a 5.0 one carries `code`.
+    pub(super) fn encode_ack(
+        &mut self,
+        ack: Ack,
+        packet_id: u16,
+        code: u8,
+    ) -> Result<(), EncodeError> {
+        let out = self.connection.output();
+        match self.v5 {
+            Some(_) => encode_ack_v5(out, ack, packet_id, code, None),
+            None => encode_ack(out, ack, packet_id),
+        }
+    }
+
+    /// Appends an UNSUBACK: 3.1.1's bare one, or 5.0's with a reason code
+    /// per filter.
+    fn encode_unsuback(&mut self, packet_id: u16, codes: &[u8]) -> Result<(), EncodeError> {
+        let out = self.connection.output();
+        match self.v5 {
+            Some(_) => encode_unsuback_v5(out, packet_id, codes),
+            None => encode_ack(out, Ack::Unsuback, packet_id),
+        }
+    }
+
     /// Publishes the will when due, then parks (persistent) or forgets
     /// (clean) the session.
     async fn finish(mut self, end: End) {
-        if let End::ProtocolError(reason) = &end {
-            tracing::info!(client_id = %untrusted(&self.client_id), %reason, "closing connection: protocol error");
+        if let End::ProtocolError(code, reason) = &end {
+            tracing::info!(client_id = %untrusted(&self.client_id), %reason, code, "closing connection: protocol error");
         }
         if let (true, Some(will)) = (end.publishes_will(), self.will.take()) {
-            if let Err(error) = self.broker.publish_and_wait(will).await {
-                tracing::warn!(%error, client_id = %untrusted(&self.client_id), "will not published");
-            }
+            let expiry = self.session_expiry();
+            will.publish(&self.broker, &self.owner, Some(expiry)).await;
         }
         for failed in self.owed.settle_all().await {
             self.unwritten(failed);
@@ -666,6 +866,12 @@ impl ActiveSession {
             // served from memory before the session moves on.
             self.spill_before_leaving().await;
         }
+        if let (Some(_), Some(code)) = (&self.v5, end.disconnect_reason()) {
+            // What this turn encoded and must not leave was cleared
+            // already (`unrecorded`); the DISCONNECT goes last.
+            encode_disconnect_v5(self.connection.output(), code, None);
+        }
+        let expiry = self.session_expiry();
         // Best effort: a client that does not read must not hold up takeover.
         let timeout = self.broker.limits().write_timeout.min(CLOSE_TIMEOUT);
         self.connection.close(timeout).await;
@@ -679,7 +885,12 @@ impl ActiveSession {
             self.broker.unsubscribe(&self.client_id, filters).await;
             match gone {
                 true => Ok(()),
-                false => self.broker.store().discard_session(&self.owner).await,
+                false => self
+                    .broker
+                    .store()
+                    .discard_session(&self.owner)
+                    .await
+                    .map(|_| ()),
             }
         } else {
             let filters: Vec<String> = self.subscriptions.keys().cloned().collect();
@@ -696,7 +907,11 @@ impl ActiveSession {
                 incoming_qos2: self.incoming_qos2.drain().collect(),
                 pending: std::mem::take(&mut self.pending),
             };
-            self.broker.store().park_session(&self.owner, state).await
+            let parked = self.broker.store().park_session(&self.owner, state).await;
+            if parked.is_ok() && end != End::Released && expiry != NEVER_EXPIRES {
+                self.broker.expire_session_after(self.owner.clone(), expiry);
+            }
+            parked
         };
         if let Err(error) = result {
             tracing::warn!(%error, client_id = %untrusted(&self.client_id), "session state not saved");

@@ -8,15 +8,17 @@ use astramq_shared::log_text::untrusted;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument;
 
-use super::active::{ActiveSession, SessionSetup};
+use super::active::{ActiveSession, SessionSetup, SetupV5};
+use super::v5::ClientLimits;
+use super::will::Will;
 use super::ShutdownSignal;
 use crate::acl::Identity;
 use crate::auth::Verdict;
 use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionError};
 use crate::limits::sessions::SessionSlot;
-use crate::message::{ClientId, Message};
-use crate::protocol::codec::{encode_connack, ConnackCode, ConnectPacket};
+use crate::message::ClientId;
+use crate::protocol::codec::{encode_connack_refusal, ConnackRefusal, ConnectPacket, Version};
 use crate::protocol::ProtocolError;
 use crate::registry::mailbox::Mailbox;
 use crate::registry::SessionHandle;
@@ -73,21 +75,22 @@ async fn handshake(
                 None => Refusal::BadConnect,
             });
             if let Some(code) = answer {
-                encode_connack(connection.output(), false, code);
+                encode_connack_refusal(connection.output(), connect.version, code);
             }
             connection.close(broker.limits().write_timeout).await;
             return None;
         }
     };
     if let Some(code) = authenticate(broker, &connection, &mut connect, client_addr).await {
-        encode_connack(connection.output(), false, code);
+        encode_connack_refusal(connection.output(), connect.version, code);
         connection.close(broker.limits().write_timeout).await;
         return None;
     }
     if !broker.accepts_clients() {
         tracing::debug!(client_id = %untrusted(&client_id), "connection refused: rejoining the cluster");
         broker.stats().refused(Refusal::ServerUnavailable);
-        encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+        let answer = ConnackRefusal::ServerUnavailable;
+        encode_connack_refusal(connection.output(), connect.version, answer);
         connection.close(broker.limits().write_timeout).await;
         return None;
     }
@@ -95,7 +98,8 @@ async fn handshake(
         tracing::debug!(client_id = %untrusted(&client_id), "connection refused: max-sessions reached");
         broker.stats().limit_refused(LimitReason::Sessions);
         broker.stats().refused(Refusal::ServerUnavailable);
-        encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+        let answer = ConnackRefusal::QuotaExceeded;
+        encode_connack_refusal(connection.output(), connect.version, answer);
         connection.close(broker.limits().write_timeout).await;
         return None;
     };
@@ -160,18 +164,16 @@ async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<Co
     if let ProtocolError::IdentifierRejected(reason) = &error {
         tracing::debug!(reason, "client identifier rejected");
         broker.stats().refused(Refusal::IdentifierRejected);
-        encode_connack(connection.output(), false, ConnackCode::IdentifierRejected);
+        let answer = ConnackRefusal::IdentifierRejected;
+        encode_connack_refusal(connection.output(), Version::Mqtt311, answer);
         return None;
     }
     broker.stats().protocol_errors.inc();
     if let ProtocolError::UnsupportedProtocol { name, level } = &error {
         tracing::debug!(name = %untrusted(name), level, "unsupported protocol");
         broker.stats().refused(Refusal::UnsupportedProtocol);
-        encode_connack(
-            connection.output(),
-            false,
-            ConnackCode::UnacceptableProtocol,
-        );
+        let answer = ConnackRefusal::UnsupportedProtocol;
+        encode_connack_refusal(connection.output(), Version::Mqtt311, answer);
     } else {
         tracing::debug!(%error, "refused first packet");
         broker.stats().refused(Refusal::BadConnect);
@@ -182,7 +184,7 @@ async fn read_connect(broker: &Broker, connection: &mut Connection) -> Option<Co
 /// Checks the CONNECT's identity and will; returns the client id to use,
 /// or the CONNACK code to refuse with (`None`: close without answering,
 /// for a protocol violation).
-fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<ConnackCode>> {
+fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<ConnackRefusal>> {
     let limits = &broker.limits();
     if let Some(will) = &connect.will {
         if !is_valid_topic_name(&will.topic) {
@@ -200,7 +202,7 @@ fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<Co
     }
     if connect.client_id.len() > limits.max_client_id_length {
         broker.stats().limit_refused(LimitReason::ClientIdLength);
-        return Err(Some(ConnackCode::IdentifierRejected));
+        return Err(Some(ConnackRefusal::IdentifierRejected));
     }
     // The protocol's own client id rules (an empty id needs a clean
     // session; 3.1 ids are 1 to 23 bytes) were applied with the shared
@@ -224,7 +226,13 @@ async fn authenticate(
     connection: &Connection,
     connect: &mut ConnectPacket,
     client_addr: SocketAddr,
-) -> Option<ConnackCode> {
+) -> Option<ConnackRefusal> {
+    if let Some(method) = connect.v5.as_ref().and_then(|v5| v5.auth_method.as_ref()) {
+        // 5.0 enhanced authentication: no method is supported (4.12).
+        tracing::debug!(method = %untrusted(method), "connection refused: authentication method not supported");
+        broker.stats().refused(Refusal::BadAuthenticationMethod);
+        return Some(ConnackRefusal::BadAuthenticationMethod);
+    }
     if let Some(Some(name)) = connection.transport().certificate_name() {
         tracing::debug!(user = %untrusted(&name), "authenticated by client certificate");
         connect.username = Some(name);
@@ -241,9 +249,15 @@ async fn authenticate(
         .await;
     let (refusal, code) = match verdict {
         Verdict::Accepted => return None,
-        Verdict::BadCredentials => (Refusal::BadCredentials, ConnackCode::BadUserNameOrPassword),
-        Verdict::NotAuthorized => (Refusal::NotAuthorized, ConnackCode::NotAuthorized),
-        Verdict::Unavailable => (Refusal::ServerUnavailable, ConnackCode::ServerUnavailable),
+        Verdict::BadCredentials => (
+            Refusal::BadCredentials,
+            ConnackRefusal::BadUserNameOrPassword,
+        ),
+        Verdict::NotAuthorized => (Refusal::NotAuthorized, ConnackRefusal::NotAuthorized),
+        Verdict::Unavailable => (
+            Refusal::ServerUnavailable,
+            ConnackRefusal::ServerUnavailable,
+        ),
     };
     tracing::debug!(
         client_id = %untrusted(&connect.client_id),
@@ -265,6 +279,8 @@ async fn establish(
     client_id: ClientId,
     slot: SessionSlot<'_>,
 ) -> Option<(Connection, SessionSetup)> {
+    let version = connect.version;
+    let terms = SessionTerms::of(&connect);
     let (finished_tx, finished_rx) = watch::channel(false);
     let handle = SessionHandle {
         connection_id: broker.unique_id(),
@@ -272,12 +288,13 @@ async fn establish(
         kick: Arc::new(Notify::new()),
         kick_reason: Arc::default(),
         finished: finished_rx,
-        persistent: !connect.clean_session,
+        persistent: terms.persistent,
     };
     if !take_over(broker, &client_id, &handle).await {
         drop(slot);
         broker.stats().refused(Refusal::ServerUnavailable);
-        encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+        let answer = ConnackRefusal::ServerUnavailable;
+        encode_connack_refusal(connection.output(), version, answer);
         connection.close(broker.limits().write_timeout).await;
         return None;
     }
@@ -286,11 +303,12 @@ async fn establish(
     let will = connect
         .will
         .filter(|w| may_publish_will(broker, &connect.username, &client_id, &w.topic))
-        .map(|w| Arc::new(Message::new(w.topic.as_str(), w.payload, w.qos, w.retain)));
+        .map(Will::from_packet);
     let request = ClaimRequest {
         client_id: client_id.clone(),
-        clean_session: connect.clean_session,
-        will: will.clone(),
+        clean_start: connect.clean_session,
+        persistent: terms.persistent,
+        will: will.as_ref().map(|w| w.message.clone()),
     };
     let claim = match broker.store().claim_session(&request).await {
         Ok(claim) => claim,
@@ -298,7 +316,8 @@ async fn establish(
             tracing::warn!(%error, client_id = %untrusted(&client_id), "session not claimed: store unavailable");
             broker.registry().remove(&client_id, handle.connection_id);
             broker.stats().refused(Refusal::ServerUnavailable);
-            encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+            let answer = ConnackRefusal::ServerUnavailable;
+            encode_connack_refusal(connection.output(), version, answer);
             connection.close(broker.limits().write_timeout).await;
             return None;
         }
@@ -308,10 +327,11 @@ async fn establish(
         // the rejoin dropped every client): keep the claimed session as an
         // offline one, so its messages are queued and its routes stay, and
         // send the client elsewhere.
-        park_refused_claim(broker, &client_id, connect.clean_session, claim).await;
+        park_refused_claim(broker, &client_id, !terms.persistent, claim).await;
         broker.registry().remove(&client_id, handle.connection_id);
         broker.stats().refused(Refusal::ServerUnavailable);
-        encode_connack(connection.output(), false, ConnackCode::ServerUnavailable);
+        let answer = ConnackRefusal::ServerUnavailable;
+        encode_connack_refusal(connection.output(), version, answer);
         connection.close(broker.limits().write_timeout).await;
         return None;
     }
@@ -319,18 +339,45 @@ async fn establish(
     if keep_alive.clamped {
         broker.stats().limit_refused(LimitReason::KeepAlive);
     }
-    let keep_alive = keep_alive.timeout;
+    let v5 = connect.v5.as_ref().map(|v5| {
+        let server_keep_alive = (keep_alive.secs != connect.keep_alive).then_some(keep_alive.secs);
+        Box::new(SetupV5 {
+            client: ClientLimits::from_connect(v5),
+            session_expiry: v5.session_expiry_interval,
+            assigned_client_id: connect.client_id.is_empty(),
+            server_keep_alive,
+        })
+    });
     let setup = SessionSetup {
         client_id,
-        clean_session: connect.clean_session,
-        keep_alive,
+        clean_start: connect.clean_session,
+        clean_session: !terms.persistent,
+        keep_alive: keep_alive.timeout,
         will,
         user: connect.username,
         handle,
         finished: finished_tx,
         claim,
+        v5,
     };
     Some((connection, setup))
+}
+
+/// How long a session lasts, from its CONNECT.
+struct SessionTerms {
+    /// Kept when the connection ends (3.1.1: clean session 0; 5.0: a
+    /// session expiry interval above 0).
+    persistent: bool,
+}
+
+impl SessionTerms {
+    fn of(connect: &ConnectPacket) -> SessionTerms {
+        let persistent = match &connect.v5 {
+            Some(v5) => v5.session_expiry_interval > 0,
+            None => !connect.clean_session,
+        };
+        SessionTerms { persistent }
+    }
 }
 
 /// Whether the ACL lets this client's will be published; a denied will is

@@ -12,17 +12,37 @@ use astramq_shared::log_text::untrusted;
 
 use super::acks::Settled;
 use super::active::{ActiveSession, End};
+use super::v5::{message_properties, reason, RECEIVE_MAXIMUM};
 use crate::acl::{Action, Identity};
 use crate::cluster::bus::Qos2Origin;
 use crate::cluster::Durability;
-use crate::message::{Delivery, Message, Qos};
-use crate::protocol::codec::{encode_ack, encode_suback, Ack, PublishPacket};
+use crate::message::{unix_millis, Delivery, Message, Properties, Qos};
+use crate::protocol::codec::{
+    encode_suback, encode_suback_v5, Ack, EncodeError, PublishPacket, PublishProperties,
+    RetainHandling, SubscribeV5,
+};
 use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
 use crate::session_state::IncomingQos2;
 use crate::stats::{AclDenial, LimitReason};
 
 impl ActiveSession {
-    pub(super) async fn on_publish(&mut self, publish: PublishPacket) -> Option<End> {
+    pub(super) async fn on_publish(&mut self, mut publish: PublishPacket) -> Option<End> {
+        let mut properties = None;
+        if let Some(v5) = self.v5.as_mut() {
+            let p = publish.properties.take().unwrap_or_default();
+            let topic = std::mem::take(&mut publish.topic);
+            publish.topic = match v5.resolve_alias(topic, p.topic_alias.map(|a| a.get())) {
+                Ok(topic) => topic,
+                Err(error) => {
+                    let why = format!("topic alias: {error:?}");
+                    return Some(self.violation(reason::TOPIC_ALIAS_INVALID, why));
+                }
+            };
+            if let Some(end) = self.check_v5_publish(&publish, &p) {
+                return end;
+            }
+            properties = Some(Box::new(message_properties(&p)));
+        }
         if !is_valid_topic_name(&publish.topic) {
             let topic = untrusted(&publish.topic);
             return Some(self.protocol_error(format!("invalid topic name {topic:?}")));
@@ -37,6 +57,7 @@ impl ActiveSession {
             return self.acknowledge_denied(&publish);
         }
         let mut message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain);
+        message.properties = properties.filter(|p| **p != Properties::default());
         let (ack, id) = match (publish.qos, publish.packet_id) {
             (Qos::AtMostOnce, _) => {
                 // At most once: a failed store or forward is not retried.
@@ -55,7 +76,7 @@ impl ActiveSession {
                 Some(IncomingQos2 {
                     fanned_out: true, ..
                 }) => {
-                    self.owed.push(ack, id, Durability::Done);
+                    self.owed.push(ack, id, reason::SUCCESS, Durability::Done);
                     return None;
                 }
                 // Received by a node that died before it finished the
@@ -86,11 +107,63 @@ impl ActiveSession {
                     };
                     self.incoming_qos2.insert(id, record);
                 }
-                self.owed.push(ack, id, durability);
+                self.owed.push(ack, id, reason::SUCCESS, durability);
                 None
             }
             Err(error) => Some(End::StoreUnavailable(error.to_string())),
         }
+    }
+
+    /// The 5.0 rules of an incoming PUBLISH beyond the topic: the node's
+    /// Receive Maximum (0x93), a payload marked UTF-8 that is not (0x99:
+    /// refused, not delivered), a response topic that is a topic name.
+    /// `Some` ends the session, or (`Some(None)`) only skips the message.
+    fn check_v5_publish(
+        &mut self,
+        publish: &PublishPacket,
+        p: &PublishProperties,
+    ) -> Option<Option<End>> {
+        // A re-sent QoS 2 PUBLISH the node holds already is not one more.
+        let held = publish.qos == Qos::ExactlyOnce
+            && publish
+                .packet_id
+                .is_some_and(|id| self.incoming_qos2.contains_key(&id));
+        if publish.qos != Qos::AtMostOnce && !held {
+            let unacknowledged = self.owed.pubacks() + self.incoming_qos2.len();
+            if unacknowledged >= usize::from(RECEIVE_MAXIMUM) {
+                let why = format!("more than {RECEIVE_MAXIMUM} unacknowledged QoS 1/2 PUBLISH");
+                return Some(Some(self.violation(reason::RECEIVE_MAXIMUM_EXCEEDED, why)));
+            }
+        }
+        if let Some(topic) = &p.response_topic {
+            if !is_valid_topic_name(topic) {
+                let why = "response topic is not a topic name".to_owned();
+                return Some(Some(self.protocol_error(why)));
+            }
+        }
+        if p.is_utf8_payload && std::str::from_utf8(&publish.payload).is_err() {
+            self.broker.stats().protocol_errors.inc();
+            return Some(self.refuse_publish(publish, reason::PAYLOAD_FORMAT_INVALID));
+        }
+        None
+    }
+
+    /// Refuses a PUBLISH with a 5.0 reason code: QoS 1/2 get it in their
+    /// PUBACK/PUBREC, QoS 0 (which has no answer) a DISCONNECT.
+    fn refuse_publish(&mut self, publish: &PublishPacket, code: u8) -> Option<End> {
+        let ack = match publish.qos {
+            Qos::AtMostOnce => {
+                let why = format!("PUBLISH refused with {code:#04x}");
+                return Some(self.violation(code, why));
+            }
+            Qos::AtLeastOnce => Ack::Puback,
+            Qos::ExactlyOnce => Ack::Pubrec,
+        };
+        let Some(id) = publish.packet_id else {
+            return Some(self.protocol_error("QoS 1/2 PUBLISH without id".into()));
+        };
+        self.owed.push(ack, id, code, Durability::Done);
+        None
     }
 
     /// Whether the ACL (if any) lets this client do `action` on `topic`.
@@ -110,7 +183,8 @@ impl ActiveSession {
     }
 
     /// A PUBLISH the ACL denies: counted, neither delivered nor retained,
-    /// and acknowledged as usual (3.1.1 cannot refuse a PUBLISH).
+    /// and acknowledged as usual (3.1.1 cannot refuse a PUBLISH; 5.0 says
+    /// 0x87 in the PUBACK/PUBREC, and a QoS 0 one is dropped silently).
     fn acknowledge_denied(&mut self, publish: &PublishPacket) -> Option<End> {
         self.broker.stats().acl_denied(AclDenial::Publish);
         tracing::debug!(topic = %untrusted(&publish.topic), "PUBLISH denied by the ACL");
@@ -122,7 +196,11 @@ impl ActiveSession {
         let Some(id) = publish.packet_id else {
             return Some(self.protocol_error("QoS 1/2 PUBLISH without id".into()));
         };
-        self.owed.push(ack, id, Durability::Done);
+        let code = match self.v5 {
+            Some(_) => reason::NOT_AUTHORIZED,
+            None => reason::SUCCESS,
+        };
+        self.owed.push(ack, id, code, Durability::Done);
         None
     }
 
@@ -133,8 +211,7 @@ impl ActiveSession {
             if !settled.written {
                 return Some(self.unwritten(settled));
             }
-            if let Err(error) = encode_ack(self.connection.output(), settled.ack, settled.packet_id)
-            {
+            if let Err(error) = self.encode_ack(settled.ack, settled.packet_id, settled.code) {
                 return Some(self.protocol_error(error.to_string()));
             }
         }
@@ -150,32 +227,93 @@ impl ActiveSession {
         End::StoreUnavailable("message not written to Redis".into())
     }
 
-    pub(super) async fn on_subscribe(&mut self, packet_id: u16, filters: Vec<(String, Qos)>) {
+    pub(super) async fn on_subscribe(
+        &mut self,
+        packet_id: u16,
+        filters: Vec<(String, Qos)>,
+        v5: Option<Box<SubscribeV5>>,
+    ) {
         let mut granted = Vec::with_capacity(filters.len());
         let mut accepted: Vec<(String, Qos)> = Vec::with_capacity(filters.len());
-        for (filter, requested) in filters {
-            if !is_valid_filter(&filter) || !self.within_limits(&filter) {
-                granted.push(None);
+        let mut retained_for: Vec<(String, Qos)> = Vec::with_capacity(filters.len());
+        for (index, (filter, requested)) in filters.into_iter().enumerate() {
+            let options = v5.as_ref().and_then(|v5| v5.options.get(index));
+            if let Some(code) = self.unserved_v5(&filter, v5.as_deref()) {
+                granted.push(Err(code));
+                continue;
+            }
+            if !is_valid_filter(&filter) {
+                granted.push(Err(reason::TOPIC_FILTER_INVALID));
+                continue;
+            }
+            if !self.within_limits(&filter) {
+                granted.push(Err(reason::QUOTA_EXCEEDED));
                 continue;
             }
             if !self.allowed(Action::Subscribe, &filter) {
                 self.broker.stats().acl_denied(AclDenial::Subscribe);
                 tracing::debug!(filter = %untrusted(&filter), "SUBSCRIBE denied by the ACL");
-                granted.push(None);
+                granted.push(Err(reason::NOT_AUTHORIZED));
                 continue;
             }
+            let existed = self.subscriptions.contains_key(&filter);
             self.broker
                 .subscribe(&self.client_id, &filter, requested)
                 .await;
             self.subscriptions.insert(filter.clone(), requested);
-            granted.push(Some(requested));
+            granted.push(Ok(requested));
+            // 5.0 Retain Handling: 0 always, 1 only for a new
+            // subscription, 2 never (5.0 §3.8.3.1).
+            let send_retained = match options.map(|o| o.retain_handling) {
+                None | Some(RetainHandling::AtSubscribe) => true,
+                Some(RetainHandling::AtSubscribeNew) => !existed,
+                Some(RetainHandling::NoAtSubscribe) => false,
+            };
+            if send_retained {
+                retained_for.push((filter.clone(), requested));
+            }
             accepted.push((filter, requested));
         }
         self.persist_subscriptions(&accepted, &[]).await;
-        if let Err(error) = encode_suback(self.connection.output(), packet_id, &granted) {
+        if let Err(error) = self.encode_suback(packet_id, &granted) {
             tracing::warn!(%error, "SUBACK not encoded");
         }
-        self.queue_retained(&accepted).await;
+        self.queue_retained(&retained_for).await;
+    }
+
+    /// What a 5.0 SUBSCRIBE asks that the node does not serve yet (and says
+    /// so in its CONNACK): shared subscriptions (0x9E) and subscription
+    /// identifiers (0xA1).
+    fn unserved_v5(&self, filter: &str, v5: Option<&SubscribeV5>) -> Option<u8> {
+        let v5 = v5?;
+        if filter.starts_with("$share/") {
+            return Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
+        }
+        v5.subscription_id
+            .map(|_| reason::SUBSCRIPTION_IDS_NOT_SUPPORTED)
+    }
+
+    /// Appends a SUBACK: per filter the granted QoS or, refused, 3.1.1's
+    /// 0x80 or 5.0's reason code.
+    fn encode_suback(
+        &mut self,
+        packet_id: u16,
+        granted: &[Result<Qos, u8>],
+    ) -> Result<(), EncodeError> {
+        let out = self.connection.output();
+        match self.v5 {
+            Some(_) => {
+                let codes: Vec<u8> = granted
+                    .iter()
+                    .map(|g| g.map_or_else(|code| code, Qos::as_u8))
+                    .collect();
+                encode_suback_v5(out, packet_id, &codes)
+            }
+            None => {
+                let granted: Vec<Option<Qos>> = granted.iter().map(|g| g.ok()).collect();
+                encode_suback(out, packet_id, &granted)
+            }
+        }
     }
 
     /// True when this session may hold `filter`: within the topic limits
@@ -197,7 +335,19 @@ impl ActiveSession {
         false
     }
 
-    pub(super) async fn on_unsubscribe(&mut self, filters: Vec<String>) {
+    /// Removes subscriptions; returns the 5.0 reason code of each filter
+    /// (0x00 removed, 0x11 it was not subscribed, 0x8F not a filter).
+    pub(super) async fn on_unsubscribe(&mut self, filters: Vec<String>) -> Vec<u8> {
+        let codes = filters
+            .iter()
+            .map(
+                |f| match (is_valid_filter(f), self.subscriptions.contains_key(f)) {
+                    (false, _) => reason::TOPIC_FILTER_INVALID,
+                    (true, true) => reason::SUCCESS,
+                    (true, false) => reason::NO_SUBSCRIPTION_EXISTED,
+                },
+            )
+            .collect();
         // An invalid filter was never subscribed: nothing to remove. One
         // over the topic limits cannot have been, unless the session holds it
         // from before the limits were lowered.
@@ -213,6 +363,7 @@ impl ActiveSession {
             self.subscriptions.remove(filter);
         }
         self.persist_subscriptions(&[], &filters).await;
+        codes
     }
 
     /// Removes from a resumed session's subscriptions those the ACL now
@@ -275,8 +426,10 @@ impl ActiveSession {
                 return;
             }
         };
+        let now_ms = unix_millis();
         let deliveries: Vec<Delivery> = retained
             .into_iter()
+            .filter(|message| !message.is_expired(now_ms))
             .filter_map(|message| {
                 let best = accepted
                     .iter()

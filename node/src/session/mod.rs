@@ -22,6 +22,8 @@ mod inbound;
 mod outbound;
 mod read_mark;
 mod spill;
+pub mod v5;
+mod will;
 pub mod window;
 
 pub use handshake::serve;

@@ -2,8 +2,9 @@
 //! and mailbox, within the in-flight window.
 
 use super::active::ActiveSession;
+use super::v5::outgoing_properties;
 use crate::message::{unix_millis, Delivery, Qos};
-use crate::protocol::codec::encode_publish;
+use crate::protocol::codec::{encode_publish, publish_v5_len, OutgoingPublish};
 use crate::session_state::OutgoingStage;
 use crate::stats::DropReason;
 
@@ -51,11 +52,24 @@ impl ActiveSession {
                 self.broker.stats().dropped(DropReason::Expired, 1);
                 continue;
             }
-            self.send(delivery);
+            self.send(delivery, now_ms);
         }
     }
 
-    fn send(&mut self, delivery: Delivery) {
+    fn send(&mut self, delivery: Delivery, now_ms: u64) {
+        if let Some(v5) = &self.v5 {
+            // A message too large for the client is not sent to it; it is
+            // done with as if it had been (5.0 §3.1.2.11.4).
+            let limit = v5.client.maximum_packet_size;
+            let message = &delivery.message;
+            let props = outgoing_properties(message, &[], now_ms);
+            let size = publish_v5_len(&message.topic, message.payload.len(), delivery.qos, &props);
+            if size.is_none_or(|size| size > limit) {
+                self.broker.stats().dropped(DropReason::TooLarge, 1);
+                self.done_without_sending(delivery);
+                return;
+            }
+        }
         let packet_id = match delivery.qos {
             Qos::AtMostOnce => None,
             _ => {
@@ -74,16 +88,21 @@ impl ActiveSession {
             }
         };
         let message = &delivery.message;
-        let out = self.connection.output();
-        match encode_publish(
-            out,
-            &message.topic,
-            &message.payload,
-            delivery.qos,
+        let v5 = self
+            .v5
+            .as_ref()
+            .map(|_| outgoing_properties(message, &[], now_ms));
+        let publish = OutgoingPublish {
+            topic: &message.topic,
+            payload: &message.payload,
+            qos: delivery.qos,
             packet_id,
-            false,
-            delivery.retain,
-        ) {
+            dup: false,
+            retain: delivery.retain,
+            v5,
+            max_packet: usize::MAX,
+        };
+        match encode_publish(self.connection.output(), &publish) {
             Ok(()) => {
                 self.broker
                     .stats()

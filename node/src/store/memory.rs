@@ -104,7 +104,7 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn claim_session(&self, request: &ClaimRequest) -> Result<SessionClaim, StoreError> {
-        let (client_id, clean_session) = (&request.client_id, request.clean_session);
+        let client_id = &request.client_id;
         let epoch = self
             .next_epoch
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -118,7 +118,7 @@ impl Store for MemoryStore {
             state.pending.extend(stored.offline.take());
             state
         });
-        if !clean_session {
+        if request.persistent {
             sessions.insert(
                 client_id.clone(),
                 StoredSession {
@@ -189,15 +189,19 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn discard_session(&self, owner: &SessionOwner) -> Result<(), StoreError> {
+    async fn discard_session(&self, owner: &SessionOwner) -> Result<bool, StoreError> {
         let mut sessions = self.sessions();
-        if sessions
+        let held = sessions
             .get(&owner.client_id)
-            .is_some_and(|s| s.epoch == owner.epoch)
-        {
+            .is_some_and(|s| s.epoch == owner.epoch);
+        if held {
             sessions.remove(&owner.client_id);
         }
-        Ok(())
+        Ok(held)
+    }
+
+    async fn session_epoch(&self, client_id: &ClientId) -> Result<Option<u64>, StoreError> {
+        Ok(self.sessions().get(client_id).map(|s| s.epoch))
     }
 
     async fn enqueue_offline(
@@ -260,7 +264,8 @@ mod tests {
     fn request(id: &ClientId, clean_session: bool) -> ClaimRequest {
         ClaimRequest {
             client_id: id.clone(),
-            clean_session,
+            clean_start: clean_session,
+            persistent: !clean_session,
             will: None,
         }
     }

@@ -38,8 +38,12 @@ use crate::session_state::{Progress, SessionState};
 pub struct ClaimRequest {
     /// The session's client id.
     pub client_id: ClientId,
-    /// Start fresh, and forget the session when the connection ends.
-    pub clean_session: bool,
+    /// Start fresh: whatever state the session had is dropped (3.1.1:
+    /// clean session; 5.0: clean start).
+    pub clean_start: bool,
+    /// Keep the session when the connection ends (3.1.1: clean session 0;
+    /// 5.0: a session expiry interval above 0).
+    pub persistent: bool,
     /// Kept with the session so that, if this node dies, a survivor can
     /// publish it.
     pub will: Option<Arc<Message>>,
@@ -85,8 +89,9 @@ pub enum StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Makes this node the owner of `client_id`'s session and hands over
-    /// the previous state. With `clean_session` the store forgets the
-    /// session; without, it keeps it for [`Store::park_session`].
+    /// the previous state. With `clean_start` the store drops what the
+    /// session held; with `persistent` it keeps the session for
+    /// [`Store::park_session`], without it forgets it.
     async fn claim_session(&self, request: &ClaimRequest) -> Result<SessionClaim, StoreError>;
 
     /// Records subscription changes of a connected persistent session, so
@@ -132,8 +137,15 @@ pub trait Store: Send + Sync + 'static {
         state: SessionState,
     ) -> Result<(), StoreError>;
 
-    /// Forgets a session (clean session ended).
-    async fn discard_session(&self, owner: &SessionOwner) -> Result<(), StoreError>;
+    /// Forgets a session (a clean session ended, or a session expired), if
+    /// `owner` still holds it. Returns false when it does not (a newer
+    /// connection claimed the session): nothing was forgotten.
+    async fn discard_session(&self, owner: &SessionOwner) -> Result<bool, StoreError>;
+
+    /// The epoch of `client_id`'s session as the store holds it (`None`:
+    /// it holds none): a newer epoch than a caller's owner means the
+    /// session was claimed again since.
+    async fn session_epoch(&self, client_id: &ClientId) -> Result<Option<u64>, StoreError>;
 
     /// Queues deliveries for sessions whose clients are offline.
     async fn enqueue_offline(

@@ -289,8 +289,9 @@ impl Store for RedisStore {
         let mut claim = evalsha(&self.scripts.claim, &key_refs(&session_keys));
         claim
             .arg(&*self.node_id)
-            .arg(if request.clean_session { "1" } else { "0" })
-            .arg(will.as_ref());
+            .arg(if request.clean_start { "1" } else { "0" })
+            .arg(will.as_ref())
+            .arg(if request.persistent { "1" } else { "0" });
         // Listed as ours first: if this node dies before the claim, the
         // survivor finds the id, sees another owner, and leaves it be.
         let mut pipe = redis::pipe();
@@ -442,20 +443,37 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn discard_session(&self, owner: &SessionOwner) -> Result<(), StoreError> {
+    async fn discard_session(&self, owner: &SessionOwner) -> Result<bool, StoreError> {
         let session_keys = session_keys(&owner.client_id);
         let mut discard = evalsha(&self.scripts.discard, &key_refs(&session_keys));
         discard.arg(owner.epoch);
         let mut pipe = redis::pipe();
-        pipe.add_command(discard).ignore();
+        pipe.add_command(discard);
+        let mut con = self.con();
+        let discarded = query_pipeline::<(i64,)>(&self.scripts, &mut con, &pipe);
+        let (discarded,) = self.metrics.timed(RedisOp::Session, discarded).await?;
+        if discarded != 1 {
+            // Claimed again meanwhile (here or elsewhere): its owner lists it.
+            return Ok(false);
+        }
+        // Another slot than the session's keys: its own command, and only
+        // once the session is gone (a newer claim of it here lists it again).
+        let mut pipe = redis::pipe();
         pipe.cmd("SREM")
             .arg(keys::node_clients(&self.node_id))
             .arg(&*owner.client_id)
             .ignore();
+        let removed = query_pipeline::<()>(&self.scripts, &mut con, &pipe);
+        self.metrics.timed(RedisOp::Session, removed).await?;
+        Ok(true)
+    }
+
+    async fn session_epoch(&self, client_id: &ClientId) -> Result<Option<u64>, StoreError> {
+        let mut cmd = redis::cmd("HGET");
+        cmd.arg(keys::session(client_id)).arg("epoch");
         let mut con = self.con();
-        let discarded = query_pipeline::<()>(&self.scripts, &mut con, &pipe);
-        self.metrics.timed(RedisOp::Session, discarded).await?;
-        Ok(())
+        let read = cmd.query_async::<Option<u64>>(&mut con);
+        Ok(self.metrics.timed(RedisOp::Session, read).await?)
     }
 
     async fn enqueue_offline(

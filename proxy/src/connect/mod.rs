@@ -9,9 +9,9 @@
 //! The rules are not the proxy's own: [`parse_connect`] applies
 //! [`astramq_shared::mqtt_connect`], the rule set the node applies too, so
 //! what passes the proxy is exactly what a node accepts (and a refusal
-//! gets the same CONNACK code on either side). Today that is MQTT 3.1
-//! (`MQIsdp`, level 3) and 3.1.1 (`MQTT`, level 4); a 5.0 CONNECT is
-//! answered CONNACK 0x01, as a node answers it. The parser is bounds
+//! gets the same CONNACK code on either side): MQTT 3.1 (`MQIsdp`, level
+//! 3), 3.1.1 and 5.0 (`MQTT`, levels 4 and 5); the client id and user name
+//! of a 5.0 CONNECT are read past its property blocks. The parser is bounds
 //! checked and cannot panic (property tests here and in `shared`).
 
 use std::time::Duration;

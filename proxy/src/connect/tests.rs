@@ -48,7 +48,7 @@ fn a_minimal_3_1_1_connect_gives_its_client_id() {
 
 #[test]
 fn refusals_map_to_the_nodes_answers() {
-    // 3.1 is served; 5.0 gets CONNACK 0x01, as from a node.
+    // 3.1 and 5.0 are served, as by a node; 5.0 is routed on its client id.
     assert!(parse_all(&connect(b"MQIsdp", 3, 0x02, &[b"old"])).is_ok());
     let mut body = Vec::new();
     body.extend([0, 4]);
@@ -56,9 +56,13 @@ fn refusals_map_to_the_nodes_answers() {
     body.extend([5, 0x02, 0, 30, 3, 0x21, 0x00, 0x10]);
     body.extend([0, 2]);
     body.extend(b"v5");
-    let v5 = parse_all(&frame(0x10, &body)).unwrap_err();
-    assert_eq!(v5, Reject::UnsupportedLevel(5));
-    assert_eq!(v5.connack_code(), Some(0x01));
+    let v5 = parse_all(&frame(0x10, &body)).unwrap();
+    assert_eq!((v5.level, v5.client_id.as_str()), (5, "v5"));
+    let mut v6 = frame(0x10, &body);
+    v6[8] = 6;
+    let v6 = parse_all(&v6).unwrap_err();
+    assert_eq!(v6, Reject::UnsupportedLevel(6));
+    assert_eq!(v6.connack_code(), Some(0x01));
     let empty_id = parse_all(&connect(b"MQTT", 4, 0x00, &[b""])).unwrap_err();
     assert!(matches!(empty_id, Reject::IdentifierRejected(_)));
     assert_eq!(empty_id.connack_code(), Some(0x02));

@@ -12,8 +12,8 @@
 //!
 //! 1. the fixed header: first byte `0x10`, remaining length equal to the
 //!    packet (MQTT-2.2.2-2, MQTT-2.2.3);
-//! 2. the protocol name and level: `MQIsdp`/3 (3.1) and `MQTT`/4 (3.1.1)
-//!    are accepted ([`ACCEPTED_LEVELS`]); a known name with another level
+//! 2. the protocol name and level: `MQIsdp`/3 (3.1), `MQTT`/4 (3.1.1) and
+//!    `MQTT`/5 (5.0) are accepted ([`ACCEPTED_LEVELS`]); a known name with another level
 //!    is answered CONNACK 0x01 (MQTT-3.1.2-2), an unknown name is closed
 //!    without an answer (MQTT-3.1.2-1);
 //! 3. the connect flags: reserved bit 0 clear (MQTT-3.1.2-3), will QoS at
@@ -39,10 +39,8 @@
 //! recurses.
 
 /// Protocol levels a CONNECT may carry and be served: 3 (MQTT 3.1,
-/// `MQIsdp`) and 4 (MQTT 3.1.1, `MQTT`). MQTT 5.0 (level 5) is decoded by
-/// the node's codec but not served yet, so a 5.0 CONNECT is answered
-/// CONNACK 0x01 by the proxy and the node alike.
-pub const ACCEPTED_LEVELS: &[u8] = &[3, 4];
+/// `MQIsdp`), 4 (MQTT 3.1.1, `MQTT`) and 5 (MQTT 5.0, `MQTT`).
+pub const ACCEPTED_LEVELS: &[u8] = &[3, 4, 5];
 
 /// Longest client id MQTT 3.1 (protocol level 3) allows.
 pub const MQTT31_MAX_CLIENT_ID: usize = 23;
@@ -102,8 +100,8 @@ pub fn parse_connect(packet: &[u8]) -> Result<ConnectInfo, ConnectError> {
     parse_connect_for(packet, ACCEPTED_LEVELS)
 }
 
-/// [`parse_connect`] with the accepted levels as a parameter: the 5.0 rules
-/// are written and tested before 5.0 is served.
+/// [`parse_connect`] with the accepted levels as a parameter (tests check
+/// the answer to a level that is known but not accepted with it).
 pub fn parse_connect_for(packet: &[u8], accepted: &[u8]) -> Result<ConnectInfo, ConnectError> {
     let mut r = Cursor::new(packet);
     let first = r.u8()?;
@@ -281,3 +279,6 @@ impl<'a> Cursor<'a> {
 
 #[cfg(test)]
 mod tests;
+
+mod refusal;
+pub use refusal::Refusal;

@@ -1,4 +1,5 @@
-//! What the node sends a 3.1/3.1.1 client.
+//! What the node sends a 3.1/3.1.1 client, and the PUBLISH of both
+//! versions (a 5.0 one adds its property block, see [`super::encode_v5`]).
 //!
 //! Acknowledgements, CONNACK, SUBACK and PINGRESP go through
 //! `rmqtt-codec`'s 3.1.1 `Encoder` (none of them allocates). PUBLISH is
@@ -9,108 +10,144 @@
 
 use std::num::NonZeroU16;
 
+use astramq_shared::varint;
 use bytes::{BufMut, BytesMut};
 use rmqtt_codec::v3;
 use tokio_util::codec::Encoder;
 
+use super::encode_v5::{publish_v5_remaining, put_publish_v5_properties, PublishV5};
+use super::packets::Version;
 use crate::message::Qos;
 use crate::protocol::frame::put_remaining_length;
 
-/// CONNACK return codes of MQTT 3.1.1 (3.2.2.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnackCode {
-    /// Connection accepted.
-    Accepted,
-    /// The protocol level is not supported (0x01).
-    UnacceptableProtocol,
-    /// The client identifier is not allowed (0x02).
-    IdentifierRejected,
-    /// The broker cannot serve the client now (0x03).
-    ServerUnavailable,
-    /// Unknown user, wrong password, or a user name without one (0x04).
-    BadUserNameOrPassword,
-    /// No credentials while anonymous clients are refused (0x05).
-    NotAuthorized,
+/// Why a CONNECT is refused; the CONNACK says it in the client's
+/// protocol version (the mapping is shared with the proxy).
+pub use astramq_shared::mqtt_connect::Refusal as ConnackRefusal;
+
+/// Why encoding failed: a packet the protocol cannot express (a packet id
+/// of 0, a length over 256 MiB), or one larger than the client accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The protocol cannot express the packet.
+    #[error("cannot encode packet: {0}")]
+    Invalid(String),
+    /// Larger than the client's Maximum Packet Size (5.0 §3.1.2.11.4);
+    /// nothing was written.
+    #[error("packet of {0} bytes is over the client's maximum packet size")]
+    TooLarge(usize),
 }
 
-/// Why encoding failed: only a packet the protocol cannot express
-/// (a packet id of 0, a length over 256 MiB) does.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot encode packet: {0}")]
-pub struct EncodeError(String);
+impl EncodeError {
+    pub(super) fn invalid(why: &str) -> EncodeError {
+        EncodeError::Invalid(why.to_owned())
+    }
+
+    pub(super) fn invalid_owned(why: String) -> EncodeError {
+        EncodeError::Invalid(why)
+    }
+}
 
 /// Appends `packet` with the codec's 3.1.1 encoder.
 fn encode(packet: v3::Packet, out: &mut BytesMut) -> Result<(), EncodeError> {
     let start = out.len();
     v3::Codec::new(0).encode(packet, out).map_err(|e| {
         out.truncate(start);
-        EncodeError(e.to_string())
+        EncodeError::invalid_owned(e.to_string())
     })
 }
 
 /// Largest remaining length MQTT can express (MQTT-2.2.3).
-const MAX_REMAINING_LENGTH: usize = 268_435_455;
+pub(super) const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
 fn pid(id: u16) -> Result<NonZeroU16, EncodeError> {
-    NonZeroU16::new(id).ok_or_else(|| EncodeError("packet identifier 0".into()))
+    NonZeroU16::new(id).ok_or_else(|| EncodeError::invalid("packet identifier 0"))
 }
 
-/// Appends a CONNACK.
-pub fn encode_connack(out: &mut BytesMut, session_present: bool, code: ConnackCode) {
-    use v3::ConnectAckReason as Reason;
-    let return_code = match code {
-        ConnackCode::Accepted => Reason::ConnectionAccepted,
-        ConnackCode::UnacceptableProtocol => Reason::UnacceptableProtocolVersion,
-        ConnackCode::IdentifierRejected => Reason::IdentifierRejected,
-        ConnackCode::ServerUnavailable => Reason::ServiceUnavailable,
-        ConnackCode::BadUserNameOrPassword => Reason::BadUserNameOrPassword,
-        ConnackCode::NotAuthorized => Reason::NotAuthorized,
-    };
+/// Appends a 3.1/3.1.1 CONNACK that accepts the connection (a 5.0 one
+/// is [`super::encode_connack_v5`]).
+pub fn encode_connack(out: &mut BytesMut, session_present: bool) {
     let packet = v3::Packet::ConnectAck(v3::ConnectAck {
-        return_code,
+        return_code: v3::ConnectAckReason::ConnectionAccepted,
         session_present,
     });
     // A CONNACK cannot fail to encode: four fixed bytes.
     let _ = encode(packet, out);
 }
 
-/// Appends a PUBLISH to a subscriber.
-pub fn encode_publish(
-    out: &mut BytesMut,
-    topic: &str,
-    payload: &[u8],
-    qos: Qos,
-    packet_id: Option<u16>,
-    dup: bool,
-    retain: bool,
-) -> Result<(), EncodeError> {
-    let packet_id = match (qos, packet_id) {
+/// Appends a CONNACK that refuses a client of `version` (3.1.1 form for
+/// 3.1/3.1.1, 5.0 form with an empty property block for 5.0).
+pub fn encode_connack_refusal(out: &mut BytesMut, version: Version, refusal: ConnackRefusal) {
+    out.extend_from_slice(refusal.connack(version.level()));
+}
+
+/// One PUBLISH to a subscriber, as [`encode_publish`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingPublish<'a> {
+    /// The topic name.
+    pub topic: &'a str,
+    /// The application payload.
+    pub payload: &'a [u8],
+    /// The delivery's QoS.
+    pub qos: Qos,
+    /// Present for QoS 1 and 2.
+    pub packet_id: Option<u16>,
+    /// A re-delivery (never set on QoS 0).
+    pub dup: bool,
+    /// The retain flag of this delivery.
+    pub retain: bool,
+    /// `Some` on a 5.0 connection: the property block to write.
+    pub v5: Option<PublishV5<'a>>,
+    /// Largest packet the client accepts (`usize::MAX`: no limit).
+    pub max_packet: usize,
+}
+
+/// Appends a PUBLISH to a subscriber; one over `max_packet` is not
+/// written ([`EncodeError::TooLarge`]).
+pub fn encode_publish(out: &mut BytesMut, p: &OutgoingPublish<'_>) -> Result<(), EncodeError> {
+    let packet_id = match (p.qos, p.packet_id) {
         (Qos::AtMostOnce, _) => None,
         (_, Some(id)) => Some(pid(id)?),
-        (_, None) => return Err(EncodeError("QoS 1/2 PUBLISH without packet id".into())),
+        (_, None) => return Err(EncodeError::invalid("QoS 1/2 PUBLISH without packet id")),
     };
-    let topic_len = u16::try_from(topic.len())
-        .map_err(|_| EncodeError("topic longer than 65535 bytes".into()))?;
-    let remaining = 2 + topic.len() + packet_id.map_or(0, |_| 2) + payload.len();
+    let topic_len = u16::try_from(p.topic.len())
+        .map_err(|_| EncodeError::invalid("topic longer than 65535 bytes"))?;
+    let (remaining, properties) = match &p.v5 {
+        None => (
+            2 + p.topic.len() + packet_id.map_or(0, |_| 2) + p.payload.len(),
+            None,
+        ),
+        Some(v5) => {
+            let (remaining, properties) =
+                publish_v5_remaining(p.topic, p.payload.len(), p.qos, v5)?;
+            (remaining, Some((properties, v5)))
+        }
+    };
     if remaining > MAX_REMAINING_LENGTH {
-        return Err(EncodeError("PUBLISH over 256 MiB".into()));
+        return Err(EncodeError::invalid("PUBLISH over 256 MiB"));
     }
-    let mut first = 0x30 | (qos.as_u8() << 1);
-    if dup && qos != Qos::AtMostOnce {
+    let packet_len = 1 + varint::encoded_len(remaining) + remaining;
+    if packet_len > p.max_packet {
+        return Err(EncodeError::TooLarge(packet_len));
+    }
+    let mut first = 0x30 | (p.qos.as_u8() << 1);
+    if p.dup && p.qos != Qos::AtMostOnce {
         first |= 0b1000;
     }
-    if retain {
+    if p.retain {
         first |= 0b0001;
     }
-    out.reserve(5 + remaining);
+    out.reserve(packet_len);
     out.put_u8(first);
     put_remaining_length(out, remaining);
     out.put_u16(topic_len);
-    out.put_slice(topic.as_bytes());
+    out.put_slice(p.topic.as_bytes());
     if let Some(id) = packet_id {
         out.put_u16(id.get());
     }
-    out.put_slice(payload);
+    if let Some((properties, v5)) = properties {
+        put_publish_v5_properties(out, properties, v5);
+    }
+    out.put_slice(p.payload);
     Ok(())
 }
 
@@ -177,6 +214,27 @@ mod tests {
     use crate::protocol::codec::{decode, Inbound, Version};
     use crate::protocol::frame::parse_header;
 
+    /// A 3.1.1 PUBLISH with no size limit.
+    fn p311<'a>(
+        topic: &'a str,
+        payload: &'a [u8],
+        qos: Qos,
+        packet_id: Option<u16>,
+        dup: bool,
+        retain: bool,
+    ) -> OutgoingPublish<'a> {
+        OutgoingPublish {
+            topic,
+            payload,
+            qos,
+            packet_id,
+            dup,
+            retain,
+            v5: None,
+            max_packet: usize::MAX,
+        }
+    }
+
     /// Decodes what was encoded with the codec's own 3.1.1 decoder.
     fn decode_back(out: &BytesMut) -> v3::Packet {
         use tokio_util::codec::Decoder;
@@ -195,7 +253,7 @@ mod tests {
             (Qos::ExactlyOnce, Some(65535), true, false),
         ] {
             let mut out = BytesMut::new();
-            encode_publish(&mut out, "a/b", b"payload", qos, id, dup, retain).unwrap();
+            encode_publish(&mut out, &p311("a/b", b"payload", qos, id, dup, retain)).unwrap();
             let frame = out.clone().freeze();
             let header = parse_header(&frame, usize::MAX).unwrap().unwrap();
             assert_eq!(header.packet_len(), frame.len());
@@ -220,25 +278,26 @@ mod tests {
         assert_eq!(
             {
                 let mut out = BytesMut::new();
-                encode_publish(
-                    &mut out,
-                    "a/b",
-                    b"x",
-                    Qos::ExactlyOnce,
-                    Some(3),
-                    true,
-                    false,
-                )
-                .unwrap();
+                let p = p311("a/b", b"x", Qos::ExactlyOnce, Some(3), true, false);
+                encode_publish(&mut out, &p).unwrap();
                 out[0]
             },
             0x3C
         );
         let mut out = BytesMut::new();
-        assert!(encode_publish(&mut out, "t", b"", Qos::AtLeastOnce, None, false, false).is_err());
-        assert!(
-            encode_publish(&mut out, "t", b"", Qos::AtLeastOnce, Some(0), false, false).is_err()
-        );
+        let no_id = p311("t", b"", Qos::AtLeastOnce, None, false, false);
+        assert!(encode_publish(&mut out, &no_id).is_err());
+        let zero_id = p311("t", b"", Qos::AtLeastOnce, Some(0), false, false);
+        assert!(encode_publish(&mut out, &zero_id).is_err());
+        // 1 + 1 + 2 + 1 + 2 = 7 bytes: one byte over a limit of 6.
+        let too_large = OutgoingPublish {
+            max_packet: 6,
+            ..p311("t", b"xy", Qos::AtMostOnce, None, false, false)
+        };
+        assert!(matches!(
+            encode_publish(&mut out, &too_large),
+            Err(EncodeError::TooLarge(7))
+        ));
         assert!(out.is_empty());
     }
 
@@ -252,8 +311,12 @@ mod tests {
     #[test]
     fn fixed_packets_are_byte_exact() {
         let mut out = BytesMut::new();
-        encode_connack(&mut out, true, ConnackCode::Accepted);
-        encode_connack(&mut out, false, ConnackCode::UnacceptableProtocol);
+        encode_connack(&mut out, true);
+        encode_connack_refusal(
+            &mut out,
+            Version::Mqtt311,
+            ConnackRefusal::UnsupportedProtocol,
+        );
         encode_pingresp(&mut out);
         encode_ack(&mut out, Ack::Puback, 7).unwrap();
         encode_ack(&mut out, Ack::Pubrec, 7).unwrap();

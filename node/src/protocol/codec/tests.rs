@@ -113,13 +113,23 @@ fn decodes_connect_with_will() {
 }
 
 #[test]
-fn mqtt5_connect_is_unsupported_protocol_for_now() {
+fn mqtt5_connect_is_served() {
+    // Level 5, clean start, keep-alive 60, no properties, empty client id
+    // (5.0 lets the server assign one).
     let raw = [
         0x10, 0x0D, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 0,
     ];
+    let c = first(&raw).unwrap();
+    assert_eq!(c.version, Version::Mqtt5);
+    assert!(c.clean_session);
+    assert_eq!(c.client_id, "");
+    assert_eq!(c.v5.as_ref().map(|v5| v5.session_expiry_interval), Some(0));
+    // Level 6 is not served.
+    let mut raw6 = raw;
+    raw6[8] = 6;
     assert!(matches!(
-        first(&raw),
-        Err(ProtocolError::UnsupportedProtocol { level: 5, .. })
+        first(&raw6),
+        Err(ProtocolError::UnsupportedProtocol { level: 6, .. })
     ));
 }
 
