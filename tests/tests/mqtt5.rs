@@ -713,10 +713,13 @@ async fn a_client_topic_alias_stands_for_its_topic() -> Result<()> {
     Ok(())
 }
 
-/// §3.3.2.3.4 [MQTT-3.3.2-8], [MQTT-3.3.2-9]: Topic Alias 0 and an alias
-/// above the server's Topic Alias Maximum get DISCONNECT 0x94 (Topic Alias
-/// invalid). §3.3.4: an empty topic with an alias never set is a Protocol
-/// Error (0x82).
+/// §3.3.2.3.4 [MQTT-3.3.2-8], [MQTT-3.3.2-9], §3.14.2.1: an alias above
+/// the server's Topic Alias Maximum gets DISCONNECT 0x94 (Topic Alias
+/// invalid); Topic Alias 0, which is never permitted, gets 0x94 or 0x82
+/// (Protocol Error) — it is well formed, so not 0x81 (Malformed Packet,
+/// §2.4 defines it as a packet that cannot be parsed). An empty topic with
+/// an alias never set (§3.3.2.3.4) gets 0x94 or 0x82. Every case is tried
+/// and all wrong answers are reported together.
 #[tokio::test]
 async fn an_invalid_topic_alias_gets_disconnect_0x94() -> Result<()> {
     let node = NodeProcess::start()?;
@@ -727,29 +730,30 @@ async fn an_invalid_topic_alias_gets_disconnect_0x94() -> Result<()> {
         .get_two(id::TOPIC_ALIAS_MAXIMUM)
         .unwrap_or(0);
     drop(probe);
-    let cases = [
-        ("alias 0", "bad/t", 0u16, reason::TOPIC_ALIAS_INVALID),
-        (
-            "alias above the maximum",
-            "bad/t",
-            max.saturating_add(1),
-            reason::TOPIC_ALIAS_INVALID,
-        ),
-        ("unset alias, empty topic", "", 1, reason::PROTOCOL_ERROR),
+    let invalid = [reason::TOPIC_ALIAS_INVALID, reason::PROTOCOL_ERROR];
+    let mut cases = vec![
+        ("alias 0", "bad/t", 0u16, &invalid[..]),
+        ("unset alias, empty topic", "", 1, &invalid[..]),
     ];
+    if max < u16::MAX {
+        cases.push(("alias above the maximum", "bad/t", max + 1, &invalid[..1]));
+    }
+    let mut wrong = Vec::new();
     for (what, topic, alias, expected) in cases {
-        if max == u16::MAX && alias == u16::MAX {
-            continue;
-        }
         let mut client = connect(&node, "bad-alias").await?;
         let publish =
             Publish5::new(topic, 0, b"x").props(Properties::new().two(id::TOPIC_ALIAS, alias));
         client.send(&publish.encode()).await?;
-        client
-            .expect_disconnect_reason(expected)
-            .await
-            .with_context(|| format!("{what} (Topic Alias Maximum {max})"))?;
+        match client.expect_disconnect().await {
+            Ok(d) if expected.contains(&d.reason) => {}
+            Ok(d) => wrong.push(format!("{what}: DISCONNECT {:#04x}", d.reason)),
+            Err(e) => wrong.push(format!("{what}: {e:#}")),
+        }
     }
+    ensure!(
+        wrong.is_empty(),
+        "Topic Alias Maximum {max}; wrong answers: {wrong:?}"
+    );
     Ok(())
 }
 
