@@ -1602,3 +1602,193 @@ async fn messages_cross_between_3_1_1_and_5_0_in_the_receivers_framing() -> Resu
     );
     Ok(())
 }
+
+// ---------------------------------------------------------------------
+// More normative statements around the groups above
+// ---------------------------------------------------------------------
+
+/// §3.3.1.3, §3.3.2.3.3 [MQTT-3.3.2-5], [MQTT-3.3.2-6], [MQTT-3.3.2-17],
+/// [MQTT-3.3.2-18]: a retained message keeps its properties for a later
+/// subscriber (User Properties in order, Content Type, Correlation Data),
+/// its Message Expiry Interval counts down while it is stored, and once
+/// expired it is no longer sent.
+#[tokio::test]
+async fn retained_messages_keep_their_properties_and_expire() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let mut publisher = connect(&node, "ret-pub").await?;
+    let kept = Publish5::new("ret5/kept", 1, "kept ✓".as_bytes())
+        .id(1)
+        .retain()
+        .props(application_properties().four(id::MESSAGE_EXPIRY_INTERVAL, 60));
+    let short = Publish5::new("ret5/short", 1, b"short")
+        .id(2)
+        .retain()
+        .props(Properties::new().four(id::MESSAGE_EXPIRY_INTERVAL, 1));
+    for publish in [&kept, &short] {
+        ack_reason(publisher.publish(publish).await?, reason::SUCCESS)?;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut late = connect(&node, "ret-sub").await?;
+    ensure!(late.subscribe(1, &[("ret5/#", 1)]).await?.reasons == [1]);
+    late.ping().await?;
+    let mut got = Vec::new();
+    while let Some(packet) = late.recv_for(QUIET).await? {
+        match packet {
+            Packet5::Publish(p) => got.push(p),
+            other => bail!("unexpected {other:?}"),
+        }
+    }
+    ensure!(
+        got.len() == 1 && got[0].topic == b"ret5/kept" && got[0].retain,
+        "retained messages sent: {got:?} (ret5/short had expired)"
+    );
+    check_application_properties(&got[0].props)?;
+    let left = got[0].props.get_four(id::MESSAGE_EXPIRY_INTERVAL);
+    ensure!(
+        left.is_some_and(|s| s > 0 && s <= 58),
+        "stored 2.5 s of 60 but says {left:?}"
+    );
+    for topic in ["ret5/kept", "ret5/short"] {
+        publisher
+            .publish(&Publish5::new(topic, 1, b"").id(3).retain())
+            .await?;
+    }
+    Ok(())
+}
+
+/// §3.1.3.2.2 [MQTT-3.1.3-9], §3.1.2.5: the will is published when the
+/// Will Delay Interval passes *or the session ends*, whichever is first:
+/// with Will Delay 30 s and Session Expiry 1 s it comes after about 1 s.
+#[tokio::test]
+async fn the_will_comes_when_the_session_ends_before_the_will_delay() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let mut sub = subscriber(&node, "ends/#", "ends/end").await?;
+    let will = Will5::new("ends/will", b"session over")
+        .with_props(Properties::new().four(id::WILL_DELAY_INTERVAL, 30));
+    let client = with_will(&node, &unique_id("short-session"), will, 1).await?;
+    let dropped = Instant::now();
+    drop(client);
+    let got = within_for(
+        Duration::from_secs(6),
+        "the will at session end",
+        sub.recv_publish(),
+    )
+    .await??;
+    let took = dropped.elapsed();
+    ensure!(got.topic == b"ends/will", "got {got:?}");
+    ensure!(
+        took >= Duration::from_millis(800),
+        "the will came {took:?} after the drop, before the 1 s session ended"
+    );
+    Ok(())
+}
+
+/// §3.1.2.11.2, §3.1.2.11.3, §3.1.2.11.4, §3.1.2.11.5: "It is a Protocol
+/// Error to include" a CONNECT property more than once, Receive Maximum 0
+/// or Maximum Packet Size 0. Such a CONNECT is refused: by §3.1.4 and
+/// §4.13.1 the node MAY answer CONNACK 0x82 (if it answers, with that
+/// code) and MUST close. Every case is tried.
+#[tokio::test]
+async fn invalid_connect_properties_are_refused() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let cases = [
+        (
+            "Session Expiry Interval twice",
+            Properties::new()
+                .four(id::SESSION_EXPIRY_INTERVAL, 10)
+                .four(id::SESSION_EXPIRY_INTERVAL, 20),
+        ),
+        (
+            "Receive Maximum 0",
+            Properties::new().two(id::RECEIVE_MAXIMUM, 0),
+        ),
+        (
+            "Maximum Packet Size 0",
+            Properties::new().four(id::MAXIMUM_PACKET_SIZE, 0),
+        ),
+        (
+            "Topic Alias Maximum twice",
+            Properties::new()
+                .two(id::TOPIC_ALIAS_MAXIMUM, 1)
+                .two(id::TOPIC_ALIAS_MAXIMUM, 2),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, props) in cases {
+        let connect = Connect5::new(&unique_id("badprops")).props(props);
+        match Client5::handshake(node.addr(), &connect).await {
+            Ok(mut client) if client.connack.reason == reason::PROTOCOL_ERROR => {
+                if let Err(e) = client.expect_closed(TIMEOUT).await {
+                    wrong.push(format!("{what}: {e:#}"));
+                }
+            }
+            Ok(client) => wrong.push(format!("{what}: CONNACK {:#04x}", client.connack.reason)),
+            // Closed without a CONNACK: allowed.
+            Err(e) if format!("{e:#}").contains("closed the connection") => {}
+            Err(e) => wrong.push(format!("{what}: {e:#}")),
+        }
+    }
+    ensure!(wrong.is_empty(), "wrong answers: {wrong:?}");
+    Ok(())
+}
+
+/// §3.3.4 [MQTT-3.3.4-6] and §3.8.2.1.2: a client's PUBLISH must not carry
+/// a Subscription Identifier, and a Subscription Identifier of 0 is a
+/// Protocol Error: each gets DISCONNECT 0x82.
+#[tokio::test]
+async fn misused_subscription_identifiers_get_disconnect_0x82() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let cases = [
+        (
+            "Subscription Identifier in a client PUBLISH",
+            Publish5::new("sid/t", 0, b"x")
+                .props(Properties::new().varint(id::SUBSCRIPTION_IDENTIFIER, 5))
+                .encode(),
+        ),
+        (
+            "Subscription Identifier 0",
+            p5::subscribe(
+                1,
+                &Properties::new().varint(id::SUBSCRIPTION_IDENTIFIER, 0),
+                &[("sid/t", 1)],
+            ),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, bytes) in cases {
+        let mut client = connect(&node, "sid").await?;
+        client.send(&bytes).await?;
+        match client.expect_disconnect().await {
+            Ok(d) if d.reason == reason::PROTOCOL_ERROR => {}
+            Ok(d) => wrong.push(format!("{what}: DISCONNECT {:#04x}", d.reason)),
+            Err(e) => wrong.push(format!("{what}: {e:#}")),
+        }
+    }
+    ensure!(wrong.is_empty(), "wrong answers: {wrong:?}");
+    Ok(())
+}
+
+/// §3.1.2.11.7 [MQTT-3.1.2-29]: with Request Problem Information 0 the
+/// server sends no Reason String or User Property on a PUBACK, even one
+/// refusing the message (0x99 for a payload marked UTF-8 that is not).
+#[tokio::test]
+async fn request_problem_information_0_keeps_reason_strings_off_acks() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let connect = Connect5::new(&unique_id("quiet-errors"))
+        .props(Properties::new().byte(id::REQUEST_PROBLEM_INFORMATION, 0));
+    let mut client = Client5::connect(node.addr(), &connect).await?;
+    let bad = Publish5::new("rpi/t", 1, &[0xFF, 0xFE])
+        .id(9)
+        .props(Properties::new().byte(id::PAYLOAD_FORMAT_INDICATOR, 1));
+    client.send(&bad.encode()).await?;
+    match client.recv().await? {
+        Packet5::Ack(a) if a.kind == kind::PUBACK => ensure!(
+            a.props.get(id::REASON_STRING).is_none() && a.props.users().is_empty(),
+            "PUBACK with problem information the client declined: {a:?}"
+        ),
+        // A DISCONNECT may carry a Reason String whatever was requested.
+        Packet5::Disconnect(_) => {}
+        other => bail!("expected PUBACK or DISCONNECT, got {other:?}"),
+    }
+    Ok(())
+}
