@@ -1792,3 +1792,93 @@ async fn request_problem_information_0_keeps_reason_strings_off_acks() -> Result
     }
     Ok(())
 }
+
+/// §4.9 [MQTT-3.3.4-9]: the client's Receive Maximum counts QoS 2
+/// deliveries until PUBCOMP: with Receive Maximum 1, the second QoS 2
+/// PUBLISH waits until the first one's PUBCOMP has been sent, not just its
+/// PUBREC.
+#[tokio::test]
+async fn the_client_receive_maximum_counts_qos_2_until_pubcomp() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let connect = Connect5::new(&unique_id("one-at-a-time"))
+        .props(Properties::new().two(id::RECEIVE_MAXIMUM, 1));
+    let mut slow = Client5::connect(node.addr(), &connect).await?;
+    ensure!(slow.subscribe(1, &[("flow2/#", 2)]).await?.reasons == [2]);
+    let mut publisher = self::connect(&node, "q2pub").await?;
+    for i in 1..=2u16 {
+        let publish = Publish5::new(&format!("flow2/{i}"), 2, b"m").id(i);
+        ack_reason(publisher.publish(&publish).await?, reason::SUCCESS)?;
+    }
+    let first = slow.recv_publish().await?;
+    ensure!(first.topic == b"flow2/1" && first.qos == 2, "{first:?}");
+    slow.send(&p5::pubrec(first.packet_id)).await?;
+    match slow.recv().await? {
+        Packet5::Ack(a) if a.kind == kind::PUBREL && a.packet_id == first.packet_id => {}
+        other => bail!("expected PUBREL, got {other:?}"),
+    }
+    slow.expect_quiet(QUIET)
+        .await
+        .context("a second QoS 2 PUBLISH before PUBCOMP with Receive Maximum 1")?;
+    slow.send(&p5::pubcomp(first.packet_id)).await?;
+    let second = slow.recv_publish().await?;
+    ensure!(second.topic == b"flow2/2", "{second:?}");
+    Ok(())
+}
+
+/// §3.3.2.3.4 [MQTT-3.3.2-10], [MQTT-3.3.2-11]: a client that allows
+/// Topic Alias Maximum 2 may be sent aliases, but only 1 or 2, and an
+/// empty topic only with an alias the server set before on this
+/// connection. Every message is delivered on its topic.
+#[tokio::test]
+async fn server_topic_aliases_stay_within_the_client_maximum() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let connect = Connect5::new(&unique_id("alias-taker"))
+        .props(Properties::new().two(id::TOPIC_ALIAS_MAXIMUM, 2));
+    let mut sub = Client5::connect(node.addr(), &connect).await?;
+    ensure!(sub.subscribe(1, &[("sa/#", 1)]).await?.reasons == [1]);
+    let mut publisher = self::connect(&node, "sa-pub").await?;
+    let topics: Vec<String> = (0..12).map(|i| format!("sa/t{}", i % 4)).collect();
+    for (i, topic) in topics.iter().enumerate() {
+        let publish = Publish5::new(topic, 1, b"m").id(i as u16 + 1);
+        publisher.publish(&publish).await?;
+    }
+    let mut aliases = std::collections::HashMap::new();
+    for expected in &topics {
+        let p = sub.recv_publish_acked().await?;
+        let topic = match p.props.get_two(id::TOPIC_ALIAS) {
+            None => p.topic_str(),
+            Some(alias) => {
+                ensure!(
+                    (1..=2).contains(&alias),
+                    "alias {alias} beyond the client's maximum 2: {p:?}"
+                );
+                if !p.topic.is_empty() {
+                    aliases.insert(alias, p.topic_str());
+                }
+                aliases
+                    .get(&alias)
+                    .cloned()
+                    .with_context(|| format!("empty topic with unset alias {alias}: {p:?}"))?
+            }
+        };
+        ensure!(&topic == expected, "expected {expected}, resolved {topic}");
+    }
+    Ok(())
+}
+
+/// §3.2.2.3.14 [MQTT-3.2.2-21], [MQTT-3.2.2-22]: a client asking for no
+/// keep alive (0) that the node holds to `--default-keep-alive 20` anyway
+/// is told so with Server Keep Alive 20; otherwise it would be closed for
+/// a silence it was never told to break.
+#[tokio::test]
+async fn an_imposed_default_keep_alive_is_announced_as_server_keep_alive() -> Result<()> {
+    let node = NodeProcess::start_with(&[("--default-keep-alive", "20")])?;
+    let connect = Connect5::new(&unique_id("ka0")).keep_alive(0);
+    let client = Client5::connect(node.addr(), &connect).await?;
+    let told = client.connack.props.get_two(id::SERVER_KEEP_ALIVE);
+    ensure!(
+        told == Some(20),
+        "keep alive 0 held to 20 s, but Server Keep Alive is {told:?}"
+    );
+    Ok(())
+}
