@@ -25,6 +25,7 @@ use astramq_node::router::SubscriptionTree;
 use astramq_node::session::acks::OwedAcks;
 use astramq_node::session::window::{AckOutcome, OutgoingWindow};
 use astramq_node::session_state::OutgoingStage;
+use astramq_node::subscription::Subscription;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tokio::sync::oneshot;
@@ -266,7 +267,7 @@ fuzz_target!(|input: Input| {
                 let client = usize::from(*client) % clients.len();
                 let granted = qos(*granted);
                 let had_filter = subscriptions.keys().any(|(f, _)| *f == filter);
-                let outcome = tree.subscribe(&filter, &clients[client], granted);
+                let outcome = tree.subscribe(&filter, &clients[client], Subscription::at(granted));
                 let previous = subscriptions.insert((filter, client), granted);
                 assert_eq!(outcome.new_subscription, previous.is_none());
                 assert_eq!(outcome.new_filter, !had_filter);
@@ -276,7 +277,7 @@ fuzz_target!(|input: Input| {
                 let depth = usize::from(*depth % 4096) + 1;
                 let filter = vec![level; depth].join("/");
                 let client = usize::from(*client) % clients.len();
-                tree.subscribe(&filter, &clients[client], Qos::AtMostOnce);
+                tree.subscribe(&filter, &clients[client], Subscription::at(Qos::AtMostOnce));
                 subscriptions.insert((filter, client), Qos::AtMostOnce);
             }
             Step::Unsubscribe(filter, client) => {
@@ -304,7 +305,11 @@ fuzz_target!(|input: Input| {
                         *best = (*best).max(granted);
                     }
                 }
-                let got: HashMap<ClientId, Qos> = tree.matches(&topic).into_iter().collect();
+                let got: HashMap<ClientId, Qos> = tree
+                    .matches(&topic, None)
+                    .into_iter()
+                    .map(|(client, matched)| (client, matched.qos))
+                    .collect();
                 assert_eq!(got, expected, "topic {topic:?}");
             }
         }

@@ -19,7 +19,8 @@
 //! On the embedded store everything is in memory; offline deliveries go to
 //! the store in one batch.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -37,6 +38,7 @@ use crate::retained::{RetainOutcome, RetainRefusal};
 use crate::router::SubscriptionTree;
 use crate::stats::{DropReason, LimitReason, Stats};
 use crate::store::{QueueOutcome, SessionOwner, Store};
+use crate::subscription::Subscription;
 use astramq_shared::log_text::untrusted;
 
 /// A publish that could not be made durable; a QoS 1/2 publisher must not
@@ -79,6 +81,8 @@ pub struct Broker {
     /// Sessions another node claimed, still subscribed here until the
     /// given time (see [`RELEASE_GRACE`]).
     released: Mutex<Vec<(tokio::time::Instant, ClientId, Vec<String>)>>,
+    /// Parked sessions with a 5.0 expiry, soonest first.
+    expiring: Mutex<BinaryHeap<Reverse<(tokio::time::Instant, SessionOwner)>>>,
     /// Checks each CONNECT's credentials.
     auth: Authenticator,
     /// What clients may publish and subscribe to; `None` (no `--acl-file`):
@@ -162,6 +166,7 @@ impl Broker {
             incarnation: crate::message::unix_millis(),
             recent_publishes: Mutex::new(RecentIds::default()),
             released: Mutex::new(Vec::new()),
+            expiring: Mutex::new(BinaryHeap::new()),
             auth: Authenticator::anonymous(),
             acl: None,
             limits,
@@ -252,8 +257,8 @@ impl Broker {
 
     /// Adds or replaces a subscription; a filter new to this node is
     /// announced to the cluster before this returns.
-    pub async fn subscribe(&self, client_id: &ClientId, filter: &str, qos: Qos) {
-        let outcome = self.router_mut().subscribe(filter, client_id, qos);
+    pub async fn subscribe(&self, client_id: &ClientId, filter: &str, subscription: Subscription) {
+        let outcome = self.router_mut().subscribe(filter, client_id, subscription);
         if let (true, Some(cluster)) = (outcome.new_filter, &self.cluster) {
             cluster.route_changed(filter, true).await;
         }
@@ -321,15 +326,32 @@ impl Broker {
     /// Ends a parked session `after` its client left (5.0 Session Expiry
     /// Interval) unless it is claimed again by then, here or on another
     /// node: its state is forgotten in the store (epoch-checked, so a newer
-    /// claim is never touched) and its subscriptions leave the tree.
-    pub fn expire_session_after(self: &Arc<Self>, owner: SessionOwner, after: Duration) {
-        let broker = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            if let Some(broker) = broker.upgrade() {
-                broker.expire_session(&owner).await;
+    /// claim is never touched) and its subscriptions leave the tree. Due
+    /// sessions are ended by [`Self::sweep_periodically`], within a second.
+    pub fn expire_session_after(&self, owner: SessionOwner, after: Duration) {
+        let Some(due) = tokio::time::Instant::now().checked_add(after) else {
+            return; // Further off than the clock reaches: never.
+        };
+        let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
+        expiring.push(Reverse((due, owner)));
+    }
+
+    /// Ends the sessions whose expiry is due.
+    async fn expire_due(&self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<SessionOwner> = {
+            let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
+            let mut due = Vec::new();
+            while expiring.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                if let Some(Reverse((_, owner))) = expiring.pop() {
+                    due.push(owner);
+                }
             }
-        });
+            due
+        };
+        for owner in due {
+            self.expire_session(&owner).await;
+        }
     }
 
     async fn expire_session(&self, owner: &SessionOwner) {
@@ -390,10 +412,10 @@ impl Broker {
     pub async fn adopt_offline_session(
         &self,
         client_id: &ClientId,
-        subscriptions: Vec<(String, Qos)>,
+        subscriptions: Vec<(String, Subscription)>,
     ) {
-        for (filter, qos) in &subscriptions {
-            self.subscribe(client_id, filter, *qos).await;
+        for (filter, subscription) in &subscriptions {
+            self.subscribe(client_id, filter, *subscription).await;
         }
         let filters = subscriptions.into_iter().map(|(f, _)| f).collect();
         self.session_parked(client_id, filters);
@@ -442,12 +464,15 @@ impl Broker {
         }
     }
 
-    /// Runs [`Self::forget_released`] every second until the node stops.
-    pub async fn forget_released_periodically(self: Arc<Self>) {
+    /// Every second until the node stops: forgets released sessions whose
+    /// grace is over ([`Self::forget_released`]) and ends expired ones
+    /// ([`Self::expire_session_after`]).
+    pub async fn sweep_periodically(self: Arc<Self>) {
         let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
         loop {
             ticker.tick().await;
             self.forget_released().await;
+            self.expire_due().await;
         }
     }
 
@@ -538,7 +563,9 @@ impl Broker {
     /// store: offline sessions).
     fn route(&self, message: &Arc<Message>) -> Routed {
         let mut routed = Routed::default();
-        let matches = self.router().matches(&message.topic);
+        let matches = self
+            .router()
+            .matches(&message.topic, message.publisher.as_ref());
         if matches.is_empty() {
             self.stats.dropped(DropReason::NoSubscribers, 1);
             return routed;
@@ -560,8 +587,8 @@ impl Broker {
             None => true,
         };
         let sessions = self.registry.read();
-        for (client_id, granted) in matches {
-            let delivery = Delivery::forward(message.clone(), granted);
+        for (client_id, matched) in matches {
+            let delivery = matched.deliver(message.clone());
             let session = sessions.get(&client_id);
             let durable = clustered
                 && delivery.qos != Qos::AtMostOnce
@@ -663,8 +690,16 @@ impl LocalNode for Broker {
         }
     }
 
-    async fn adopt_offline_session(&self, client_id: &ClientId, subscriptions: Vec<(String, Qos)>) {
+    async fn adopt_offline_session(
+        &self,
+        client_id: &ClientId,
+        subscriptions: Vec<(String, Subscription)>,
+    ) {
         Broker::adopt_offline_session(self, client_id, subscriptions).await
+    }
+
+    fn expire_session_after(&self, owner: SessionOwner, after: Duration) {
+        Broker::expire_session_after(self, owner, after)
     }
 
     async fn fence(&self) {
@@ -726,9 +761,15 @@ mod tests {
         let broker = broker();
         let a = connect(&broker, "a", false);
         let b = connect(&broker, "b", true);
-        broker.subscribe(&"a".into(), "t/+", Qos::AtMostOnce).await;
-        broker.subscribe(&"b".into(), "t/#", Qos::ExactlyOnce).await;
-        broker.subscribe(&"b".into(), "t/x", Qos::AtLeastOnce).await;
+        broker
+            .subscribe(&"a".into(), "t/+", Subscription::at(Qos::AtMostOnce))
+            .await;
+        broker
+            .subscribe(&"b".into(), "t/#", Subscription::at(Qos::ExactlyOnce))
+            .await;
+        broker
+            .subscribe(&"b".into(), "t/x", Subscription::at(Qos::AtLeastOnce))
+            .await;
         let durability = broker.publish(message("t/x", Qos::ExactlyOnce), None).await;
         assert!(matches!(durability, Ok(Durability::Done)));
         let to_a: Vec<Qos> = a.take_all().into_iter().map(|d| d.qos).collect();
@@ -748,10 +789,13 @@ mod tests {
             client_id: "p".into(),
             clean_start: false,
             persistent: true,
+            expiry: None,
             will: None,
         };
         let claim = broker.store().claim_session(&request).await.unwrap();
-        broker.subscribe(&"p".into(), "t", Qos::AtLeastOnce).await;
+        broker
+            .subscribe(&"p".into(), "t", Subscription::at(Qos::AtLeastOnce))
+            .await;
         broker.session_parked(&"p".into(), vec!["t".into()]);
         broker
             .store()
@@ -774,7 +818,9 @@ mod tests {
     #[tokio::test]
     async fn a_release_from_another_node_forgets_a_parked_session() {
         let broker = broker();
-        broker.subscribe(&"p".into(), "t", Qos::AtLeastOnce).await;
+        broker
+            .subscribe(&"p".into(), "t", Subscription::at(Qos::AtLeastOnce))
+            .await;
         broker.session_parked(&"p".into(), vec!["t".into()]);
         assert_eq!(broker.subscription_count(), 1);
         broker.release_session(&"p".into()).await;
@@ -791,7 +837,9 @@ mod tests {
     async fn fencing_kicks_every_session_and_forgets_parked_ones() {
         let broker = broker();
         let _mailbox = connect(&broker, "c", true);
-        broker.subscribe(&"p".into(), "t", Qos::AtLeastOnce).await;
+        broker
+            .subscribe(&"p".into(), "t", Subscription::at(Qos::AtLeastOnce))
+            .await;
         broker.session_parked(&"p".into(), vec!["t".into()]);
         broker.fence().await;
         assert_eq!(broker.subscription_count(), 0);

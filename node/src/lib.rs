@@ -17,7 +17,7 @@
 //! - [`connection`]: bytes ⇄ whole MQTT frames, with coalesced writes and
 //!   no buffers held while idle, over a [`transport`] (TCP, TLS, WebSocket).
 //! - [`protocol`]: framing, bounds-checked validation and the rmqtt-codec
-//!   codec (3.1.1 served; 5.0 decoded, not yet served).
+//!   codec (3.1, 3.1.1 and 5.0).
 //! - [`broker`]: the publish path: route, post to mailboxes, queue offline.
 //! - [`registry`]: connected sessions by client id, and their mailboxes.
 //! - [`router`]: topic validation and the subscription tree.
@@ -29,7 +29,8 @@
 //!   streams, heartbeats, and taking over from a dead node; it reaches the
 //!   node only through [`cluster::LocalNode`].
 //! - [`redis_model`]: the Redis data model shared by store and cluster.
-//! - [`session_state`]: what store and sessions share about a session.
+//! - [`session_state`]: what store and sessions share about a session;
+//!   [`subscription`]: a subscription's terms (QoS and the 5.0 options).
 //! - [`message`]: the shared message model (MQTT 5-ready).
 //! - [`pin`]: how a delivery served from memory stays in Redis (the
 //!   journal or inbox entry it came in).
@@ -60,6 +61,7 @@ pub mod session;
 pub mod session_state;
 pub mod stats;
 pub mod store;
+pub mod subscription;
 pub mod sys;
 pub mod transport;
 
@@ -167,7 +169,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> anyh
         }
     };
     let gauges_task = tokio::spawn(ops::refresh_slow_gauges(broker.clone()));
-    let released_task = tokio::spawn(broker.clone().forget_released_periodically());
+    let released_task = tokio::spawn(broker.clone().sweep_periodically());
     let sys_task = config
         .sys_interval
         .map(|every| tokio::spawn(sys::publish_periodically(broker.clone(), every)));

@@ -85,6 +85,10 @@ pub struct Message {
     /// died mid-write) carries the same id, so each session's queue and
     /// each node's memory can refuse the second copy: exactly once.
     pub publish_id: Option<Arc<str>>,
+    /// The publishing client, set only when it has a 5.0 No Local
+    /// subscription (which must not match its own messages); `None`
+    /// otherwise, so most messages do not carry it across Redis.
+    pub publisher: Option<ClientId>,
 }
 
 impl Message {
@@ -97,6 +101,7 @@ impl Message {
             retain,
             properties: None,
             publish_id: None,
+            publisher: None,
         }
     }
 
@@ -128,6 +133,9 @@ pub struct Delivery {
     /// Set only when the delivery answers a SUBSCRIBE with a retained
     /// message; normal forwarding always clears it (MQTT-3.3.1-9).
     pub retain: bool,
+    /// 5.0 Subscription Identifiers of the subscriptions it matched (sent
+    /// in the PUBLISH); empty for most deliveries (no allocation).
+    pub subscription_ids: Vec<u32>,
     /// Where the delivery sits in its persistent session's queue in Redis
     /// (a stream entry id); the entry is deleted when the client has
     /// acknowledged it. `None` for deliveries that live only in memory
@@ -149,6 +157,7 @@ impl Delivery {
             message,
             qos,
             retain: false,
+            subscription_ids: Vec::new(),
             queued: None,
             pin: None,
         }
@@ -161,6 +170,7 @@ impl Delivery {
             message,
             qos,
             retain: true,
+            subscription_ids: Vec::new(),
             queued: None,
             pin: None,
         }

@@ -4,7 +4,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::message::{ClientId, Delivery, Qos, QueueId};
+use crate::message::{ClientId, Delivery, QueueId};
+use crate::subscription::Subscription;
 
 /// Where an outgoing QoS 1/2 message stands in its handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +34,8 @@ pub struct OutgoingInflight {
 /// what waits to be sent.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SessionState {
-    /// Filter → granted QoS.
-    pub subscriptions: HashMap<String, Qos>,
+    /// Filter → what the client subscribed with.
+    pub subscriptions: HashMap<String, Subscription>,
     /// Sent but not fully acknowledged, oldest first; re-sent with DUP on
     /// resume (MQTT-4.4.0-1).
     pub outgoing: Vec<OutgoingInflight>,
@@ -43,6 +44,10 @@ pub struct SessionState {
     pub incoming_qos2: Vec<(u16, IncomingQos2)>,
     /// Deliveries not yet sent, oldest first.
     pub pending: VecDeque<Delivery>,
+    /// 5.0: seconds the parked session is kept before it expires; `None`
+    /// keeps it until a client claims it (3.1.1, or 0xFFFFFFFF). Used when
+    /// parking (Redis keys get it as their TTL), not read back.
+    pub expiry: Option<u32>,
 }
 
 /// An incoming QoS 2 message between its PUBLISH and its PUBREL.
@@ -84,7 +89,7 @@ impl Progress {
 }
 
 /// Proof that this node owns a session: checked on every write to it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct SessionOwner {
     /// The session's client id.
     pub client_id: ClientId,

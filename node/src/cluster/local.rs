@@ -6,12 +6,15 @@
 //! each other, and the cluster's use of the node can be faked in tests.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::bus::QueueTarget;
-use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::message::{ClientId, Delivery, Message};
+use crate::session_state::SessionOwner;
 use crate::store::{QueueOutcome, StoreError};
+use crate::subscription::Subscription;
 
 /// The node, as the cluster sees it.
 #[async_trait]
@@ -32,7 +35,15 @@ pub trait LocalNode: Send + Sync + 'static {
     async fn publish_will(&self, will: Arc<Message>);
 
     /// Makes this node the owner of an offline persistent session.
-    async fn adopt_offline_session(&self, client_id: &ClientId, subscriptions: Vec<(String, Qos)>);
+    async fn adopt_offline_session(
+        &self,
+        client_id: &ClientId,
+        subscriptions: Vec<(String, Subscription)>,
+    );
+
+    /// Ends the offline session `owner` holds `after` this long (5.0
+    /// session expiry), unless its client claims it by then.
+    fn expire_session_after(&self, owner: SessionOwner, after: Duration);
 
     /// This node was declared dead: drop every client and session here.
     async fn fence(&self);

@@ -18,6 +18,7 @@ use crate::message::{ClientId, Qos};
 use crate::redis_model::keys;
 use crate::redis_model::value::StreamEntry;
 use crate::router::SubscriptionTree;
+use crate::subscription::Subscription;
 
 /// How the route log is capped (approximate, `MAXLEN ~`).
 const ROUTE_LOG_MAXLEN: usize = 100_000;
@@ -47,7 +48,7 @@ impl RouteCache {
     /// Nodes other than `me` with a subscription matching `topic`.
     pub fn remote_nodes(&self, topic: &str, me: &str) -> Vec<ClientId> {
         let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
-        tree.matches(topic)
+        tree.matches(topic, None)
             .into_iter()
             .map(|(node, _)| node)
             .filter(|node| &**node != me)
@@ -68,7 +69,7 @@ impl RouteCache {
         let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
         match (op.as_str(), text(b"filter")) {
             ("add", Some(filter)) => {
-                tree.subscribe(&filter, &node, Qos::AtMostOnce);
+                tree.subscribe(&filter, &node, Subscription::at(Qos::AtMostOnce));
             }
             ("del", Some(filter)) => {
                 tree.unsubscribe(&filter, &node);
@@ -95,7 +96,7 @@ impl RouteCache {
         for (node, filters) in nodes.iter().zip(sets) {
             let node: ClientId = node.as_str().into();
             for filter in filters {
-                fresh.subscribe(&filter, &node, Qos::AtMostOnce);
+                fresh.subscribe(&filter, &node, Subscription::at(Qos::AtMostOnce));
             }
         }
         *self.tree.write().unwrap_or_else(|p| p.into_inner()) = fresh;

@@ -20,9 +20,9 @@
 //!    share that buffer. 5.0 properties ride in boxed fields that are
 //!    `None` on 3.1/3.1.1 connections.
 //!
-//! What the node sends is 3.1.1 only for now ([`codec`]'s `encode_*`): a
-//! 5.0 CONNECT is decoded but answered CONNACK 0x01, by the shared rules
-//! (docs/mqtt.md lists what of 5.0 exists).
+//! What the node sends is written by [`codec`]'s `encode_*` functions, in
+//! the connection's version (3.1.1 form, or 5.0 with reason codes and
+//! properties; docs/mqtt.md lists what of 5.0 is served).
 
 pub mod codec;
 pub mod frame;

@@ -11,12 +11,27 @@
 /// Prefix of every key; lets a Redis instance host other data.
 const PREFIX: &str = "astramq";
 
-/// A session's hash: owner, epoch, connected, persistent, will.
+/// A session's hash: owner, epoch, connected, persistent, will, expiry
+/// (5.0 session expiry in seconds; empty for never), qbytes.
 pub fn session(client_id: &str) -> String {
     format!("{PREFIX}:s:{{{client_id}}}")
 }
 
-/// A session's subscriptions: filter → QoS.
+/// Every key of a session, in the order the session scripts take them:
+/// session, subs, inflight, qos2, queue, seen.
+pub fn session_keys(client_id: &str) -> [String; 6] {
+    [
+        session(client_id),
+        subscriptions(client_id),
+        inflight(client_id),
+        incoming_qos2(client_id),
+        queue(client_id),
+        seen(client_id),
+    ]
+}
+
+/// A session's subscriptions: filter → subscription record (the QoS digit,
+/// then 5.0 options; see `crate::subscription`).
 pub fn subscriptions(client_id: &str) -> String {
     format!("{PREFIX}:s:{{{client_id}}}:subs")
 }

@@ -12,7 +12,8 @@
 /// after loses nothing.
 /// KEYS: session, subs, inflight, qos2, queue, seen.
 /// ARGV: node id, clean start (0/1), will record ("" for none), persistent
-/// (0/1: kept when the connection ends).
+/// (0/1: kept when the connection ends), session expiry in seconds (""
+/// for never). A claimed session's keys lose any TTL a park gave them.
 /// Returns {epoch, previous owner, had persistent state (0/1), subs
 /// (flat filter/qos list), inflight (flat id/record list), qos2 (flat
 /// id/record list), queue entries (XRANGE reply)}.
@@ -31,15 +32,20 @@ if ARGV[2] == '1' or not had_state then
   redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
   redis.call('HDEL', KEYS[1], 'qbytes')
 end
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'connected', '1', 'persistent', ARGV[4], 'will', ARGV[3])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'connected', '1', 'persistent', ARGV[4], 'will', ARGV[3], 'expiry', ARGV[5])
+for k = 1, 6 do redis.call('PERSIST', KEYS[k]) end
 return {epoch, previous_owner, had_state and 1 or 0, subs, inflight, qos2, queued}
 "#;
 
 /// Parks a persistent session whose client went away: what it has queued
 /// is in Redis already; this records its subscriptions and the packet ids
 /// of its unacknowledged QoS 1 messages (QoS 2 ones are recorded as sent).
-/// KEYS: session, subs, inflight.
-/// ARGV: epoch, n subs, (filter, qos)*, n inflight, (packet id, record)*.
+/// With a 5.0 session expiry, every key of the session gets it as its TTL
+/// (so the session is gone from Redis when it expires, whoever holds it),
+/// and the `expiry` field records the interval.
+/// KEYS: session, subs, inflight, qos2, queue, seen.
+/// ARGV: epoch, n subs, (filter, subscription record)*, n inflight,
+/// (packet id, record)*, expiry in seconds ("" for never).
 /// Returns 1, or 0 when the epoch is stale (another node owns it now).
 pub const PARK: &str = r#"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
@@ -51,18 +57,35 @@ local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]); i = i + 2 end
 n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2 end
+local expiry = ARGV[i]
+redis.call('HSET', KEYS[1], 'expiry', expiry)
+if expiry ~= '' then
+  for k = 1, 6 do redis.call('EXPIRE', KEYS[k], math.max(tonumber(expiry), 1)) end
+end
 return 1
 "#;
 
 /// A survivor takes over a dead node's session, unless its client has
-/// claimed it elsewhere meanwhile.
-/// KEYS: session. ARGV: dead owner, new owner.
-/// Returns the new epoch, or 0 when the dead node no longer owns it.
+/// claimed it elsewhere meanwhile. A 5.0 session with an expiry keeps the
+/// TTL its park gave its keys or, connected when its node died, gets it
+/// now: its client left at the death.
+/// KEYS: session, subs, inflight, qos2, queue, seen. ARGV: dead owner, new
+/// owner.
+/// Returns {new epoch, milliseconds until it expires (-1: never)}, or 0
+/// when the dead node no longer owns it.
 pub const ADOPT: &str = r#"
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'connected', '0')
 redis.call('HDEL', KEYS[1], 'will')
-return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+local left = redis.call('PTTL', KEYS[1])
+local expiry = redis.call('HGET', KEYS[1], 'expiry') or ''
+if left < 0 and expiry ~= '' then
+  for k = 1, 6 do redis.call('EXPIRE', KEYS[k], math.max(tonumber(expiry), 1)) end
+  left = redis.call('PTTL', KEYS[1])
+end
+if expiry == '' then left = -1 end
+return {epoch, left}
 "#;
 
 /// Forgets a clean session that ended.
@@ -85,7 +108,8 @@ return 1
 /// entries), 'b' (queue full: bytes); when a new entry is for a session
 /// connected to another node, returns {entry id, that node} instead: the
 /// caller tells that node to read it. An empty queue resets the count (a
-/// count that drifted cannot outlive it).
+/// count that drifted cannot outlive it). The queue of a session whose
+/// keys expire (see [`PARK`]) expires with them, even if created after.
 pub const ENQUEUE: &str = r#"
 local session = redis.call('HMGET', KEYS[1], 'persistent', 'owner', 'connected', 'qbytes')
 if session[1] ~= '1' then return 'n' end
@@ -100,10 +124,13 @@ local size = tonumber(ARGV[9])
 if bytes + size > tonumber(ARGV[8]) then return 'b' end
 local id = redis.call('XADD', KEYS[2], '*', 'd', ARGV[4])
 redis.call('HSET', KEYS[1], 'qbytes', string.format('%d', bytes + size))
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 if publish_id ~= '' then
   local now = tonumber(ARGV[5])
   redis.call('ZADD', KEYS[3], now, publish_id)
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[6]))
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
 end
 if session[3] == '1' and session[2] and session[2] ~= ARGV[7] then
   return {id, session[2]}

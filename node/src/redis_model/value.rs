@@ -3,6 +3,9 @@
 use bytes::Bytes;
 use redis::Value;
 
+use crate::message::Qos;
+use crate::subscription::Subscription;
+
 /// A reply that did not have the expected shape.
 #[derive(Debug, thiserror::Error)]
 #[error("unexpected Redis reply: {0}")]
@@ -58,6 +61,23 @@ pub fn bulk_list(value: Option<&Value>) -> Result<Vec<Bytes>, UnexpectedReply> {
 /// A decimal number in ASCII.
 pub fn parse_u64(raw: &[u8]) -> Option<u64> {
     std::str::from_utf8(raw).ok()?.parse().ok()
+}
+
+/// A session's subscriptions from the flat (filter, record) list of its
+/// `...:subs` hash (`HGETALL`). A record that does not read (written by
+/// something else) counts as a QoS 0 subscription, as a bare digit did
+/// before options were kept; a filter that is not UTF-8 is skipped.
+pub fn subscriptions(flat: &[Bytes]) -> Vec<(String, Subscription)> {
+    flat.chunks_exact(2)
+        .filter_map(|pair| {
+            let filter = String::from_utf8(pair[0].to_vec()).ok()?;
+            let record = std::str::from_utf8(&pair[1]).ok();
+            let subscription = record
+                .and_then(Subscription::from_record)
+                .unwrap_or(Subscription::at(Qos::AtMostOnce));
+            Some((filter, subscription))
+        })
+        .collect()
 }
 
 /// One stream entry: its id and its field/value pairs.

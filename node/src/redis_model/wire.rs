@@ -25,9 +25,20 @@ const FLAG_RETAIN: u8 = 0b0000_0100;
 const FLAG_PROPERTIES: u8 = 0b0000_1000;
 const FLAG_DELIVERY_RETAIN: u8 = 0b0001_0000;
 const FLAG_PUBLISH_ID: u8 = 0b0010_0000;
+const FLAG_PUBLISHER: u8 = 0b0100_0000;
+const FLAG_SUBSCRIPTION_IDS: u8 = 0b1000_0000;
 
-/// Appends `message` (and, for a delivery, its QoS and retain flag).
-fn put_message(out: &mut BytesMut, message: &Message, delivery: Option<(Qos, bool)>) {
+/// What a delivery adds to its message: its QoS, retain flag and 5.0
+/// subscription identifiers.
+type DeliveryFields<'a> = (Qos, bool, &'a [u32]);
+
+/// [`DeliveryFields`] as read back.
+type ReadDelivery = (Qos, bool, Vec<u32>);
+
+/// Appends `message` (and, for a delivery, its QoS, retain flag and
+/// subscription identifiers). The optional parts have a flag each, so a
+/// record without them reads as it did before they existed.
+fn put_message(out: &mut BytesMut, message: &Message, delivery: Option<DeliveryFields<'_>>) {
     let mut flags = message.qos.as_u8();
     if message.retain {
         flags |= FLAG_RETAIN;
@@ -35,14 +46,21 @@ fn put_message(out: &mut BytesMut, message: &Message, delivery: Option<(Qos, boo
     if message.properties.is_some() {
         flags |= FLAG_PROPERTIES;
     }
-    if let Some((_, true)) = delivery {
+    if let Some((_, true, _)) = delivery {
         flags |= FLAG_DELIVERY_RETAIN;
     }
     if message.publish_id.is_some() {
         flags |= FLAG_PUBLISH_ID;
     }
+    if message.publisher.is_some() {
+        flags |= FLAG_PUBLISHER;
+    }
+    let ids = delivery.map_or(&[][..], |(_, _, ids)| ids);
+    if !ids.is_empty() {
+        flags |= FLAG_SUBSCRIPTION_IDS;
+    }
     out.put_u8(flags);
-    if let Some((qos, _)) = delivery {
+    if let Some((qos, _, _)) = delivery {
         out.put_u8(qos.as_u8());
     }
     put_str(out, &message.topic);
@@ -53,6 +71,16 @@ fn put_message(out: &mut BytesMut, message: &Message, delivery: Option<(Qos, boo
     }
     if let Some(id) = &message.publish_id {
         put_str(out, id);
+    }
+    if let Some(publisher) = &message.publisher {
+        put_str(out, publisher);
+    }
+    if !ids.is_empty() {
+        // At most one per subscription of the client: far below 65,535.
+        out.put_u16(ids.len().min(usize::from(u16::MAX)) as u16);
+        for id in ids.iter().take(usize::from(u16::MAX)) {
+            out.put_u32(*id);
+        }
     }
 }
 
@@ -153,7 +181,7 @@ impl Reader {
     fn message(
         &mut self,
         with_delivery: bool,
-    ) -> Result<(Message, Option<(Qos, bool)>), WireError> {
+    ) -> Result<(Message, Option<ReadDelivery>), WireError> {
         let flags = self.u8()?;
         let qos = Qos::from_bits(flags & 0b11).ok_or(WireError("invalid QoS"))?;
         let delivery_qos = if with_delivery {
@@ -174,6 +202,17 @@ impl Reader {
         } else {
             None
         };
+        let publisher = if flags & FLAG_PUBLISHER != 0 {
+            Some(self.string()?.into())
+        } else {
+            None
+        };
+        let mut ids = Vec::new();
+        if flags & FLAG_SUBSCRIPTION_IDS != 0 {
+            let n = usize::from(self.u16()?);
+            self.need(n * 4)?;
+            ids = (0..n).map(|_| self.buf.get_u32()).collect();
+        }
         let message = Message {
             topic: topic.into(),
             payload,
@@ -181,10 +220,11 @@ impl Reader {
             retain: flags & FLAG_RETAIN != 0,
             properties,
             publish_id,
+            publisher,
         };
         Ok((
             message,
-            delivery_qos.map(|q| (q, flags & FLAG_DELIVERY_RETAIN != 0)),
+            delivery_qos.map(|q| (q, flags & FLAG_DELIVERY_RETAIN != 0, ids)),
         ))
     }
 
@@ -246,18 +286,19 @@ pub fn encode_delivery(delivery: &Delivery) -> Bytes {
     put_message(
         &mut out,
         &delivery.message,
-        Some((delivery.qos, delivery.retain)),
+        Some((delivery.qos, delivery.retain, &delivery.subscription_ids)),
     );
     out.freeze()
 }
 
 fn read_delivery(reader: &mut Reader) -> Result<Delivery, WireError> {
     let (message, delivery) = reader.message(true)?;
-    let (qos, retain) = delivery.ok_or(WireError("missing delivery fields"))?;
+    let (qos, retain, subscription_ids) = delivery.ok_or(WireError("missing delivery fields"))?;
     Ok(Delivery {
         message: Arc::new(message),
         qos,
         retain,
+        subscription_ids,
         queued: None,
         pin: None,
     })
@@ -356,6 +397,16 @@ mod tests {
             decode_delivery(encode_delivery(&delivery)).unwrap(),
             delivery
         );
+        // 5.0: the No Local publisher and the subscription identifiers.
+        let mut message = (*sample("t", Qos::AtLeastOnce)).clone();
+        message.publisher = Some("pub-1".into());
+        let mut delivery = Delivery::forward(Arc::new(message), Qos::AtLeastOnce);
+        delivery.subscription_ids = vec![1, 268_435_455];
+        let raw = encode_delivery(&delivery);
+        assert_eq!(decode_delivery(raw.clone()).unwrap(), delivery);
+        for cut in 1..raw.len() {
+            assert!(decode_delivery(raw.slice(..cut)).is_err(), "cut at {cut}");
+        }
         let record = encode_inflight(OutgoingStage::AwaitingPubcomp, "17-0");
         assert_eq!(
             decode_inflight(record.as_bytes()).unwrap(),

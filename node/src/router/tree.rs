@@ -15,10 +15,11 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::message::{ClientId, Qos};
+use crate::message::ClientId;
+use crate::subscription::{Matched, Subscription};
 
-/// Subscribers of one filter, with the QoS each was granted.
-type Subscribers = HashMap<ClientId, Qos>;
+/// Subscribers of one filter, with the terms each subscribed with.
+type Subscribers = HashMap<ClientId, Subscription>;
 
 #[derive(Default)]
 struct Level {
@@ -257,20 +258,25 @@ pub struct UnsubscribeOutcome {
     pub filter_gone: bool,
 }
 
-/// The clients a topic matched, each once, at the highest QoS among its
-/// matching subscriptions (MQTT-3.3.5-1).
+/// The clients a topic matched, each once, with what its matching
+/// subscriptions say together (see [`Matched`]; MQTT-3.3.5-1).
 #[derive(Default, Debug)]
 pub struct Matches {
-    best: HashMap<ClientId, Qos>,
+    best: HashMap<ClientId, Matched>,
+    /// The publishing client: its No Local subscriptions do not match.
+    publisher: Option<ClientId>,
 }
 
 impl Matches {
     fn add_all(&mut self, subscribers: &Subscribers) {
-        for (client, &qos) in subscribers {
+        for (client, subscription) in subscribers {
+            if subscription.no_local && self.publisher.as_ref() == Some(client) {
+                continue;
+            }
             self.best
                 .entry(client.clone())
-                .and_modify(|q| *q = (*q).max(qos))
-                .or_insert(qos);
+                .and_modify(|m| m.add(subscription))
+                .or_insert_with(|| Matched::of(subscription));
         }
     }
 
@@ -281,10 +287,10 @@ impl Matches {
 }
 
 impl IntoIterator for Matches {
-    type Item = (ClientId, Qos);
-    type IntoIter = std::collections::hash_map::IntoIter<ClientId, Qos>;
+    type Item = (ClientId, Matched);
+    type IntoIter = std::collections::hash_map::IntoIter<ClientId, Matched>;
 
-    /// (client, granted QoS) pairs, one per client.
+    /// (client, what its subscriptions say) pairs, one per client.
     fn into_iter(self) -> Self::IntoIter {
         self.best.into_iter()
     }
@@ -298,12 +304,17 @@ pub struct SubscriptionTree {
 }
 
 impl SubscriptionTree {
-    /// Adds or updates (`filter`, `client`) with `qos`.
+    /// Adds or updates (`filter`, `client`) with `subscription`.
     /// The filter must be valid ([`super::topic::is_valid_filter`]).
-    pub fn subscribe(&mut self, filter: &str, client: &ClientId, qos: Qos) -> SubscribeOutcome {
+    pub fn subscribe(
+        &mut self,
+        filter: &str,
+        client: &ClientId,
+        subscription: Subscription,
+    ) -> SubscribeOutcome {
         let subscribers = self.root.subscribers_mut(filter);
         let new_filter = subscribers.is_empty();
-        let new_subscription = subscribers.insert(client.clone(), qos).is_none();
+        let new_subscription = subscribers.insert(client.clone(), subscription).is_none();
         if new_subscription {
             self.count += 1;
         }
@@ -348,12 +359,17 @@ impl SubscriptionTree {
         out
     }
 
-    /// Every client with a subscription matching `topic`.
+    /// Every client with a subscription matching `topic`, published by
+    /// `publisher` (whose No Local subscriptions do not match; `None` for
+    /// messages no client published here).
     /// Topics starting with `$` are not matched by filters starting with a
     /// wildcard (MQTT-4.7.2-1).
-    pub fn matches(&self, topic: &str) -> Matches {
+    pub fn matches(&self, topic: &str, publisher: Option<&ClientId>) -> Matches {
         let levels: Vec<&str> = topic.split('/').collect();
-        let mut out = Matches::default();
+        let mut out = Matches {
+            best: HashMap::new(),
+            publisher: publisher.cloned(),
+        };
         self.root.collect(&levels, topic.starts_with('$'), &mut out);
         out
     }

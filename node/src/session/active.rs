@@ -21,7 +21,7 @@ use crate::broker::Broker;
 use crate::connection::{Connection, ConnectionError, Input};
 use crate::limits::queue::queued_size;
 use crate::message::unix_millis;
-use crate::message::{ClientId, Delivery, Qos, QueueId};
+use crate::message::{ClientId, Delivery, QueueId};
 use crate::protocol::codec::{
     encode_ack, encode_ack_v5, encode_connack, encode_connack_v5, encode_disconnect_v5,
     encode_pingresp, encode_publish, encode_unsuback_v5, Ack, ConnackV5, DisconnectPacket,
@@ -33,6 +33,7 @@ use crate::registry::{Kick, SessionHandle};
 use crate::session_state::{IncomingQos2, OutgoingInflight, OutgoingStage, Progress, SessionState};
 use crate::stats::Stats;
 use crate::store::{SessionClaim, SessionOwner};
+use crate::subscription::Subscription;
 
 /// When a resumed session looks once more for messages queued by the
 /// node that owned it before, and looks again after the old owner's grace
@@ -222,8 +223,12 @@ pub struct ActiveSession {
     /// The CONNECT's user name (ACL checks); `None` when anonymous.
     pub(super) user: Option<Box<str>>,
     pub(super) handle: SessionHandle,
-    /// Filter → granted QoS, kept to park or undo on disconnect.
-    pub(super) subscriptions: HashMap<String, Qos>,
+    /// Filter → what the client subscribed with, kept to park or undo on
+    /// disconnect.
+    pub(super) subscriptions: HashMap<String, Subscription>,
+    /// True when one of them is 5.0 No Local: this client's publishes then
+    /// carry its id, so no node sends them back to it.
+    pub(super) has_no_local: bool,
     pub(super) window: OutgoingWindow,
     /// Incoming QoS 2 ids between PUBLISH and PUBREL.
     pub(super) incoming_qos2: HashMap<u16, IncomingQos2>,
@@ -322,6 +327,7 @@ impl ActiveSession {
             user: setup.user.map(String::into_boxed_str),
             handle: setup.handle,
             subscriptions: HashMap::new(),
+            has_no_local: false,
             incoming_qos2: HashMap::new(),
             pending: VecDeque::new(),
             owed: OwedAcks::default(),
@@ -370,7 +376,7 @@ impl ActiveSession {
                 .then(|| self.client_id.to_string()),
             topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
             wildcard_subscription_available: true,
-            subscription_identifiers_available: false,
+            subscription_identifiers_available: true,
             shared_subscription_available: false,
             server_keep_alive: greeting.server_keep_alive,
             ..ConnackV5::default()
@@ -385,10 +391,13 @@ impl ActiveSession {
     async fn resume(&mut self, mut state: SessionState) {
         self.drop_denied_subscriptions(&mut state.subscriptions)
             .await;
-        for (filter, qos) in &state.subscriptions {
-            self.broker.subscribe(&self.client_id, filter, *qos).await;
+        for (filter, subscription) in &state.subscriptions {
+            self.broker
+                .subscribe(&self.client_id, filter, *subscription)
+                .await;
         }
         self.subscriptions = state.subscriptions;
+        self.refresh_no_local();
         self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
         if let Some(cluster) = &self.broker.cluster() {
             let resent = state.outgoing.len() + state.pending.len();
@@ -426,10 +435,9 @@ impl ActiveSession {
                             packet_id: Some(entry.packet_id),
                             dup: true,
                             retain: d.retain,
-                            v5: self
-                                .v5
-                                .as_ref()
-                                .map(|_| outgoing_properties(&d.message, &[], now_ms)),
+                            v5: self.v5.as_ref().map(|_| {
+                                outgoing_properties(&d.message, &d.subscription_ids, now_ms)
+                            }),
                             max_packet,
                         },
                     )
@@ -906,6 +914,7 @@ impl ActiveSession {
                 outgoing: self.window.take(),
                 incoming_qos2: self.incoming_qos2.drain().collect(),
                 pending: std::mem::take(&mut self.pending),
+                expiry: (expiry != NEVER_EXPIRES).then_some(expiry.as_secs() as u32),
             };
             let parked = self.broker.store().park_session(&self.owner, state).await;
             if parked.is_ok() && end != End::Released && expiry != NEVER_EXPIRES {

@@ -308,6 +308,7 @@ async fn establish(
         client_id: client_id.clone(),
         clean_start: connect.clean_session,
         persistent: terms.persistent,
+        expiry: terms.expiry,
         will: will.as_ref().map(|w| w.message.clone()),
     };
     let claim = match broker.store().claim_session(&request).await {
@@ -368,15 +369,23 @@ struct SessionTerms {
     /// Kept when the connection ends (3.1.1: clean session 0; 5.0: a
     /// session expiry interval above 0).
     persistent: bool,
+    /// 5.0: seconds it is kept after its connection ends; `None`: until
+    /// claimed (3.1.1, or 0xFFFFFFFF).
+    expiry: Option<u32>,
 }
 
 impl SessionTerms {
     fn of(connect: &ConnectPacket) -> SessionTerms {
-        let persistent = match &connect.v5 {
-            Some(v5) => v5.session_expiry_interval > 0,
-            None => !connect.clean_session,
-        };
-        SessionTerms { persistent }
+        match &connect.v5 {
+            Some(v5) => SessionTerms {
+                persistent: v5.session_expiry_interval > 0,
+                expiry: Some(v5.session_expiry_interval).filter(|&secs| secs != u32::MAX),
+            },
+            None => SessionTerms {
+                persistent: !connect.clean_session,
+                expiry: None,
+            },
+        }
     }
 }
 

@@ -24,6 +24,7 @@ use crate::protocol::codec::{
 use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
 use crate::session_state::IncomingQos2;
 use crate::stats::{AclDenial, LimitReason};
+use crate::subscription::{Matched, Subscription};
 
 impl ActiveSession {
     pub(super) async fn on_publish(&mut self, mut publish: PublishPacket) -> Option<End> {
@@ -58,6 +59,9 @@ impl ActiveSession {
         }
         let mut message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain);
         message.properties = properties.filter(|p| **p != Properties::default());
+        if self.has_no_local {
+            message.publisher = Some(self.client_id.clone());
+        }
         let (ack, id) = match (publish.qos, publish.packet_id) {
             (Qos::AtMostOnce, _) => {
                 // At most once: a failed store or forward is not retried.
@@ -234,10 +238,16 @@ impl ActiveSession {
         v5: Option<Box<SubscribeV5>>,
     ) {
         let mut granted = Vec::with_capacity(filters.len());
-        let mut accepted: Vec<(String, Qos)> = Vec::with_capacity(filters.len());
-        let mut retained_for: Vec<(String, Qos)> = Vec::with_capacity(filters.len());
+        let mut accepted: Vec<(String, Subscription)> = Vec::with_capacity(filters.len());
+        let mut retained_for: Vec<(String, Subscription)> = Vec::with_capacity(filters.len());
         for (index, (filter, requested)) in filters.into_iter().enumerate() {
             let options = v5.as_ref().and_then(|v5| v5.options.get(index));
+            let subscription = Subscription {
+                qos: requested,
+                no_local: options.is_some_and(|o| o.no_local),
+                retain_as_published: options.is_some_and(|o| o.retain_as_published),
+                id: v5.as_ref().and_then(|v5| v5.subscription_id),
+            };
             if let Some(code) = self.unserved_v5(&filter, v5.as_deref()) {
                 granted.push(Err(code));
                 continue;
@@ -258,9 +268,9 @@ impl ActiveSession {
             }
             let existed = self.subscriptions.contains_key(&filter);
             self.broker
-                .subscribe(&self.client_id, &filter, requested)
+                .subscribe(&self.client_id, &filter, subscription)
                 .await;
-            self.subscriptions.insert(filter.clone(), requested);
+            self.subscriptions.insert(filter.clone(), subscription);
             granted.push(Ok(requested));
             // 5.0 Retain Handling: 0 always, 1 only for a new
             // subscription, 2 never (5.0 §3.8.3.1).
@@ -270,10 +280,11 @@ impl ActiveSession {
                 Some(RetainHandling::NoAtSubscribe) => false,
             };
             if send_retained {
-                retained_for.push((filter.clone(), requested));
+                retained_for.push((filter.clone(), subscription));
             }
-            accepted.push((filter, requested));
+            accepted.push((filter, subscription));
         }
+        self.refresh_no_local();
         self.persist_subscriptions(&accepted, &[]).await;
         if let Err(error) = self.encode_suback(packet_id, &granted) {
             tracing::warn!(%error, "SUBACK not encoded");
@@ -282,15 +293,17 @@ impl ActiveSession {
     }
 
     /// What a 5.0 SUBSCRIBE asks that the node does not serve yet (and says
-    /// so in its CONNACK): shared subscriptions (0x9E) and subscription
-    /// identifiers (0xA1).
+    /// so in its CONNACK): shared subscriptions (0x9E).
     fn unserved_v5(&self, filter: &str, v5: Option<&SubscribeV5>) -> Option<u8> {
-        let v5 = v5?;
-        if filter.starts_with("$share/") {
-            return Some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED);
-        }
-        v5.subscription_id
-            .map(|_| reason::SUBSCRIPTION_IDS_NOT_SUPPORTED)
+        v5?;
+        filter
+            .starts_with("$share/")
+            .then_some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+    }
+
+    /// Notes whether any subscription is No Local (see `has_no_local`).
+    pub(super) fn refresh_no_local(&mut self) {
+        self.has_no_local = self.subscriptions.values().any(|s| s.no_local);
     }
 
     /// Appends a SUBACK: per filter the granted QoS or, refused, 3.1.1's
@@ -362,6 +375,7 @@ impl ActiveSession {
         for filter in &filters {
             self.subscriptions.remove(filter);
         }
+        self.refresh_no_local();
         self.persist_subscriptions(&[], &filters).await;
         codes
     }
@@ -369,7 +383,10 @@ impl ActiveSession {
     /// Removes from a resumed session's subscriptions those the ACL now
     /// denies (the rules may have changed since they were granted, here or
     /// on another node): out of the subscription tree and the store.
-    pub(super) async fn drop_denied_subscriptions(&self, subscriptions: &mut HashMap<String, Qos>) {
+    pub(super) async fn drop_denied_subscriptions(
+        &self,
+        subscriptions: &mut HashMap<String, Subscription>,
+    ) {
         if self.broker.acl().is_none() {
             return;
         }
@@ -399,7 +416,7 @@ impl ActiveSession {
 
     /// Writes subscription changes of a persistent session through to the
     /// store, so they outlive this node.
-    async fn persist_subscriptions(&self, added: &[(String, Qos)], removed: &[String]) {
+    async fn persist_subscriptions(&self, added: &[(String, Subscription)], removed: &[String]) {
         if self.clean_session {
             return;
         }
@@ -413,8 +430,9 @@ impl ActiveSession {
     }
 
     /// Queues the retained messages matching new subscriptions, each once at
-    /// the best QoS granted among the filters that match it.
-    async fn queue_retained(&mut self, accepted: &[(String, Qos)]) {
+    /// the best QoS granted among the filters that match it, with their
+    /// subscription identifiers.
+    async fn queue_retained(&mut self, accepted: &[(String, Subscription)]) {
         if accepted.is_empty() {
             return;
         }
@@ -431,12 +449,15 @@ impl ActiveSession {
             .into_iter()
             .filter(|message| !message.is_expired(now_ms))
             .filter_map(|message| {
-                let best = accepted
+                let mut matching = accepted
                     .iter()
                     .filter(|(f, _)| filter_matches(f, &message.topic))
-                    .map(|(_, q)| *q)
-                    .max();
-                best.map(|qos| Delivery::retained(message, qos))
+                    .map(|(_, s)| s);
+                let mut matched = Matched::of(matching.next()?);
+                matching.for_each(|s| matched.add(s));
+                let mut delivery = Delivery::retained(message, matched.qos);
+                delivery.subscription_ids = matched.ids;
+                Some(delivery)
             })
             .collect();
         let deliveries = self.queue_durably(deliveries).await;

@@ -62,7 +62,7 @@ impl ActiveSession {
             // done with as if it had been (5.0 §3.1.2.11.4).
             let limit = v5.client.maximum_packet_size;
             let message = &delivery.message;
-            let props = outgoing_properties(message, &[], now_ms);
+            let props = outgoing_properties(message, &delivery.subscription_ids, now_ms);
             let size = publish_v5_len(&message.topic, message.payload.len(), delivery.qos, &props);
             if size.is_none_or(|size| size > limit) {
                 self.broker.stats().dropped(DropReason::TooLarge, 1);
@@ -91,7 +91,7 @@ impl ActiveSession {
         let v5 = self
             .v5
             .as_ref()
-            .map(|_| outgoing_properties(message, &[], now_ms));
+            .map(|_| outgoing_properties(message, &delivery.subscription_ids, now_ms));
         let publish = OutgoingPublish {
             topic: &message.topic,
             payload: &message.payload,

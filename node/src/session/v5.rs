@@ -12,8 +12,7 @@
 //! a client over the node's [`RECEIVE_MAXIMUM`] is disconnected with 0x93
 //! [3.3.4]. Not done: enhanced authentication (any Authentication Method
 //! is refused with CONNACK 0x8C), server-sent topic aliases, shared
-//! subscriptions (SUBACK 0x9E) and subscription identifiers (SUBACK 0xA1),
-//! both announced as unavailable in the CONNACK.
+//! subscriptions (SUBACK 0x9E; announced as unavailable in the CONNACK).
 
 use std::sync::Arc;
 
@@ -68,8 +67,6 @@ pub mod reason {
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
     /// SUBACK: `$share/...` filters are not served.
     pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
-    /// SUBACK: subscription identifiers are not served.
-    pub const SUBSCRIPTION_IDS_NOT_SUPPORTED: u8 = 0xA1;
 }
 
 /// The limits a 5.0 client set at CONNECT.

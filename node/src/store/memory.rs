@@ -18,6 +18,7 @@ use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::retained::memory::MemoryRetained;
 use crate::retained::{RetainOutcome, RetainedLimits};
 use crate::session_state::{Progress, SessionState};
+use crate::subscription::Subscription;
 
 /// A persistent session as the memory store holds it.
 #[derive(Debug, Default)]
@@ -133,7 +134,7 @@ impl Store for MemoryStore {
     async fn update_subscriptions(
         &self,
         _owner: &SessionOwner,
-        _added: &[(String, Qos)],
+        _added: &[(String, Subscription)],
         _removed: &[String],
     ) -> Result<(), StoreError> {
         // The connected session holds its subscriptions; parking stores them.
@@ -266,6 +267,7 @@ mod tests {
             client_id: id.clone(),
             clean_start: clean_session,
             persistent: !clean_session,
+            expiry: None,
             will: None,
         }
     }
@@ -322,7 +324,9 @@ mod tests {
         let old = owner_of(&store, &id).await;
         let new = owner_of(&store, &id).await;
         let mut stale = SessionState::default();
-        stale.subscriptions.insert("stale".into(), Qos::AtMostOnce);
+        stale
+            .subscriptions
+            .insert("stale".into(), Subscription::at(Qos::AtMostOnce));
         store.park_session(&old, stale).await.unwrap();
         store
             .park_session(&new, SessionState::default())

@@ -28,10 +28,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::message::{ClientId, Delivery, Message};
 use crate::retained::RetainOutcome;
 pub use crate::session_state::SessionOwner;
 use crate::session_state::{Progress, SessionState};
+use crate::subscription::Subscription;
 
 /// What a connecting client asks of the store.
 #[derive(Debug, Clone)]
@@ -44,6 +45,10 @@ pub struct ClaimRequest {
     /// Keep the session when the connection ends (3.1.1: clean session 0;
     /// 5.0: a session expiry interval above 0).
     pub persistent: bool,
+    /// 5.0: the Session Expiry Interval in seconds, kept with the session
+    /// so a survivor of this node's death can expire it; `None`: never
+    /// expires (3.1.1, or 0xFFFFFFFF).
+    pub expiry: Option<u32>,
     /// Kept with the session so that, if this node dies, a survivor can
     /// publish it.
     pub will: Option<Arc<Message>>,
@@ -99,7 +104,7 @@ pub trait Store: Send + Sync + 'static {
     async fn update_subscriptions(
         &self,
         owner: &SessionOwner,
-        added: &[(String, Qos)],
+        added: &[(String, Subscription)],
         removed: &[String],
     ) -> Result<(), StoreError>;
 

@@ -49,6 +49,7 @@ use crate::redis_model::{keys, value as rv, wire};
 use crate::retained::redis::{RedisRetained, RetainedError};
 use crate::retained::{RetainOutcome, RetainedLimits};
 use crate::session_state::{IncomingQos2, OutgoingInflight, Progress, SessionState};
+use crate::subscription::Subscription;
 
 impl From<redis::RedisError> for StoreError {
     fn from(error: redis::RedisError) -> StoreError {
@@ -191,17 +192,6 @@ impl RedisStore {
     }
 }
 
-fn session_keys(client_id: &str) -> [String; 6] {
-    [
-        keys::session(client_id),
-        keys::subscriptions(client_id),
-        keys::inflight(client_id),
-        keys::incoming_qos2(client_id),
-        keys::queue(client_id),
-        keys::seen(client_id),
-    ]
-}
-
 fn key_refs(keys: &[String]) -> Vec<&str> {
     keys.iter().map(String::as_str).collect()
 }
@@ -226,14 +216,7 @@ fn parse_qos2_record(raw: &[u8]) -> IncomingQos2 {
 fn previous_state(parts: &[Value]) -> Result<SessionState, StoreError> {
     let mut state = SessionState::default();
     let subs = rv::bulk_list(parts.get(3))?;
-    for pair in subs.chunks_exact(2) {
-        let filter = String::from_utf8(pair[0].to_vec())
-            .map_err(|_| StoreError::Unavailable("invalid filter in Redis".into()))?;
-        let qos = rv::parse_u64(&pair[1]).and_then(|q| Qos::from_bits(q as u8));
-        state
-            .subscriptions
-            .insert(filter, qos.unwrap_or(Qos::AtMostOnce));
-    }
+    state.subscriptions = rv::subscriptions(&subs).into_iter().collect();
     let mut inflight = std::collections::HashMap::new();
     for pair in rv::bulk_list(parts.get(4))?.chunks_exact(2) {
         let Some(packet_id) = rv::parse_u64(&pair[0]).and_then(|id| u16::try_from(id).ok()) else {
@@ -285,13 +268,19 @@ impl Store for RedisStore {
             .as_ref()
             .map(|w| wire::encode_message(w))
             .unwrap_or_default();
-        let session_keys = session_keys(client_id);
+        let session_keys = keys::session_keys(client_id);
         let mut claim = evalsha(&self.scripts.claim, &key_refs(&session_keys));
         claim
             .arg(&*self.node_id)
             .arg(if request.clean_start { "1" } else { "0" })
             .arg(will.as_ref())
-            .arg(if request.persistent { "1" } else { "0" });
+            .arg(if request.persistent { "1" } else { "0" })
+            .arg(
+                request
+                    .expiry
+                    .map(|secs| secs.to_string())
+                    .unwrap_or_default(),
+            );
         // Listed as ours first: if this node dies before the claim, the
         // survivor finds the id, sees another owner, and leaves it be.
         let mut pipe = redis::pipe();
@@ -323,15 +312,15 @@ impl Store for RedisStore {
     async fn update_subscriptions(
         &self,
         owner: &SessionOwner,
-        added: &[(String, Qos)],
+        added: &[(String, Subscription)],
         removed: &[String],
     ) -> Result<(), StoreError> {
         let session = keys::session(&owner.client_id);
         let subs = keys::subscriptions(&owner.client_id);
         let mut cmd = evalsha(&self.scripts.update_subscriptions, &[&session, &subs]);
         cmd.arg(owner.epoch).arg(added.len());
-        for (filter, qos) in added {
-            cmd.arg(filter).arg(qos.as_u8());
+        for (filter, subscription) in added {
+            cmd.arg(filter).arg(subscription.to_record());
         }
         for filter in removed {
             cmd.arg(filter);
@@ -412,13 +401,11 @@ impl Store for RedisStore {
         owner: &SessionOwner,
         state: SessionState,
     ) -> Result<(), StoreError> {
-        let session = keys::session(&owner.client_id);
-        let subs = keys::subscriptions(&owner.client_id);
-        let inflight = keys::inflight(&owner.client_id);
-        let mut cmd = evalsha(&self.scripts.park, &[&session, &subs, &inflight]);
+        let session_keys = keys::session_keys(&owner.client_id);
+        let mut cmd = evalsha(&self.scripts.park, &key_refs(&session_keys));
         cmd.arg(owner.epoch).arg(state.subscriptions.len());
-        for (filter, qos) in &state.subscriptions {
-            cmd.arg(filter).arg(qos.as_u8());
+        for (filter, subscription) in &state.subscriptions {
+            cmd.arg(filter).arg(subscription.to_record());
         }
         // Queued deliveries are in Redis already; the packet ids of QoS 1
         // messages in flight are kept so a resume re-sends them with
@@ -435,6 +422,12 @@ impl Store for RedisStore {
         for (packet_id, record) in &in_flight {
             cmd.arg(*packet_id).arg(record);
         }
+        cmd.arg(
+            state
+                .expiry
+                .map(|secs| secs.to_string())
+                .unwrap_or_default(),
+        );
         let mut con = self.con();
         let parked = query_cmd::<i64>(&self.scripts, &mut con, &cmd);
         if self.metrics.timed(RedisOp::Park, parked).await? == 0 {
@@ -444,7 +437,7 @@ impl Store for RedisStore {
     }
 
     async fn discard_session(&self, owner: &SessionOwner) -> Result<bool, StoreError> {
-        let session_keys = session_keys(&owner.client_id);
+        let session_keys = keys::session_keys(&owner.client_id);
         let mut discard = evalsha(&self.scripts.discard, &key_refs(&session_keys));
         discard.arg(owner.epoch);
         let mut pipe = redis::pipe();

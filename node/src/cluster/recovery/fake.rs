@@ -10,13 +10,15 @@ use async_trait::async_trait;
 
 use super::lock::LOCK_RENEW_EVERY;
 use super::store::{
-    ClientList, InboxEntry, NodeCleanup, RecoveryStore, SessionRecord, StoreResult, UnreadPage,
-    UnreadStream,
+    Adopted, ClientList, InboxEntry, NodeCleanup, RecoveryStore, SessionRecord, StoreResult,
+    UnreadPage, UnreadStream,
 };
 use crate::cluster::bus::QueueTarget;
 use crate::cluster::LocalNode;
-use crate::message::{ClientId, Delivery, Message, Qos};
+use crate::message::{ClientId, Delivery, Message};
+use crate::session_state::SessionOwner;
 use crate::store::{QueueOutcome, StoreError};
+use crate::subscription::Subscription;
 
 /// One thing asked of a fake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +36,8 @@ pub enum Call {
     ReadEntries { from: String, count: usize },
     Forget(String, NodeCleanup),
     // The local node:
-    AdoptedOffline(String, Vec<(String, Qos)>),
+    AdoptedOffline(String, Vec<(String, Subscription)>),
+    ExpiresAfter(String, u64, Duration),
     WillPublished(String),
     Queued(String, String),
     Drained(String),
@@ -71,7 +74,10 @@ pub struct FakeSession {
     pub persistent: bool,
     pub connected: bool,
     pub will: Option<Message>,
-    pub subscriptions: Vec<(String, Qos)>,
+    pub subscriptions: Vec<(String, Subscription)>,
+    pub epoch: u64,
+    /// 5.0: how long until it expires once adopted.
+    pub expiry: Option<Duration>,
 }
 
 /// What the fake Redis holds.
@@ -226,30 +232,35 @@ impl RecoveryStore for FakeStore {
             .collect())
     }
 
-    async fn subscriptions(&self, client_id: &str) -> StoreResult<Vec<(String, Qos)>> {
+    async fn subscriptions(&self, client_id: &str) -> StoreResult<Vec<(String, Subscription)>> {
         let redis = self.redis();
         let session = redis.sessions.get(client_id);
         Ok(session.map(|s| s.subscriptions.clone()).unwrap_or_default())
     }
 
-    async fn adopt(&self, client_id: &str, from: &str, to: &str) -> StoreResult<bool> {
+    async fn adopt(&self, client_id: &str, from: &str, to: &str) -> StoreResult<Option<Adopted>> {
         self.record(Call::Adopt(client_id.into())).await;
         let mut redis = self.redis();
         let Some(session) = redis.sessions.get_mut(client_id) else {
-            return Ok(false);
+            return Ok(None);
         };
         if session.owner.as_deref() != Some(from) {
-            return Ok(false);
+            return Ok(None);
         }
         session.owner = Some(to.into());
         session.connected = false;
         session.will = None;
+        session.epoch += 1;
+        let adopted = Adopted {
+            epoch: session.epoch,
+            expires_in: session.expiry,
+        };
         redis
             .clients
             .entry(to.into())
             .or_default()
             .insert(client_id.into());
-        Ok(true)
+        Ok(Some(adopted))
     }
 
     async fn delete_session(&self, client_id: &str) -> StoreResult<()> {
@@ -364,9 +375,18 @@ impl LocalNode for FakeNode {
             .push(Call::WillPublished(will.topic.to_string()));
     }
 
-    async fn adopt_offline_session(&self, client_id: &ClientId, subscriptions: Vec<(String, Qos)>) {
+    async fn adopt_offline_session(
+        &self,
+        client_id: &ClientId,
+        subscriptions: Vec<(String, Subscription)>,
+    ) {
         lock(&self.filters).extend(subscriptions.iter().map(|(f, _)| f.clone()));
         let call = Call::AdoptedOffline(client_id.to_string(), subscriptions);
+        self.journal.push(call);
+    }
+
+    fn expire_session_after(&self, owner: SessionOwner, after: Duration) {
+        let call = Call::ExpiresAfter(owner.client_id.to_string(), owner.epoch, after);
         self.journal.push(call);
     }
 

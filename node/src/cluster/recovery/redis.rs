@@ -10,15 +10,15 @@ use redis::aio::ConnectionManager;
 use redis::Value;
 
 use super::store::{
-    ClientList, InboxEntry, NodeCleanup, RecoveryStore, SessionRecord, StoreResult, UnreadPage,
-    UnreadStream,
+    Adopted, ClientList, InboxEntry, NodeCleanup, RecoveryStore, SessionRecord, StoreResult,
+    UnreadPage, UnreadStream,
 };
 use crate::cluster::{liveness, routes, Cluster};
-use crate::message::Qos;
 use crate::redis_model::inbox::{send_drain, FIELD_MESSAGES};
 use crate::redis_model::scripts::{evalsha, query_cmd};
 use crate::redis_model::value::{self as rv, StreamEntry};
 use crate::redis_model::{keys, wire};
+use crate::subscription::Subscription;
 
 /// Recovery's Redis, through the cluster's shared connection.
 pub struct RedisRecoveryStore {
@@ -136,36 +136,38 @@ impl RecoveryStore for RedisRecoveryStore {
         Ok(out)
     }
 
-    async fn subscriptions(&self, client_id: &str) -> StoreResult<Vec<(String, Qos)>> {
+    async fn subscriptions(&self, client_id: &str) -> StoreResult<Vec<(String, Subscription)>> {
         let subs: Value = redis::cmd("HGETALL")
             .arg(keys::subscriptions(client_id))
             .query_async(&mut self.con())
             .await?;
         let flat = rv::bulk_list(Some(&subs))?;
-        Ok(flat
-            .chunks_exact(2)
-            .map(|pair| {
-                let filter = String::from_utf8_lossy(&pair[0]).into_owned();
-                let qos = rv::parse_u64(&pair[1]).and_then(|q| Qos::from_bits(q as u8));
-                (filter, qos.unwrap_or(Qos::AtMostOnce))
-            })
-            .collect())
+        Ok(rv::subscriptions(&flat))
     }
 
-    async fn adopt(&self, client_id: &str, from: &str, to: &str) -> StoreResult<bool> {
-        let session = keys::session(client_id);
-        let mut take = evalsha(&self.cluster.scripts.adopt, &[&session]);
+    async fn adopt(&self, client_id: &str, from: &str, to: &str) -> StoreResult<Option<Adopted>> {
+        let session_keys = keys::session_keys(client_id);
+        let key_refs: Vec<&str> = session_keys.iter().map(String::as_str).collect();
+        let mut take = evalsha(&self.cluster.scripts.adopt, &key_refs);
         take.arg(from).arg(to);
-        if self.script(&take).await? == 0 {
-            return Ok(false);
-        }
+        let reply: Value = query_cmd(&self.cluster.scripts, &mut self.con(), &take).await?;
+        // 0: not the dead node's any more; else {epoch, ms left or -1}.
+        let Value::Array(parts) = reply else {
+            return Ok(None);
+        };
+        let epoch = parts.first().and_then(rv::int).unwrap_or(0) as u64;
+        let left = parts.get(1).and_then(rv::int).unwrap_or(-1);
+        let adopted = Adopted {
+            epoch,
+            expires_in: u64::try_from(left).ok().map(Duration::from_millis),
+        };
         self.run(
             redis::cmd("SADD")
                 .arg(keys::node_clients(to))
                 .arg(client_id),
         )
         .await?;
-        Ok(true)
+        Ok(Some(adopted))
     }
 
     async fn delete_session(&self, client_id: &str) -> StoreResult<()> {

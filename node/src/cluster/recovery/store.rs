@@ -26,8 +26,19 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::message::{ClientId, Message, Qos};
+use crate::message::{ClientId, Message};
 use crate::redis_model::value::UnexpectedReply;
+use crate::subscription::Subscription;
+
+/// A dead node's session, now this node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// The session's epoch under its new owner.
+    pub epoch: u64,
+    /// 5.0: how long until the session expires (its client left at the
+    /// latest when its node died); `None`: never.
+    pub expires_in: Option<Duration>,
+}
 
 /// Why a store call failed.
 #[derive(Debug, thiserror::Error)]
@@ -152,11 +163,11 @@ pub trait RecoveryStore: Send + Sync + 'static {
     async fn sessions_of(&self, node: &str) -> StoreResult<Vec<SessionRecord>>;
 
     /// A persistent session's subscriptions; an unreadable QoS reads as 0.
-    async fn subscriptions(&self, client_id: &str) -> StoreResult<Vec<(String, Qos)>>;
+    async fn subscriptions(&self, client_id: &str) -> StoreResult<Vec<(String, Subscription)>>;
 
     /// Makes `to` the owner of `client_id`'s offline session (new epoch,
-    /// listed as `to`'s) if `from` still owns it; false when it does not.
-    async fn adopt(&self, client_id: &str, from: &str, to: &str) -> StoreResult<bool>;
+    /// listed as `to`'s) if `from` still owns it; `None` when it does not.
+    async fn adopt(&self, client_id: &str, from: &str, to: &str) -> StoreResult<Option<Adopted>>;
 
     /// Deletes a session and all it holds.
     async fn delete_session(&self, client_id: &str) -> StoreResult<()>;

@@ -13,6 +13,7 @@ use super::{Recovery, RecoveryError};
 use crate::message::{ClientId, Message};
 use crate::redis_model::value as rv;
 use crate::router::SubscriptionTree;
+use crate::session_state::SessionOwner;
 
 /// A session of the node taken over, as recovery sees it.
 #[derive(Debug)]
@@ -102,8 +103,8 @@ impl Recovery {
     ) -> Result<bool, RecoveryError> {
         match (session.persistent, session.moved_to) {
             (true, Some(_)) => {
-                for (filter, qos) in self.store.subscriptions(&session.client_id).await? {
-                    adopted.subscribe(&filter, &session.client_id, qos);
+                for (filter, subscription) in self.store.subscriptions(&session.client_id).await? {
+                    adopted.subscribe(&filter, &session.client_id, subscription);
                 }
                 Ok(false)
             }
@@ -125,15 +126,22 @@ impl Recovery {
         adopted: &mut SubscriptionTree,
     ) -> Result<bool, RecoveryError> {
         let filters = self.store.subscriptions(client_id).await?;
-        for (filter, qos) in &filters {
-            adopted.subscribe(filter, client_id, *qos);
+        for (filter, subscription) in &filters {
+            adopted.subscribe(filter, client_id, *subscription);
         }
-        if !self.store.adopt(client_id, node, &self.me).await? {
+        let Some(adopted) = self.store.adopt(client_id, node, &self.me).await? else {
             // Claimed by its client on another node meanwhile: that node
             // owns it; only what the dead inbox holds for it is queued.
             return Ok(false);
-        }
+        };
         self.node.adopt_offline_session(client_id, filters).await;
+        if let Some(after) = adopted.expires_in {
+            let owner = SessionOwner {
+                client_id: client_id.clone(),
+                epoch: adopted.epoch,
+            };
+            self.node.expire_session_after(owner, after);
+        }
         Ok(true)
     }
 

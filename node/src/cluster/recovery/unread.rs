@@ -134,8 +134,8 @@ fn first_page(stream: UnreadStream, from: &str) -> UnreadPage {
 fn deliveries_for(entries: &[InboxEntry], adopted: &SubscriptionTree) -> Vec<(ClientId, Delivery)> {
     let mut out = Vec::new();
     for message in entries.iter().flat_map(|entry| &entry.messages) {
-        for (client_id, granted) in adopted.matches(&message.topic) {
-            out.push((client_id, Delivery::forward(message.clone(), granted)));
+        for (client_id, matched) in adopted.matches(&message.topic, message.publisher.as_ref()) {
+            out.push((client_id, matched.deliver(message.clone())));
         }
     }
     out

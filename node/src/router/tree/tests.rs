@@ -2,6 +2,7 @@
 //! depth far beyond any stack.
 
 use super::*;
+use crate::message::Qos;
 use crate::router::topic::filter_matches;
 
 fn id(s: &str) -> ClientId {
@@ -10,9 +11,9 @@ fn id(s: &str) -> ClientId {
 
 fn matched(tree: &SubscriptionTree, topic: &str) -> Vec<(String, Qos)> {
     let mut v: Vec<_> = tree
-        .matches(topic)
+        .matches(topic, None)
         .into_iter()
-        .map(|(c, q)| (c.to_string(), q))
+        .map(|(c, m)| (c.to_string(), m.qos))
         .collect();
     v.sort();
     v
@@ -21,9 +22,9 @@ fn matched(tree: &SubscriptionTree, topic: &str) -> Vec<(String, Qos)> {
 #[test]
 fn overlapping_subscriptions_give_one_match_at_highest_qos() {
     let mut tree = SubscriptionTree::default();
-    tree.subscribe("a/#", &id("c1"), Qos::AtLeastOnce);
-    tree.subscribe("a/b", &id("c1"), Qos::ExactlyOnce);
-    tree.subscribe("a/+", &id("c1"), Qos::AtMostOnce);
+    tree.subscribe("a/#", &id("c1"), Subscription::at(Qos::AtLeastOnce));
+    tree.subscribe("a/b", &id("c1"), Subscription::at(Qos::ExactlyOnce));
+    tree.subscribe("a/+", &id("c1"), Subscription::at(Qos::AtMostOnce));
     assert_eq!(matched(&tree, "a/b"), vec![("c1".into(), Qos::ExactlyOnce)]);
     assert_eq!(tree.len(), 3);
 }
@@ -31,10 +32,17 @@ fn overlapping_subscriptions_give_one_match_at_highest_qos() {
 #[test]
 fn filter_changes_are_reported_and_listed() {
     let mut tree = SubscriptionTree::default();
-    assert!(tree.subscribe("a/#", &id("c1"), Qos::AtMostOnce).new_filter);
-    assert!(!tree.subscribe("a/#", &id("c2"), Qos::AtMostOnce).new_filter);
-    tree.subscribe("+/b", &id("c1"), Qos::AtMostOnce);
-    tree.subscribe("", &id("c1"), Qos::AtMostOnce);
+    assert!(
+        tree.subscribe("a/#", &id("c1"), Subscription::at(Qos::AtMostOnce))
+            .new_filter
+    );
+    assert!(
+        !tree
+            .subscribe("a/#", &id("c2"), Subscription::at(Qos::AtMostOnce))
+            .new_filter
+    );
+    tree.subscribe("+/b", &id("c1"), Subscription::at(Qos::AtMostOnce));
+    tree.subscribe("", &id("c1"), Subscription::at(Qos::AtMostOnce));
     let mut filters = tree.filters();
     filters.sort();
     assert_eq!(filters, vec!["", "+/b", "a/#"]);
@@ -45,9 +53,9 @@ fn filter_changes_are_reported_and_listed() {
 #[test]
 fn dollar_topics_skip_leading_wildcards() {
     let mut tree = SubscriptionTree::default();
-    tree.subscribe("#", &id("all"), Qos::AtMostOnce);
-    tree.subscribe("+/x", &id("plus"), Qos::AtMostOnce);
-    tree.subscribe("$SYS/#", &id("sys"), Qos::AtMostOnce);
+    tree.subscribe("#", &id("all"), Subscription::at(Qos::AtMostOnce));
+    tree.subscribe("+/x", &id("plus"), Subscription::at(Qos::AtMostOnce));
+    tree.subscribe("$SYS/#", &id("sys"), Subscription::at(Qos::AtMostOnce));
     assert_eq!(
         matched(&tree, "$SYS/x"),
         vec![("sys".into(), Qos::AtMostOnce)]
@@ -58,7 +66,7 @@ fn dollar_topics_skip_leading_wildcards() {
 #[test]
 fn unsubscribe_prunes_and_counts() {
     let mut tree = SubscriptionTree::default();
-    tree.subscribe("a/+/c", &id("c1"), Qos::AtMostOnce);
+    tree.subscribe("a/+/c", &id("c1"), Subscription::at(Qos::AtMostOnce));
     assert!(!tree.unsubscribe("a/+/d", "c1").removed);
     assert!(tree.unsubscribe("a/+/c", "c1").filter_gone);
     assert!(tree.is_empty());
@@ -85,7 +93,7 @@ fn tree_agrees_with_the_reference_matcher() {
     ];
     let mut tree = SubscriptionTree::default();
     for f in filters {
-        tree.subscribe(f, &id(f), Qos::AtMostOnce);
+        tree.subscribe(f, &id(f), Subscription::at(Qos::AtMostOnce));
     }
     for t in topics {
         let mut expected: Vec<String> = filters
@@ -110,11 +118,11 @@ fn a_hundred_thousand_levels_do_not_overflow_the_stack() {
     let wild = format!("{}/+/#", deep(99_998));
     let mut tree = SubscriptionTree::default();
     assert!(
-        tree.subscribe(&filter, &id("deep"), Qos::AtLeastOnce)
+        tree.subscribe(&filter, &id("deep"), Subscription::at(Qos::AtLeastOnce))
             .new_filter
     );
-    tree.subscribe(&wild, &id("wild"), Qos::AtMostOnce);
-    tree.subscribe("#", &id("all"), Qos::AtMostOnce);
+    tree.subscribe(&wild, &id("wild"), Subscription::at(Qos::AtMostOnce));
+    tree.subscribe("#", &id("all"), Subscription::at(Qos::AtMostOnce));
     assert!(tree.has_filter(&filter));
     assert_eq!(
         matched(&tree, &filter),
@@ -137,7 +145,7 @@ fn a_hundred_thousand_levels_do_not_overflow_the_stack() {
     // Only `#` is left: the deep paths were pruned.
     assert_eq!(tree.root.children.len(), 0);
     // Dropping a tree that is still deep must not recurse either.
-    tree.subscribe(&filter, &id("deep"), Qos::AtMostOnce);
+    tree.subscribe(&filter, &id("deep"), Subscription::at(Qos::AtMostOnce));
     drop(tree);
 }
 
@@ -149,11 +157,11 @@ fn a_deep_tree_runs_on_a_small_stack() {
         .spawn(|| {
             let filter = deep(20_000);
             let mut tree = SubscriptionTree::default();
-            tree.subscribe(&filter, &id("c"), Qos::AtMostOnce);
-            assert_eq!(tree.matches(&filter).into_iter().count(), 1);
+            tree.subscribe(&filter, &id("c"), Subscription::at(Qos::AtMostOnce));
+            assert_eq!(tree.matches(&filter, None).into_iter().count(), 1);
             assert_eq!(tree.filters().len(), 1);
             assert!(tree.unsubscribe(&filter, "c").removed);
-            tree.subscribe(&filter, &id("c"), Qos::AtMostOnce);
+            tree.subscribe(&filter, &id("c"), Subscription::at(Qos::AtMostOnce));
         })
         .expect("thread spawned")
         .join()
@@ -163,10 +171,10 @@ fn a_deep_tree_runs_on_a_small_stack() {
 #[test]
 fn unsubscribe_prunes_only_what_it_empties() {
     let mut tree = SubscriptionTree::default();
-    tree.subscribe("a/b/c/d", &id("c1"), Qos::AtMostOnce);
-    tree.subscribe("a/b", &id("c2"), Qos::AtMostOnce);
-    tree.subscribe("a/b/+/#", &id("c3"), Qos::AtMostOnce);
-    tree.subscribe("a/b/c/d", &id("c4"), Qos::AtMostOnce);
+    tree.subscribe("a/b/c/d", &id("c1"), Subscription::at(Qos::AtMostOnce));
+    tree.subscribe("a/b", &id("c2"), Subscription::at(Qos::AtMostOnce));
+    tree.subscribe("a/b/+/#", &id("c3"), Subscription::at(Qos::AtMostOnce));
+    tree.subscribe("a/b/c/d", &id("c4"), Subscription::at(Qos::AtMostOnce));
     assert!(!tree.unsubscribe("a/b/c/d", "c1").filter_gone);
     assert!(tree.unsubscribe("a/b/c/d", "c4").filter_gone);
     // `a/b` still holds c2 and the `+` branch.
@@ -181,7 +189,7 @@ fn unsubscribe_prunes_only_what_it_empties() {
     assert!(tree.root.is_empty());
     assert!(tree.is_empty());
     // Removing what is not there changes nothing.
-    tree.subscribe("x/y", &id("c1"), Qos::AtMostOnce);
+    tree.subscribe("x/y", &id("c1"), Subscription::at(Qos::AtMostOnce));
     assert!(!tree.unsubscribe("x/y", "c2").removed);
     assert!(!tree.unsubscribe("x/y/z", "c1").removed);
     assert!(!tree.unsubscribe("x/#", "c1").removed);
@@ -212,7 +220,7 @@ mod against_a_model {
                 let (filter, client) = (FILTERS[f], format!("c{c}"));
                 let key = (filter.to_string(), client.clone());
                 if add {
-                    let outcome = tree.subscribe(filter, &id(&client), Qos::AtMostOnce);
+                    let outcome = tree.subscribe(filter, &id(&client), Subscription::at(Qos::AtMostOnce));
                     prop_assert_eq!(outcome.new_subscription, !model.contains_key(&key));
                     model.insert(key, ());
                 } else {
@@ -245,4 +253,50 @@ mod against_a_model {
             prop_assert!(tree.root.is_empty());
         }
     }
+}
+
+#[test]
+fn no_local_skips_the_publisher_and_options_merge() {
+    use std::num::NonZeroU32;
+    let mut tree = SubscriptionTree::default();
+    let no_local = Subscription {
+        no_local: true,
+        id: NonZeroU32::new(1),
+        ..Subscription::at(Qos::AtLeastOnce)
+    };
+    tree.subscribe("a/#", &id("me"), no_local);
+    tree.subscribe("a/#", &id("other"), no_local);
+    let me = id("me");
+    let got: Vec<String> = tree
+        .matches("a/b", Some(&me))
+        .into_iter()
+        .map(|(c, _)| c.to_string())
+        .collect();
+    assert_eq!(got, ["other"], "No Local: not sent back to its publisher");
+    // Another subscription of the publisher that is not No Local matches.
+    let plain = Subscription {
+        retain_as_published: true,
+        id: NonZeroU32::new(2),
+        ..Subscription::at(Qos::AtMostOnce)
+    };
+    tree.subscribe("a/b", &me, plain);
+    let mine = tree
+        .matches("a/b", Some(&me))
+        .into_iter()
+        .find(|(c, _)| *c == me)
+        .map(|(_, m)| m)
+        .unwrap();
+    assert_eq!(
+        (mine.qos, mine.retain_as_published),
+        (Qos::AtMostOnce, true)
+    );
+    assert_eq!(mine.ids, [2]);
+    let mut all: Vec<u32> = tree
+        .matches("a/b", None)
+        .into_iter()
+        .find(|(c, _)| *c == me)
+        .map(|(_, m)| m.ids)
+        .unwrap();
+    all.sort();
+    assert_eq!(all, [1, 2]);
 }

@@ -19,7 +19,7 @@ async fn a_persistent_session_is_adopted_and_its_unread_entries_queued() {
 
     h.recovery.recover(DEAD).await.expect("recovered");
 
-    let subscriptions = vec![("a/+".to_string(), Qos::AtLeastOnce)];
+    let subscriptions = vec![("a/+".to_string(), Subscription::at(Qos::AtLeastOnce))];
     assert!(h.has(&Call::AdoptedOffline("c1".into(), subscriptions)));
     assert_eq!(h.queued(), vec![pair("c1", "a/x"), pair("c1", "a/z")]);
     assert_eq!(h.owner("c1").as_deref(), Some(ME));
@@ -31,6 +31,33 @@ async fn a_persistent_session_is_adopted_and_its_unread_entries_queued() {
     assert!(redis.locks.is_empty(), "lock released");
     assert_eq!(h.counters.redeliveries.get(), 2);
     assert_eq!(h.counters.recoveries.get(), 1);
+}
+
+#[tokio::test]
+async fn an_expiring_session_is_expired_by_its_adopter_and_others_are_not() {
+    let h = harness(Mode::Routed);
+    let expiring = FakeSession {
+        expiry: Some(Duration::from_secs(30)),
+        epoch: 4,
+        ..connected(persistent(DEAD, &["a/#"]))
+    };
+    h.session(DEAD, "expiring", expiring);
+    h.session(DEAD, "kept", persistent(DEAD, &["b/#"]));
+    h.inbox(DEAD, vec![entry("1-0", &[])]);
+
+    h.recovery.recover(DEAD).await.expect("recovered");
+
+    // Adopted under a new epoch; it ends 30 s after its node died unless
+    // its client is back by then. A session without expiry gets no timer.
+    let expires = Call::ExpiresAfter("expiring".into(), 5, Duration::from_secs(30));
+    assert!(h.has(&expires));
+    let timers = h
+        .journal
+        .calls()
+        .into_iter()
+        .filter(|c| matches!(c, Call::ExpiresAfter(..)))
+        .count();
+    assert_eq!(timers, 1);
 }
 
 #[tokio::test]

@@ -117,7 +117,7 @@ async fn sessions_kept_on_rejoin_stay_listed_for_the_next_recovery() {
     // This node dies again: a survivor must find the session it kept.
     let survivor = h.survivor("n3");
     survivor.recover(ME).await.expect("recovered");
-    let subscriptions = vec![("a/#".to_string(), Qos::AtLeastOnce)];
+    let subscriptions = vec![("a/#".to_string(), Subscription::at(Qos::AtLeastOnce))];
     assert_eq!(h.owner("kept").as_deref(), Some("n3"));
     assert!(h.has(&Call::AdoptedOffline("kept".into(), subscriptions)));
 }

@@ -18,6 +18,7 @@ use super::unread::DRAIN_PAGE;
 use super::{Recovery, RecoveryCounters, RecoveryError};
 use crate::cluster::Mode;
 use crate::message::{Message, Qos};
+use crate::subscription::Subscription;
 
 const ME: &str = "n1";
 const DEAD: &str = "n2";
@@ -110,7 +111,7 @@ fn persistent(owner: &str, filters: &[&str]) -> FakeSession {
         persistent: true,
         subscriptions: filters
             .iter()
-            .map(|f| (f.to_string(), Qos::AtLeastOnce))
+            .map(|f| (f.to_string(), Subscription::at(Qos::AtLeastOnce)))
             .collect(),
         ..FakeSession::default()
     }
