@@ -263,3 +263,114 @@ async fn a_will_with_properties_crosses_nodes() -> Result<()> {
     ensure!(got.props.users() == will_props.users(), "{got:?}");
     Ok(())
 }
+
+/// Connects `connect` through the proxy until it lands on a node other
+/// than `avoid` (round-robin: at most three tries).
+async fn elsewhere(cluster: &GossipCluster, connect: &Connect5, avoid: &str) -> Result<Client5> {
+    for _ in 0..3 {
+        let (client, node) = through_proxy(cluster, connect).await?;
+        if node != avoid {
+            return Ok(client);
+        }
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the proxy keeps sending {} to {avoid}", connect.client_id)
+}
+
+/// §3.1.2.11.2, §4.1: a session with Session Expiry Interval 2 s, left on
+/// one node, is gone after 3.5 s when the client comes back on another
+/// node: Session Present 0, and the message queued for it is not sent.
+#[tokio::test]
+async fn an_expired_session_is_gone_on_every_node() -> Result<()> {
+    let cluster = GossipCluster::start("round-robin").await?;
+    let client_id = unique_id("brief5");
+    let connect = Connect5::new(&client_id).session_expiry(2);
+    let (mut client, home) = through_proxy(&cluster, &connect).await?;
+    ensure!(client.subscribe(1, &[("ex5/#", 1)]).await?.reasons == [1]);
+    let (mut publisher, _) = through_proxy(&cluster, &Connect5::new(&unique_id("expub"))).await?;
+    await_route(&mut publisher, &mut client, "ex5/probe").await?;
+    client.disconnect().await?;
+    publisher
+        .publish(&Publish5::new("ex5/t", 1, b"too late").id(1))
+        .await?;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let resume = Connect5::new(&client_id)
+        .clean_start(false)
+        .session_expiry(2);
+    let mut back = elsewhere(&cluster, &resume, &home).await?;
+    ensure!(
+        !back.session_present(),
+        "a 2 s session was still present after 3.5 s on another node"
+    );
+    back.ping().await?;
+    back.expect_quiet(astramq_tests::QUIET).await
+}
+
+/// §3.8.2.1.2, §3.8.3.1, §3.3.2.3.3: a session resumed on another node
+/// keeps its subscription's options and identifier (a retained PUBLISH
+/// arrives with RETAIN 1 under Retain As Published and Subscription
+/// Identifier 42), and the Message Expiry Interval of a queued message
+/// counted down across nodes: one with 1 s is dropped, one with 60 s
+/// arrives with at most 58 s left.
+#[tokio::test]
+async fn a_resumed_session_keeps_subscription_options_and_expiry_on_another_node() -> Result<()> {
+    let cluster = GossipCluster::start("round-robin").await?;
+    let client_id = unique_id("opts5");
+    let connect = Connect5::new(&client_id).session_expiry(300);
+    let (mut client, home) = through_proxy(&cluster, &connect).await?;
+    let ack = client
+        .subscribe_with(
+            1,
+            &Properties::new().varint(id::SUBSCRIPTION_IDENTIFIER, 42),
+            &[("op5/#", 1 | astramq_tests::v5::sub::RETAIN_AS_PUBLISHED)],
+        )
+        .await?;
+    ensure!(ack.reasons == [1], "SUBACK {ack:?}");
+    let (mut publisher, _) = through_proxy(&cluster, &Connect5::new(&unique_id("oppub"))).await?;
+    await_route(&mut publisher, &mut client, "op5/probe").await?;
+    client.disconnect().await?;
+    let queued = [
+        ("op5/short", 1u32, false),
+        ("op5/long", 60, false),
+        ("op5/retained", 300, true),
+    ];
+    for (i, (topic, expiry, retain)) in queued.into_iter().enumerate() {
+        let mut publish = Publish5::new(topic, 1, b"m")
+            .id(i as u16 + 1)
+            .props(Properties::new().four(id::MESSAGE_EXPIRY_INTERVAL, expiry));
+        publish.retain = retain;
+        publisher.publish(&publish).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resume = Connect5::new(&client_id)
+        .clean_start(false)
+        .session_expiry(300);
+    let mut back = elsewhere(&cluster, &resume, &home).await?;
+    ensure!(back.session_present(), "the session did not resume");
+    let long = within("op5/long", next_message(&mut back)).await??;
+    let retained = within("op5/retained", next_message(&mut back)).await??;
+    ensure!(
+        long.topic == b"op5/long" && retained.topic == b"op5/retained",
+        "expected op5/long then op5/retained (op5/short expired): {long:?} {retained:?}"
+    );
+    let left = long.props.get_four(id::MESSAGE_EXPIRY_INTERVAL);
+    ensure!(
+        left.is_some_and(|s| s > 0 && s <= 58),
+        "op5/long waited 2.5 s of 60 but says {left:?}"
+    );
+    for p in [&long, &retained] {
+        ensure!(
+            p.props.subscription_ids() == [42],
+            "Subscription Identifier lost on the new node: {p:?}"
+        );
+    }
+    ensure!(
+        retained.retain,
+        "Retain As Published lost on the new node: {retained:?}"
+    );
+    publisher
+        .publish(&Publish5::new("op5/retained", 1, b"").id(9).retain())
+        .await?;
+    Ok(())
+}
