@@ -1882,3 +1882,145 @@ async fn an_imposed_default_keep_alive_is_announced_as_server_keep_alive() -> Re
     );
     Ok(())
 }
+
+/// §3.7.2.1, §4.3.3: a PUBREL for a Packet Identifier the node does not
+/// hold is answered with PUBCOMP 0x92 (Packet Identifier not found).
+#[tokio::test]
+async fn a_pubrel_for_an_unknown_id_gets_pubcomp_0x92() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let mut client = connect(&node, "stray-pubrel").await?;
+    client.send(&p5::pubrel(77)).await?;
+    match client.recv().await? {
+        Packet5::Ack(a) if a.kind == kind::PUBCOMP && a.packet_id == 77 => {
+            ensure!(a.reason == 0x92, "PUBCOMP {a:?}, expected 0x92")
+        }
+        other => bail!("expected PUBCOMP, got {other:?}"),
+    }
+    client.ping().await
+}
+
+/// §3.3.2.3.5 [MQTT-3.3.2-14]: a Response Topic must not contain
+/// wildcards; a PUBLISH whose Response Topic does gets DISCONNECT 0x82.
+#[tokio::test]
+async fn a_wildcard_response_topic_gets_disconnect_0x82() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let mut client = connect(&node, "wild-reply").await?;
+    let publish = Publish5::new("req/t", 1, b"q")
+        .id(1)
+        .props(Properties::new().text(id::RESPONSE_TOPIC, "reply/#"));
+    client.send(&publish.encode()).await?;
+    client
+        .expect_disconnect_reason(reason::PROTOCOL_ERROR)
+        .await?;
+    Ok(())
+}
+
+/// §3.2.2.3.13, §4.8.2, §3.9.3: a node that announces Shared Subscription
+/// Available 0 answers a SUBSCRIBE to `$share/...` with 0x9E (Shared
+/// Subscriptions not supported), the other filters of the SUBSCRIBE
+/// granted; one that announces them must deliver each message to one
+/// member of the group.
+#[tokio::test]
+async fn shared_subscriptions_are_refused_with_0x9e_when_announced_unavailable() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let mut client = connect(&node, "sharer").await?;
+    let available = client
+        .connack
+        .props
+        .get_byte(id::SHARED_SUBSCRIPTION_AVAILABLE);
+    let ack = client
+        .subscribe(1, &[("$share/g/sh/t", 1), ("sh/other", 1)])
+        .await?;
+    if available == Some(0) {
+        ensure!(ack.reasons == [0x9E, 1], "SUBACK {ack:?}");
+        return Ok(());
+    }
+    ensure!(
+        ack.reasons == [1, 1],
+        "shared subscriptions announced but {ack:?}"
+    );
+    let mut other = connect(&node, "sharer2").await?;
+    ensure!(other.subscribe(1, &[("$share/g/sh/t", 1)]).await?.reasons == [1]);
+    let mut publisher = connect(&node, "share-pub").await?;
+    for i in 1..=10u16 {
+        publisher
+            .publish(&Publish5::new("sh/t", 1, b"m").id(i))
+            .await?;
+    }
+    let mut got = 0;
+    for member in [&mut client, &mut other] {
+        while let Some(Packet5::Publish(p)) = member.recv_for(QUIET).await? {
+            member.send(&puback(p.packet_id)).await?;
+            got += 1;
+        }
+    }
+    ensure!(got == 10, "a group of two got {got} of 10 messages");
+    Ok(())
+}
+
+/// §3.3.2.3.3 [MQTT-3.3.2-5]: a message that expires while it waits behind
+/// the client's in-flight window (Receive Maximum 1, the first message not
+/// acknowledged) is not sent once the window opens; one that has not
+/// expired is.
+#[tokio::test]
+async fn a_message_expiring_behind_the_in_flight_window_is_not_sent() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let connect =
+        Connect5::new(&unique_id("narrow")).props(Properties::new().two(id::RECEIVE_MAXIMUM, 1));
+    let mut slow = Client5::connect(node.addr(), &connect).await?;
+    ensure!(slow.subscribe(1, &[("win/#", 1)]).await?.reasons == [1]);
+    let mut publisher = self::connect(&node, "win-pub").await?;
+    let sent = [
+        ("win/first", None),
+        ("win/expires", Some(1)),
+        ("win/lasts", Some(60)),
+    ];
+    for (i, (topic, expiry)) in sent.into_iter().enumerate() {
+        let mut props = Properties::new();
+        if let Some(seconds) = expiry {
+            props = props.four(id::MESSAGE_EXPIRY_INTERVAL, seconds);
+        }
+        let publish = Publish5::new(topic, 1, b"m").id(i as u16 + 1).props(props);
+        publisher.publish(&publish).await?;
+    }
+    let first = slow.recv_publish().await?;
+    ensure!(first.topic == b"win/first", "{first:?}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    slow.send(&puback(first.packet_id)).await?;
+    let next = slow.recv_publish_acked().await?;
+    ensure!(
+        next.topic == b"win/lasts",
+        "after the window opened: {next:?} (win/expires had expired)"
+    );
+    slow.ping().await?;
+    slow.expect_quiet(QUIET).await
+}
+
+/// §3.3.4 [MQTT-3.3.4-3], §3.8.2.1.2: retained messages sent because of a
+/// SUBSCRIBE carry that subscription's Subscription Identifier.
+#[tokio::test]
+async fn retained_messages_carry_the_subscription_identifier() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let mut publisher = connect(&node, "sidret-pub").await?;
+    publisher
+        .publish(&Publish5::new("sidret/t", 1, b"r").id(1).retain())
+        .await?;
+    let mut client = connect(&node, "sidret").await?;
+    let props = Properties::new().varint(id::SUBSCRIPTION_IDENTIFIER, 300);
+    ensure!(
+        client
+            .subscribe_with(1, &props, &[("sidret/#", 1)])
+            .await?
+            .reasons
+            == [1]
+    );
+    let got = client.recv_publish_acked().await?;
+    ensure!(
+        got.retain && got.props.subscription_ids() == [300],
+        "retained message {got:?}"
+    );
+    publisher
+        .publish(&Publish5::new("sidret/t", 1, b"").id(2).retain())
+        .await?;
+    Ok(())
+}

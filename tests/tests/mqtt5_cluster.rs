@@ -374,3 +374,38 @@ async fn a_resumed_session_keeps_subscription_options_and_expiry_on_another_node
         .await?;
     Ok(())
 }
+
+/// §3.1.3.2.2: a reconnect within the Will Delay Interval cancels the
+/// will even when it lands on another node than the one the client left.
+#[tokio::test]
+async fn a_reconnect_on_another_node_within_the_will_delay_cancels_the_will() -> Result<()> {
+    let cluster = GossipCluster::start("round-robin").await?;
+    let (mut sub, _) = through_proxy(&cluster, &Connect5::new(&unique_id("cwsub"))).await?;
+    ensure!(sub.subscribe(1, &[("wc5/#", 1)]).await?.reasons == [1]);
+    let client_id = unique_id("wreturn");
+    let will = Will5::new("wc5/will", b"never")
+        .with_props(Properties::new().four(id::WILL_DELAY_INTERVAL, 3));
+    let connect = Connect5::new(&client_id).session_expiry(60).will(will);
+    let (mut leaving, home) = through_proxy(&cluster, &connect).await?;
+    await_route(&mut leaving, &mut sub, "wc5/probe").await?;
+    drop(leaving);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resume = Connect5::new(&client_id)
+        .clean_start(false)
+        .session_expiry(60);
+    let mut back = elsewhere(&cluster, &resume, &home).await?;
+    ensure!(back.session_present(), "the session was not resumed");
+    let mut seen = Vec::new();
+    while let Some(packet) = sub.recv_for(Duration::from_secs(4)).await? {
+        if let Packet5::Publish(p) = packet {
+            if !p.topic_str().ends_with("/probe") {
+                seen.push(p);
+            }
+        }
+    }
+    ensure!(
+        seen.is_empty(),
+        "the cancelled will was published: {seen:?}"
+    );
+    back.ping().await
+}
