@@ -2024,3 +2024,85 @@ async fn retained_messages_carry_the_subscription_identifier() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// The reason code of the CONNACK `connect` gets, after which the node
+/// must close the connection (§3.2.2.2 [MQTT-3.2.2-7]).
+async fn refusal(node: &NodeProcess, connect: &Connect5) -> Result<u8> {
+    let mut client = Client5::handshake(node.addr(), connect).await?;
+    let code = client.connack.reason;
+    ensure!(code >= 0x80, "expected a refusal, got {:?}", client.connack);
+    client.expect_closed(TIMEOUT).await?;
+    Ok(code)
+}
+
+/// §3.2.2.2, §3.1.3.1, §3.1.3.5: refusals carry 5.0 reason codes: a client
+/// identifier over `--max-client-id-length` gets 0x85 (Client Identifier
+/// not valid), a wrong password 0x86 (Bad User Name or Password), no
+/// credentials where anonymous clients are refused 0x86 or 0x87 (Not
+/// authorized), and a session beyond `--max-sessions` 0x97 (Quota
+/// exceeded) or 0x89 (Server busy); each followed by the close.
+#[tokio::test]
+async fn connack_refusals_carry_5_0_reason_codes() -> Result<()> {
+    let short_ids = NodeProcess::start_with(&[("--max-client-id-length", "23")])?;
+    let long_id = Connect5::new("a-client-id-of-28-chars-and-more");
+    let code = refusal(&short_ids, &long_id).await?;
+    ensure!(code == 0x85, "a too-long client id got {code:#04x}");
+
+    let dir = TempDir::new("astramq-auth5")?;
+    let file = dir.join("passwords").display().to_string();
+    astramq_tests::users::add_user(&["--password-file", &file], "alice", "in wonderland")?;
+    let secured =
+        NodeProcess::start_with(&[("--allow-anonymous", "false"), ("--password-file", &file)])?;
+    let wrong = Connect5::new(&unique_id("alice")).credentials("alice", "not it");
+    let code = refusal(&secured, &wrong).await?;
+    ensure!(code == 0x86, "a wrong password got {code:#04x}");
+    let anonymous = Connect5::new(&unique_id("anon"));
+    let code = refusal(&secured, &anonymous).await?;
+    ensure!(
+        code == 0x86 || code == reason::NOT_AUTHORIZED,
+        "an anonymous client got {code:#04x}"
+    );
+    let right = Connect5::new(&unique_id("alice")).credentials("alice", "in wonderland");
+    Client5::connect(secured.addr(), &right)
+        .await?
+        .ping()
+        .await?;
+
+    let one = NodeProcess::start_with(&[("--max-sessions", "1")])?;
+    let mut first = connect(&one, "only").await?;
+    let code = refusal(&one, &Connect5::new(&unique_id("second"))).await?;
+    ensure!(
+        code == 0x97 || code == 0x89,
+        "a session beyond --max-sessions got {code:#04x}"
+    );
+    first.ping().await
+}
+
+/// §3.9.3: a filter beyond `--max-subscriptions-per-client` gets 0x97
+/// (Quota exceeded) in its SUBACK slot while the one before it is granted.
+#[tokio::test]
+async fn a_subscription_beyond_the_quota_gets_0x97() -> Result<()> {
+    let node = NodeProcess::start_with(&[("--max-subscriptions-per-client", "1")])?;
+    let mut client = connect(&node, "quota").await?;
+    let ack = client.subscribe(1, &[("q/a", 1), ("q/b", 1)]).await?;
+    ensure!(ack.reasons == [1, 0x97], "SUBACK {ack:?}");
+    Ok(())
+}
+
+/// §3.14.2.1: a node shutting down (SIGTERM) tells its 5.0 clients with
+/// DISCONNECT 0x8B (Server shutting down) before it closes them.
+#[tokio::test]
+async fn a_node_shutting_down_sends_disconnect_0x8b() -> Result<()> {
+    let mut node = NodeProcess::start()?;
+    let mut client = connect(&node, "bystander5").await?;
+    node.terminate()?;
+    let d = within_for(
+        Duration::from_secs(10),
+        "the shutdown DISCONNECT",
+        client.expect_disconnect(),
+    )
+    .await??;
+    ensure!(d.reason == 0x8B, "shutdown DISCONNECT {d:?}");
+    node.wait_for_exit(Duration::from_secs(10)).await?;
+    Ok(())
+}
