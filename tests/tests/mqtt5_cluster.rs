@@ -409,3 +409,96 @@ async fn a_reconnect_on_another_node_within_the_will_delay_cancels_the_will() ->
     );
     back.ping().await
 }
+
+/// How long a test waits for the cluster to notice a dead node and act.
+const FAILOVER: Duration = Duration::from_secs(15);
+
+/// §3.1.2.11.2, §4.1 with a node failure: a 5.0 session (expiry 300 s)
+/// offline on a node that is then killed (`kill -9`) is adopted by a
+/// survivor and resumes through the proxy (Session Present 1) with the
+/// QoS 1 messages published for it before and after the death, their
+/// properties intact.
+#[tokio::test]
+async fn a_v5_session_whose_node_died_resumes_on_a_survivor() -> Result<()> {
+    let mut cluster = GossipCluster::start("round-robin").await?;
+    let client_id = unique_id("orphan5");
+    let connect = Connect5::new(&client_id).session_expiry(300);
+    let (mut client, home) = through_proxy(&cluster, &connect).await?;
+    ensure!(client.subscribe(1, &[("kd5/#", 1)]).await?.reasons == [1]);
+    let (mut publisher, publisher_node) =
+        through_proxy(&cluster, &Connect5::new(&unique_id("kdpub"))).await?;
+    ensure!(
+        publisher_node != home,
+        "publisher and orphan both on {home}"
+    );
+    await_route(&mut publisher, &mut client, "kd5/probe").await?;
+    client.disconnect().await?;
+    let publish = |i: u16| {
+        Publish5::new(&format!("kd5/{i}"), 1, format!("kept {i}").as_bytes())
+            .id(i)
+            .props(properties())
+    };
+    publisher.publish(&publish(1)).await?;
+
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| n.id == home)
+        .context("the orphan's node is not in the cluster")?;
+    cluster.nodes[victim].process.kill()?;
+    let recovered = format!("dead node recovered node={home}");
+    within_for(FAILOVER, "a survivor to recover the dead node", async {
+        while !cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != victim && n.process.log_tail().contains(&recovered))
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await?;
+    publisher.publish(&publish(2)).await?;
+
+    let resume = Connect5::new(&client_id)
+        .clean_start(false)
+        .session_expiry(300);
+    let mut back = within_for(FAILOVER, "resuming on a survivor", async {
+        loop {
+            match Client5::handshake(cluster.proxy.addr, &resume).await {
+                Ok(client) if client.connack.reason == 0 => return Ok::<_, anyhow::Error>(client),
+                // Refused while the dead node still owns the session.
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await??;
+    ensure!(
+        back.session_present(),
+        "the session died with its node: {:?}",
+        back.connack
+    );
+    // QoS 1 is at least once: a copy the adoption re-sends is allowed (and
+    // reported), a loss or a reordering is not.
+    let mut firsts = Vec::new();
+    let mut copies = 0;
+    while firsts.len() < 2 {
+        let got = within("a message kept for the orphan", next_message(&mut back)).await??;
+        check(&got)?;
+        let topic = got.topic_str();
+        ensure!(
+            got.payload == format!("kept {}", &topic[4..]).as_bytes(),
+            "{got:?}"
+        );
+        if firsts.contains(&topic) {
+            copies += 1;
+        } else {
+            firsts.push(topic);
+        }
+    }
+    ensure!(firsts == ["kd5/1", "kd5/2"], "first deliveries {firsts:?}");
+    if copies > 0 {
+        eprintln!("note: {copies} duplicate deliveries after the adoption");
+    }
+    Ok(())
+}
