@@ -2106,3 +2106,72 @@ async fn a_node_shutting_down_sends_disconnect_0x8b() -> Result<()> {
     node.wait_for_exit(Duration::from_secs(10)).await?;
     Ok(())
 }
+
+/// paho-mqtt with MQTTv5 over WebSocket (`/mqtt`): a subscriber and a
+/// publisher; prints the User Properties and Content Type the subscriber
+/// got.
+const PAHO_WS_V5: &str = r#"
+import sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+got, subscribed = threading.Event(), threading.Event()
+seen = {}
+def client(suffix):
+    c = mqtt.Client(client_id=topic.replace("/", "-") + suffix, protocol=mqtt.MQTTv5, transport="websockets")
+    c.ws_set_options(path="/mqtt")
+    return c
+def on_message(c, u, m):
+    seen["users"] = getattr(m.properties, "UserProperty", [])
+    seen["type"] = getattr(m.properties, "ContentType", "")
+    got.set()
+sub = client("-sub")
+sub.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
+sub.on_subscribe = lambda c, u, mid, codes, p=None: subscribed.set()
+sub.on_message = on_message
+sub.connect(host, port, 30)
+sub.loop_start()
+if not subscribed.wait(10):
+    sys.exit("no SUBACK")
+pub = client("-pub")
+pub.connect(host, port, 30)
+pub.loop_start()
+props = Properties(PacketTypes.PUBLISH)
+props.UserProperty = ("a", "1")
+props.UserProperty = ("b", "2")
+props.ContentType = "text/x-ws"
+pub.publish(topic, "over ws", qos=1, properties=props)
+if not got.wait(10):
+    sys.exit("message not received")
+print(seen["type"], ",".join(k + "=" + v for k, v in seen["users"]))
+"#;
+
+/// 5.0 on the WebSocket listener (`--ws-listen`): paho-mqtt with MQTTv5
+/// over WebSocket subscribes and publishes, and the subscriber gets the
+/// Content Type and User Properties (in order) the publisher set.
+#[tokio::test]
+async fn paho_v5_over_websocket_carries_properties() -> Result<()> {
+    ensure_paho()?;
+    let node = NodeProcess::start_with(&[("--ws-listen", "127.0.0.1:0")])?;
+    let log = node.log();
+    let ws = log
+        .lines()
+        .find_map(|line| line.strip_prefix("astramq-node listening on ws://"))
+        .and_then(|addr| addr.trim().parse::<std::net::SocketAddr>().ok())
+        .with_context(|| format!("no ws:// line; output:\n{}", node.log_tail()))?;
+    let run = tokio::process::Command::new(DEBIAN_PYTHON)
+        .args(["-c", PAHO_WS_V5, "127.0.0.1", &ws.port().to_string()])
+        .arg(unique_id("ws5/t"))
+        .kill_on_drop(true)
+        .output();
+    let output = within_for(Duration::from_secs(20), "paho over WebSocket", run).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success() && stdout.trim() == "text/x-ws a=1,b=2",
+        "paho: {} {stdout} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
