@@ -58,7 +58,7 @@ async fn assert_level_refused(level: u8) -> Result<()> {
 
 /// MQTT 5.0 (level 5) is spoken: a 5.0 CONNECT (with its Property
 /// Length) gets a 5.0 CONNACK with reason 0x00 and is served. (It used to
-/// be refused with 3.1.1 code 1; tests/mqtt5.rs covers 5.0 itself.)
+/// be refused with 3.1.1 code 1; tests/mqtt5/ covers 5.0 itself.)
 #[tokio::test]
 async fn protocol_level_5_is_accepted() -> Result<()> {
     let node = NodeProcess::start()?;
@@ -68,7 +68,7 @@ async fn protocol_level_5_is_accepted() -> Result<()> {
 }
 
 /// A level past 5.0 (6) is refused with "unacceptable protocol version"
-/// (MQTT 5.0 itself is served: tests/tests/mqtt5.rs).
+/// (MQTT 5.0 itself is served: tests/tests/mqtt5/).
 #[tokio::test]
 async fn protocol_level_6_is_refused_with_code_1() -> Result<()> {
     assert_level_refused(6).await
