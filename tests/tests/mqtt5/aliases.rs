@@ -140,3 +140,29 @@ async fn server_topic_aliases_stay_within_the_client_maximum() -> Result<()> {
     }
     Ok(())
 }
+
+/// §3.3.2.3.4 [MQTT-3.3.2-7]: Topic Alias mappings last only for the
+/// Network Connection: after a reconnect (same session), an alias set on
+/// the old connection is unset, and using it with an empty topic gets
+/// DISCONNECT 0x94 or 0x82.
+#[tokio::test]
+async fn topic_aliases_do_not_outlive_the_connection() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let client_id = unique_id("forgetful");
+    let connect = Connect5::new(&client_id).session_expiry(60);
+    let mut first = Client5::connect(node.addr(), &connect).await?;
+    let set = Publish5::new("forget/t", 1, b"set")
+        .id(1)
+        .props(Properties::new().two(id::TOPIC_ALIAS, 1));
+    first.publish(&set).await?.context("no PUBACK")?;
+    first.disconnect().await?;
+    let mut second = Client5::connect(node.addr(), &connect.clean_start(false)).await?;
+    let reuse = Publish5::new("", 0, b"old alias").props(Properties::new().two(id::TOPIC_ALIAS, 1));
+    second.send(&reuse.encode()).await?;
+    let d = second.expect_disconnect().await?;
+    ensure!(
+        [reason::TOPIC_ALIAS_INVALID, reason::PROTOCOL_ERROR].contains(&d.reason),
+        "an alias from the previous connection: {d:?}"
+    );
+    Ok(())
+}

@@ -129,3 +129,60 @@ async fn the_client_receive_maximum_counts_qos_2_until_pubcomp() -> Result<()> {
     ensure!(second.topic == b"flow2/2", "{second:?}");
     Ok(())
 }
+
+/// §4.9: the node may hold a client to fewer messages in flight than the
+/// client's Receive Maximum allows (`--max-inflight 1` against Receive
+/// Maximum 5), never to more: one unacknowledged QoS 1 PUBLISH at a time.
+#[tokio::test]
+async fn the_node_in_flight_limit_applies_below_the_client_receive_maximum() -> Result<()> {
+    let node = NodeProcess::start_with(&[("--max-inflight", "1")])?;
+    let connect =
+        Connect5::new(&unique_id("roomy")).props(Properties::new().two(id::RECEIVE_MAXIMUM, 5));
+    let mut client = Client5::connect(node.addr(), &connect).await?;
+    ensure!(client.subscribe(1, &[("inf/#", 1)]).await?.reasons == [1]);
+    let mut publisher = self::connect(&node, "inf-pub").await?;
+    for i in 1..=3u16 {
+        publisher
+            .publish(&Publish5::new(&format!("inf/{i}"), 1, b"m").id(i))
+            .await?;
+    }
+    for i in 1..=3 {
+        let p = client.recv_publish().await?;
+        ensure!(p.topic_str() == format!("inf/{i}"), "{p:?}");
+        client
+            .expect_quiet(QUIET)
+            .await
+            .context("a second PUBLISH in flight with --max-inflight 1")?;
+        client.send(&puback(p.packet_id)).await?;
+    }
+    Ok(())
+}
+
+/// §3.1.2.11.4 [MQTT-3.1.2-24], [MQTT-3.1.2-25]: a retained message larger
+/// than the subscribing client's Maximum Packet Size is not sent to it; a
+/// small retained message matched by the same SUBSCRIBE is.
+#[tokio::test]
+async fn a_retained_message_over_the_client_maximum_is_not_sent() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let mut publisher = self::connect(&node, "bigret-pub").await?;
+    publisher
+        .publish(&Publish5::new("bigret/big", 1, &[b'R'; 1000]).id(1).retain())
+        .await?;
+    publisher
+        .publish(&Publish5::new("bigret/small", 1, b"ok").id(2).retain())
+        .await?;
+    let connect = Connect5::new(&unique_id("tiny"))
+        .props(Properties::new().four(id::MAXIMUM_PACKET_SIZE, 200));
+    let mut client = Client5::connect(node.addr(), &connect).await?;
+    ensure!(client.subscribe(1, &[("bigret/#", 1)]).await?.reasons == [1]);
+    let got = client.recv_publish_acked().await?;
+    ensure!(got.topic == b"bigret/small", "{got:?}");
+    client.ping().await?;
+    client.expect_quiet(QUIET).await?;
+    for (i, topic) in ["bigret/big", "bigret/small"].into_iter().enumerate() {
+        publisher
+            .publish(&Publish5::new(topic, 1, b"").id(i as u16 + 3).retain())
+            .await?;
+    }
+    Ok(())
+}
