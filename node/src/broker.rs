@@ -33,12 +33,14 @@ use crate::config::Limits;
 use crate::limits::sessions::{Held, SessionSlot, SessionSlots};
 use crate::message::{ClientId, Delivery, Message, Qos};
 use crate::registry::mailbox::Refused;
+use crate::registry::SessionHandle;
 use crate::registry::{Kick, Registry};
 use crate::retained::{RetainOutcome, RetainRefusal};
+use crate::router::shared::{self, Chosen, SharedSubscriptions};
 use crate::router::SubscriptionTree;
 use crate::stats::{DropReason, LimitReason, Stats};
 use crate::store::{QueueOutcome, SessionOwner, Store};
-use crate::subscription::Subscription;
+use crate::subscription::{Matched, Subscription};
 use astramq_shared::log_text::untrusted;
 
 /// A publish that could not be made durable; a QoS 1/2 publisher must not
@@ -57,6 +59,8 @@ pub struct Broker {
     registry: Registry,
     /// Subscriptions of this node's sessions (online and offline).
     router: RwLock<SubscriptionTree>,
+    /// Their shared subscriptions (`$share/...`; without a cluster only).
+    shared: RwLock<SharedSubscriptions>,
     /// Filters of persistent sessions this node owns while their clients
     /// are away, so they can be removed if another node claims the session.
     offline_sessions: Mutex<HashMap<ClientId, Vec<String>>>,
@@ -88,6 +92,13 @@ pub struct Broker {
     /// What clients may publish and subscribe to; `None` (no `--acl-file`):
     /// everything, and nothing is checked.
     acl: Option<AccessControl>,
+}
+
+/// A delivery of `message` to the member `chosen` for its shared group.
+fn shared_delivery(message: &Arc<Message>, chosen: Chosen) -> Delivery {
+    let mut delivery = Matched::of(&chosen.subscription).deliver(message.clone());
+    delivery.shared = Some(chosen.group);
+    delivery
 }
 
 /// How long a node goes on queueing (in Redis) for a session another node
@@ -156,6 +167,7 @@ impl Broker {
             node_id: node_id.into(),
             registry: Registry::default(),
             router: RwLock::new(SubscriptionTree::default()),
+            shared: RwLock::new(SharedSubscriptions::default()),
             offline_sessions: Mutex::new(HashMap::new()),
             session_slots: SessionSlots::new(limits.max_sessions),
             store,
@@ -249,6 +261,20 @@ impl Broker {
         self.router.write().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn shared(&self) -> RwLockReadGuard<'_, SharedSubscriptions> {
+        self.shared.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn shared_mut(&self) -> RwLockWriteGuard<'_, SharedSubscriptions> {
+        self.shared.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether shared subscriptions are served: on one node, not in a
+    /// cluster (see [`crate::router::shared`]).
+    pub fn serves_shared_subscriptions(&self) -> bool {
+        self.cluster.is_none()
+    }
+
     fn offline_sessions(&self) -> MutexGuard<'_, HashMap<ClientId, Vec<String>>> {
         self.offline_sessions
             .lock()
@@ -258,6 +284,12 @@ impl Broker {
     /// Adds or replaces a subscription; a filter new to this node is
     /// announced to the cluster before this returns.
     pub async fn subscribe(&self, client_id: &ClientId, filter: &str, subscription: Subscription) {
+        if let Ok(Some(share)) = shared::parse(filter) {
+            // Only without a cluster (sessions refuse them otherwise).
+            self.shared_mut()
+                .subscribe(filter, &share, client_id, subscription);
+            return;
+        }
         let outcome = self.router_mut().subscribe(filter, client_id, subscription);
         if let (true, Some(cluster)) = (outcome.new_filter, &self.cluster) {
             cluster.route_changed(filter, true).await;
@@ -273,9 +305,16 @@ impl Broker {
     ) {
         let gone: Vec<&str> = {
             let mut router = self.router_mut();
+            let mut shared = self.shared_mut();
             filters
                 .into_iter()
-                .filter(|f| router.unsubscribe(f, client_id).filter_gone)
+                .filter(|f| match shared::parse(f) {
+                    Ok(Some(share)) => {
+                        shared.unsubscribe(f, &share, client_id);
+                        false
+                    }
+                    _ => router.unsubscribe(f, client_id).filter_gone,
+                })
                 .collect()
         };
         if let Some(cluster) = &self.cluster {
@@ -307,9 +346,9 @@ impl Broker {
             .set(self.subscription_count() as i64);
     }
 
-    /// Number of subscriptions on this node.
+    /// Number of subscriptions on this node (shared ones included).
     pub fn subscription_count(&self) -> usize {
-        self.router().len()
+        self.router().len() + self.shared().len()
     }
 
     /// Every filter with a subscriber on this node.
@@ -566,7 +605,13 @@ impl Broker {
         let matches = self
             .router()
             .matches(&message.topic, message.publisher.as_ref());
-        if matches.is_empty() {
+        let sessions = self.registry.read();
+        let mut targets: Vec<(ClientId, Delivery)> = matches
+            .into_iter()
+            .map(|(client_id, matched)| (client_id, matched.deliver(message.clone())))
+            .collect();
+        targets.extend(self.choose_shared(message, &sessions, None));
+        if targets.is_empty() {
             self.stats.dropped(DropReason::NoSubscribers, 1);
             return routed;
         }
@@ -586,9 +631,7 @@ impl Broker {
                 .insert(id),
             None => true,
         };
-        let sessions = self.registry.read();
-        for (client_id, matched) in matches {
-            let delivery = matched.deliver(message.clone());
+        for (client_id, delivery) in targets {
             let session = sessions.get(&client_id);
             let durable = clustered
                 && delivery.qos != Qos::AtMostOnce
@@ -637,6 +680,79 @@ impl Broker {
             }
         }
         routed
+    }
+
+    /// One delivery per shared group matching `message`, to the member the
+    /// strategy picks (connected members first), never `except`.
+    fn choose_shared(
+        &self,
+        message: &Arc<Message>,
+        sessions: &HashMap<ClientId, SessionHandle>,
+        except: Option<&ClientId>,
+    ) -> Vec<(ClientId, Delivery)> {
+        let shared = self.shared();
+        if shared.is_empty() {
+            return Vec::new();
+        }
+        let connected = |c: &ClientId| sessions.contains_key(c);
+        shared
+            .choose(
+                &message.topic,
+                self.limits.shared_strategy,
+                connected,
+                except,
+            )
+            .into_iter()
+            .map(|chosen| (chosen.client_id.clone(), shared_delivery(message, chosen)))
+            .collect()
+    }
+
+    /// A member of shared groups leaves with deliveries it has not
+    /// acknowledged: each goes to another member of its group (5.0
+    /// §4.8.2). Returns those no other member could take (the group has no
+    /// other member): the leaving session keeps them.
+    pub async fn hand_back_shared(
+        &self,
+        from: &ClientId,
+        deliveries: Vec<Delivery>,
+    ) -> Vec<Delivery> {
+        let mut kept = Vec::new();
+        let mut offline = Vec::new();
+        {
+            let sessions = self.registry.read();
+            let shared = self.shared();
+            let connected = |c: &ClientId| c != from && sessions.contains_key(c);
+            let strategy = self.limits.shared_strategy;
+            for delivery in deliveries {
+                let Some(group) = delivery.shared.clone() else {
+                    kept.push(delivery);
+                    continue;
+                };
+                let Some(chosen) = shared.choose_in(&group, strategy, &connected, Some(from))
+                else {
+                    kept.push(delivery);
+                    continue;
+                };
+                let delivery = shared_delivery(&delivery.message, chosen.clone());
+                let posted = match sessions.get(&chosen.client_id) {
+                    Some(session) => session.mailbox.post(
+                        delivery,
+                        self.limits.max_queued_messages,
+                        self.limits.max_queued_bytes_per_session,
+                    ),
+                    None => Err(Refused::Closed(delivery)),
+                };
+                match posted {
+                    Ok(()) => {}
+                    Err(Refused::Closed(delivery)) => offline.push((chosen.client_id, delivery)),
+                    Err(_) => self.stats.dropped(DropReason::QueueFull, 1),
+                }
+            }
+        }
+        if !offline.is_empty() {
+            let _ = self.queue_offline(offline).await;
+        }
+        kept
     }
 
     /// Queues deliveries for offline sessions, counting what is dropped.

@@ -21,6 +21,7 @@ use crate::cluster::{ClusterOptions, Mode};
 use crate::limits::keep_alive::KeepAlivePolicy;
 use crate::limits::queue::QueueBound;
 use crate::retained::RetainedLimits;
+use crate::router::shared::Strategy;
 use crate::router::topic::TopicLimits;
 
 mod checks;
@@ -162,6 +163,10 @@ pub struct Settings {
     #[arg(long, env = "ASTRAMQ_MAX_INFLIGHT")]
     pub max_inflight: Option<usize>,
 
+    /// Which member of a shared subscription's group (`$share/{group}/{filter}`) gets each message: `round-robin`, `random` or `sticky` (the same member while it is connected) [default: round-robin].
+    #[arg(long, env = "ASTRAMQ_SHARED_SUBSCRIPTION_STRATEGY", value_enum)]
+    pub shared_subscription_strategy: Option<Strategy>,
+
     /// Messages queued per session (offline, or waiting for the in-flight window); beyond it they are dropped and counted [default: 1000].
     #[arg(long, env = "ASTRAMQ_MAX_QUEUED_MESSAGES")]
     pub max_queued_messages: Option<usize>,
@@ -283,6 +288,9 @@ impl Layered for Settings {
             heartbeat_ttl_ms: self.heartbeat_ttl_ms.or(lower.heartbeat_ttl_ms),
             max_packet_size: self.max_packet_size.or(lower.max_packet_size),
             max_inflight: self.max_inflight.or(lower.max_inflight),
+            shared_subscription_strategy: self
+                .shared_subscription_strategy
+                .or(lower.shared_subscription_strategy),
             max_queued_messages: self.max_queued_messages.or(lower.max_queued_messages),
             max_topic_length: self.max_topic_length.or(lower.max_topic_length),
             max_topic_levels: self.max_topic_levels.or(lower.max_topic_levels),
@@ -384,6 +392,8 @@ pub struct Limits {
     pub max_packet_size: usize,
     /// Outgoing QoS 1/2 window per client.
     pub max_inflight: usize,
+    /// How a shared subscription's member is picked for each message.
+    pub shared_strategy: Strategy,
     /// Queue bound per session.
     pub max_queued_messages: usize,
     /// Length and depth of topic names and filters.
@@ -434,6 +444,7 @@ impl Default for Limits {
         Limits {
             max_packet_size: 1024 * 1024,
             max_inflight: 32,
+            shared_strategy: Strategy::RoundRobin,
             max_queued_messages: 1000,
             topics: TopicLimits::default(),
             max_client_id_length: 256,
@@ -486,6 +497,9 @@ impl NodeConfig {
         let limits = Limits {
             max_packet_size: s.max_packet_size.unwrap_or(defaults.max_packet_size),
             max_inflight: s.max_inflight.unwrap_or(defaults.max_inflight),
+            shared_strategy: s
+                .shared_subscription_strategy
+                .unwrap_or(defaults.shared_strategy),
             max_queued_messages: s
                 .max_queued_messages
                 .unwrap_or(defaults.max_queued_messages),

@@ -136,6 +136,11 @@ pub struct Delivery {
     /// 5.0 Subscription Identifiers of the subscriptions it matched (sent
     /// in the PUBLISH); empty for most deliveries (no allocation).
     pub subscription_ids: Vec<u32>,
+    /// For a delivery through a shared subscription, its group
+    /// (`$share/{group}/{filter}`): handed to another member if this one
+    /// leaves before acknowledging it. Not kept in Redis (shared
+    /// subscriptions are served on one node only).
+    pub shared: Option<Arc<str>>,
     /// Where the delivery sits in its persistent session's queue in Redis
     /// (a stream entry id); the entry is deleted when the client has
     /// acknowledged it. `None` for deliveries that live only in memory
@@ -158,6 +163,7 @@ impl Delivery {
             qos,
             retain: false,
             subscription_ids: Vec::new(),
+            shared: None,
             queued: None,
             pin: None,
         }
@@ -171,6 +177,7 @@ impl Delivery {
             qos,
             retain: true,
             subscription_ids: Vec::new(),
+            shared: None,
             queued: None,
             pin: None,
         }

@@ -299,6 +299,7 @@ fn read_delivery(reader: &mut Reader) -> Result<Delivery, WireError> {
         qos,
         retain,
         subscription_ids,
+        shared: None,
         queued: None,
         pin: None,
     })

@@ -4,6 +4,7 @@
 //! clients, at which QoS" and the broker hands each delivery to a mailbox
 //! (online) or to the store's offline queue (persistent session offline).
 
+pub mod shared;
 pub mod topic;
 pub mod tree;
 

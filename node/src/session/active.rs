@@ -377,7 +377,7 @@ impl ActiveSession {
             topic_alias_maximum: TOPIC_ALIAS_MAXIMUM,
             wildcard_subscription_available: true,
             subscription_identifiers_available: true,
-            shared_subscription_available: false,
+            shared_subscription_available: self.broker.serves_shared_subscriptions(),
             server_keep_alive: greeting.server_keep_alive,
             ..ConnackV5::default()
         };
@@ -769,7 +769,9 @@ impl ActiveSession {
                 filters,
                 v5,
             } => {
-                self.on_subscribe(packet_id, filters, v5).await;
+                if let Some(end) = self.on_subscribe(packet_id, filters, v5).await {
+                    return Some(end);
+                }
                 Ok(())
             }
             Inbound::Unsubscribe { packet_id, filters } => {
@@ -788,6 +790,27 @@ impl ActiveSession {
             }
         };
         written.err().map(|e| self.protocol_error(e.to_string()))
+    }
+
+    /// Gives what this member of shared groups has not acknowledged to
+    /// other members (5.0 §4.8.2); what no other member can take stays.
+    async fn hand_back_shared(&mut self) {
+        let from_window = self.window.take_shared();
+        self.broker
+            .stats()
+            .inflight_messages
+            .sub(from_window.len() as i64);
+        let (shared, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|d| d.shared.is_some());
+        self.pending = kept.into();
+        let mut back = from_window;
+        back.extend(shared);
+        if back.is_empty() {
+            return;
+        }
+        let stay = self.broker.hand_back_shared(&self.client_id, back).await;
+        self.pending.extend(stay);
     }
 
     /// How long the session outlives its connection: zero for a clean
@@ -868,6 +891,9 @@ impl ActiveSession {
         // Deliveries posted from now on are refused and go to the store.
         let leftovers = self.handle.mailbox.close();
         self.pending.extend(leftovers);
+        if !matches!(end, End::Shutdown | End::Fenced) {
+            self.hand_back_shared().await;
+        }
         if end != End::Fenced {
             // Fenced: a survivor has queued this node's journal and inbox
             // for the session already; every other end queues what it

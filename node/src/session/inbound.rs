@@ -21,6 +21,7 @@ use crate::protocol::codec::{
     encode_suback, encode_suback_v5, Ack, EncodeError, PublishPacket, PublishProperties,
     RetainHandling, SubscribeV5,
 };
+use crate::router::shared;
 use crate::router::topic::{filter_matches, is_valid_filter, is_valid_topic_name};
 use crate::session_state::IncomingQos2;
 use crate::stats::{AclDenial, LimitReason};
@@ -231,12 +232,14 @@ impl ActiveSession {
         End::StoreUnavailable("message not written to Redis".into())
     }
 
+    /// Subscribes, answers SUBACK and queues the retained messages the new
+    /// subscriptions get; `Some` ends the session (a protocol error).
     pub(super) async fn on_subscribe(
         &mut self,
         packet_id: u16,
         filters: Vec<(String, Qos)>,
         v5: Option<Box<SubscribeV5>>,
-    ) {
+    ) -> Option<End> {
         let mut granted = Vec::with_capacity(filters.len());
         let mut accepted: Vec<(String, Subscription)> = Vec::with_capacity(filters.len());
         let mut retained_for: Vec<(String, Subscription)> = Vec::with_capacity(filters.len());
@@ -248,19 +251,34 @@ impl ActiveSession {
                 retain_as_published: options.is_some_and(|o| o.retain_as_published),
                 id: v5.as_ref().and_then(|v5| v5.subscription_id),
             };
-            if let Some(code) = self.unserved_v5(&filter, v5.as_deref()) {
-                granted.push(Err(code));
-                continue;
-            }
-            if !is_valid_filter(&filter) {
+            let share = match shared::parse(&filter) {
+                Ok(share) => share,
+                Err(_) => {
+                    granted.push(Err(reason::TOPIC_FILTER_INVALID));
+                    continue;
+                }
+            };
+            // The topics a subscription receives: a shared one's filter.
+            let topics = share.as_ref().map_or(filter.as_str(), |s| s.filter);
+            if !is_valid_filter(topics) {
                 granted.push(Err(reason::TOPIC_FILTER_INVALID));
                 continue;
+            }
+            if share.is_some() {
+                if subscription.no_local {
+                    let why = "No Local on a shared subscription".to_owned();
+                    return Some(self.protocol_error(why));
+                }
+                if !self.broker.serves_shared_subscriptions() {
+                    granted.push(Err(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED));
+                    continue;
+                }
             }
             if !self.within_limits(&filter) {
                 granted.push(Err(reason::QUOTA_EXCEEDED));
                 continue;
             }
-            if !self.allowed(Action::Subscribe, &filter) {
+            if !self.allowed(Action::Subscribe, topics) {
                 self.broker.stats().acl_denied(AclDenial::Subscribe);
                 tracing::debug!(filter = %untrusted(&filter), "SUBSCRIBE denied by the ACL");
                 granted.push(Err(reason::NOT_AUTHORIZED));
@@ -273,12 +291,14 @@ impl ActiveSession {
             self.subscriptions.insert(filter.clone(), subscription);
             granted.push(Ok(requested));
             // 5.0 Retain Handling: 0 always, 1 only for a new
-            // subscription, 2 never (5.0 §3.8.3.1).
-            let send_retained = match options.map(|o| o.retain_handling) {
-                None | Some(RetainHandling::AtSubscribe) => true,
-                Some(RetainHandling::AtSubscribeNew) => !existed,
-                Some(RetainHandling::NoAtSubscribe) => false,
-            };
+            // subscription, 2 never (5.0 §3.8.3.1); a shared subscription
+            // gets none (5.0 §4.8.2).
+            let send_retained = share.is_none()
+                && match options.map(|o| o.retain_handling) {
+                    None | Some(RetainHandling::AtSubscribe) => true,
+                    Some(RetainHandling::AtSubscribeNew) => !existed,
+                    Some(RetainHandling::NoAtSubscribe) => false,
+                };
             if send_retained {
                 retained_for.push((filter.clone(), subscription));
             }
@@ -290,15 +310,7 @@ impl ActiveSession {
             tracing::warn!(%error, "SUBACK not encoded");
         }
         self.queue_retained(&retained_for).await;
-    }
-
-    /// What a 5.0 SUBSCRIBE asks that the node does not serve yet (and says
-    /// so in its CONNACK): shared subscriptions (0x9E).
-    fn unserved_v5(&self, filter: &str, v5: Option<&SubscribeV5>) -> Option<u8> {
-        v5?;
-        filter
-            .starts_with("$share/")
-            .then_some(reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+        None
     }
 
     /// Notes whether any subscription is No Local (see `has_no_local`).

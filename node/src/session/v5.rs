@@ -11,8 +11,10 @@
 //! resolves the client's aliases up to [`TOPIC_ALIAS_MAXIMUM`] [3.3.2.3.4];
 //! a client over the node's [`RECEIVE_MAXIMUM`] is disconnected with 0x93
 //! [3.3.4]. Not done: enhanced authentication (any Authentication Method
-//! is refused with CONNACK 0x8C), server-sent topic aliases, shared
-//! subscriptions (SUBACK 0x9E; announced as unavailable in the CONNACK).
+//! is refused with CONNACK 0x8C), server-sent topic aliases, and
+//! shared subscriptions in a cluster (SUBACK 0x9E; announced as
+//! unavailable in that node's CONNACK; served without a cluster, see
+//! [`crate::router::shared`]).
 
 use std::sync::Arc;
 
@@ -65,7 +67,7 @@ pub mod reason {
     pub const QUOTA_EXCEEDED: u8 = 0x97;
     /// Payload format indicator 1 with a payload that is not UTF-8.
     pub const PAYLOAD_FORMAT_INVALID: u8 = 0x99;
-    /// SUBACK: `$share/...` filters are not served.
+    /// SUBACK: `$share/...` filters are not served (in a cluster).
     pub const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
 }
 

@@ -140,6 +140,17 @@ impl OutgoingWindow {
     pub fn take(&mut self) -> Vec<OutgoingInflight> {
         self.entries.drain(..).collect()
     }
+
+    /// Removes the messages that came through a shared subscription and
+    /// that the client has not received for sure (QoS 1 unacknowledged,
+    /// QoS 2 before PUBREC): they may go to another member of the group.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let (shared, kept): (VecDeque<_>, VecDeque<_>) = self.entries.drain(..).partition(|e| {
+            e.delivery.shared.is_some() && e.stage != OutgoingStage::AwaitingPubcomp
+        });
+        self.entries = kept;
+        shared.into_iter().map(|e| e.delivery).collect()
+    }
 }
 
 #[cfg(test)]
