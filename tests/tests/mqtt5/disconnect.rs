@@ -107,11 +107,14 @@ async fn keep_alive_timeout_closes_with_0x8d_if_anything() -> Result<()> {
     Ok(())
 }
 
-/// §3.3.4 [MQTT-3.3.4-6] and §3.8.2.1.2: a client's PUBLISH must not carry
-/// a Subscription Identifier, and a Subscription Identifier of 0 is a
-/// Protocol Error: each gets DISCONNECT 0x82.
+/// §3.3.4 [MQTT-3.3.4-6], §3.8.2.1.2, §3.8.3.1 [MQTT-3.8.3-4]: well-formed
+/// packets the standard calls Protocol Errors get DISCONNECT 0x82, not
+/// 0x81 (Malformed Packet is for what cannot be parsed, §2.4): a client
+/// PUBLISH with a Subscription Identifier, a Subscription Identifier of 0,
+/// and (where shared subscriptions are served) No Local on a shared
+/// subscription. Every case is tried and all wrong answers reported.
 #[tokio::test]
-async fn misused_subscription_identifiers_get_disconnect_0x82() -> Result<()> {
+async fn protocol_errors_in_publish_and_subscribe_get_disconnect_0x82() -> Result<()> {
     let node = NodeProcess::start()?;
     let cases = [
         (
@@ -129,6 +132,23 @@ async fn misused_subscription_identifiers_get_disconnect_0x82() -> Result<()> {
             ),
         ),
     ];
+    let shared = connect(&node, "sid-probe")
+        .await?
+        .connack
+        .props
+        .get_byte(id::SHARED_SUBSCRIPTION_AVAILABLE)
+        != Some(0);
+    let mut cases = cases.to_vec();
+    if shared {
+        cases.push((
+            "No Local on a shared subscription",
+            p5::subscribe(
+                1,
+                &Properties::new(),
+                &[("$share/g/sid/t", 1 | sub::NO_LOCAL)],
+            ),
+        ));
+    }
     let mut wrong = Vec::new();
     for (what, bytes) in cases {
         let mut client = connect(&node, "sid").await?;

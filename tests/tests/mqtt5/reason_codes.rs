@@ -118,12 +118,17 @@ async fn a_pubrel_for_an_unknown_id_gets_pubcomp_0x92() -> Result<()> {
 
 /// §3.2.2.3.13, §4.8.2, §3.9.3: a node that announces Shared Subscription
 /// Available 0 answers a SUBSCRIBE to `$share/...` with 0x9E (Shared
-/// Subscriptions not supported), the other filters of the SUBSCRIBE
-/// granted; one that announces them must deliver each message to one
-/// member of the group.
+/// Subscriptions not supported), the other filters granted. One that
+/// serves them delivers each message to exactly one member of the group,
+/// and sends no retained message when a shared subscription is made
+/// (§3.3.1.3: only a new non-shared subscription gets them).
 #[tokio::test]
-async fn shared_subscriptions_are_refused_with_0x9e_when_announced_unavailable() -> Result<()> {
+async fn shared_subscriptions_deliver_once_per_group_or_are_refused_with_0x9e() -> Result<()> {
     let node = NodeProcess::start()?;
+    let mut publisher = connect(&node, "share-pub").await?;
+    publisher
+        .publish(&Publish5::new("sh/t", 1, b"old").id(1).retain())
+        .await?;
     let mut client = connect(&node, "sharer").await?;
     let available = client
         .connack
@@ -140,22 +145,37 @@ async fn shared_subscriptions_are_refused_with_0x9e_when_announced_unavailable()
         ack.reasons == [1, 1],
         "shared subscriptions announced but {ack:?}"
     );
+    client.ping().await?;
+    client
+        .expect_quiet(QUIET)
+        .await
+        .context("a retained message sent to a new shared subscription")?;
     let mut other = connect(&node, "sharer2").await?;
     ensure!(other.subscribe(1, &[("$share/g/sh/t", 1)]).await?.reasons == [1]);
-    let mut publisher = connect(&node, "share-pub").await?;
-    for i in 1..=10u16 {
+    for i in 2..=11u16 {
         publisher
             .publish(&Publish5::new("sh/t", 1, b"m").id(i))
             .await?;
     }
-    let mut got = 0;
+    let mut got = Vec::new();
     for member in [&mut client, &mut other] {
-        while let Some(Packet5::Publish(p)) = member.recv_for(QUIET).await? {
+        let mut n = 0;
+        while let Some(packet) = member.recv_for(QUIET).await? {
+            let Packet5::Publish(p) = packet else {
+                bail!("unexpected {packet:?}")
+            };
             member.send(&puback(p.packet_id)).await?;
-            got += 1;
+            n += 1;
         }
+        got.push(n);
     }
-    ensure!(got == 10, "a group of two got {got} of 10 messages");
+    ensure!(
+        got.iter().sum::<usize>() == 10,
+        "a group of two got {got:?} of 10 messages"
+    );
+    publisher
+        .publish(&Publish5::new("sh/t", 1, b"").id(12).retain())
+        .await?;
     Ok(())
 }
 
