@@ -502,3 +502,64 @@ async fn a_v5_session_whose_node_died_resumes_on_a_survivor() -> Result<()> {
     }
     Ok(())
 }
+
+/// §3.2.2.3.13, §4.8.2: what a node in a cluster says about shared
+/// subscriptions holds: if its CONNACK announces them (absent or 1), a
+/// group with members on two nodes gets each message once; if it refuses
+/// a `$share/...` SUBSCRIBE with 0x9E, its CONNACK said 0.
+#[tokio::test]
+async fn shared_subscriptions_in_a_cluster_are_served_as_announced() -> Result<()> {
+    let cluster = GossipCluster::start("round-robin").await?;
+    let mut members = Vec::new();
+    let mut refused = Vec::new();
+    for i in 0..2 {
+        let (mut member, node) =
+            through_proxy(&cluster, &Connect5::new(&unique_id(&format!("shm{i}")))).await?;
+        let announced = member
+            .connack
+            .props
+            .get_byte(id::SHARED_SUBSCRIPTION_AVAILABLE);
+        let ack = member.subscribe(1, &[("$share/cg/csh/t", 1)]).await?;
+        match ack.reasons[..] {
+            [0x9E] => refused.push((node, announced)),
+            [1] => ensure!(
+                announced != Some(0),
+                "{node} announced no shared subscriptions but granted one"
+            ),
+            _ => anyhow::bail!("SUBACK {ack:?} on {node}"),
+        }
+        members.push(member);
+    }
+    if !refused.is_empty() {
+        ensure!(
+            refused.iter().all(|(_, announced)| *announced == Some(0)),
+            "0x9E from nodes whose CONNACK announced shared subscriptions: {refused:?}"
+        );
+        return Ok(());
+    }
+    let (mut publisher, _) = through_proxy(&cluster, &Connect5::new(&unique_id("shpub"))).await?;
+    // A probe cannot show that both members' routes reached the publisher's
+    // node (a shared group delivers it to one of them): give them a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 1..=10u16 {
+        publisher
+            .publish(&Publish5::new("csh/t", 1, b"m").id(i))
+            .await?;
+    }
+    let mut got = 0;
+    for member in &mut members {
+        while let Some(packet) = member.recv_for(Duration::from_millis(1000)).await? {
+            if let Packet5::Publish(p) = packet {
+                member
+                    .send(&astramq_tests::v5::packet::puback(p.packet_id))
+                    .await?;
+                got += 1;
+            }
+        }
+    }
+    ensure!(
+        got == 10,
+        "a group across two nodes got {got} of 10 messages"
+    );
+    Ok(())
+}
