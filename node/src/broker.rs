@@ -397,11 +397,14 @@ impl Broker {
         if self.registry.read().contains_key(&owner.client_id) {
             return;
         }
+        // In Redis its keys expire by their TTL, usually just before this
+        // runs: the discard then only takes it off this node's list.
         match self.store.discard_session(owner).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(error) => {
-                tracing::warn!(%error, client_id = %untrusted(&owner.client_id), "expired session not discarded: store unavailable");
+                tracing::warn!(%error, client_id = %untrusted(&owner.client_id), "expired session not discarded yet: store unavailable");
+                self.expire_session_after(owner.clone(), Duration::from_secs(1));
                 return;
             }
         }

@@ -88,10 +88,13 @@ if expiry == '' then left = -1 end
 return {epoch, left}
 "#;
 
-/// Forgets a clean session that ended.
+/// Forgets a clean session that ended, or an expired one (whose keys may
+/// be gone already: their TTL ran out).
 /// KEYS: session, subs, inflight, qos2, queue, seen. ARGV: epoch.
+/// Returns 1, or 0 when a newer claim holds the session.
 pub const DISCARD: &str = r#"
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch and epoch ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6])
 return 1
 "#;

@@ -192,13 +192,13 @@ impl Store for MemoryStore {
 
     async fn discard_session(&self, owner: &SessionOwner) -> Result<bool, StoreError> {
         let mut sessions = self.sessions();
-        let held = sessions
+        let newer = sessions
             .get(&owner.client_id)
-            .is_some_and(|s| s.epoch == owner.epoch);
-        if held {
+            .is_some_and(|s| s.epoch != owner.epoch);
+        if !newer {
             sessions.remove(&owner.client_id);
         }
-        Ok(held)
+        Ok(!newer)
     }
 
     async fn session_epoch(&self, client_id: &ClientId) -> Result<Option<u64>, StoreError> {

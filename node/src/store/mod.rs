@@ -142,9 +142,9 @@ pub trait Store: Send + Sync + 'static {
         state: SessionState,
     ) -> Result<(), StoreError>;
 
-    /// Forgets a session (a clean session ended, or a session expired), if
-    /// `owner` still holds it. Returns false when it does not (a newer
-    /// connection claimed the session): nothing was forgotten.
+    /// Forgets a session (a clean session ended, or a session expired) —
+    /// unless a newer claim holds it: then returns false and forgets
+    /// nothing. A session already gone counts as forgotten (true).
     async fn discard_session(&self, owner: &SessionOwner) -> Result<bool, StoreError>;
 
     /// The epoch of `client_id`'s session as the store holds it (`None`:

@@ -484,4 +484,83 @@ mod tests {
         assert!(!ack.shared_subscription_available);
         assert!(!ack.subscription_identifiers_available);
     }
+
+    mod round_trip {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn text() -> impl Strategy<Value = String> {
+            proptest::collection::vec(proptest::char::range('\u{1}', '\u{2FF}'), 0..12)
+                .prop_map(|c| c.into_iter().collect())
+        }
+
+        prop_compose! {
+            fn properties()(
+                utf8 in any::<bool>(),
+                content_type in proptest::option::of(text()),
+                response_topic in proptest::option::of(text()),
+                correlation in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+                users in proptest::collection::vec((text(), text()), 0..4),
+            ) -> Properties {
+                Properties {
+                    expires_at_ms: None,
+                    payload_is_utf8: utf8,
+                    content_type,
+                    response_topic,
+                    correlation_data: correlation.map(Bytes::from),
+                    user_properties: users,
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+            /// Whatever the properties, the codec a client uses reads back
+            /// what the node wrote, and the size check agrees with the
+            /// bytes written.
+            #[test]
+            fn any_publish_decodes_back(
+                p in properties(),
+                expiry in proptest::option::of(1u32..),
+                ids in proptest::collection::vec(1u32..=268_435_455, 0..3),
+                qos in 0u8..3,
+                payload in proptest::collection::vec(any::<u8>(), 0..64),
+            ) {
+                let qos = Qos::from_bits(qos).unwrap();
+                let v5 = PublishV5 { properties: Some(&p), expiry_secs: expiry, subscription_ids: &ids };
+                let publish = OutgoingPublish {
+                    topic: "t/1",
+                    payload: &payload,
+                    qos,
+                    packet_id: (qos != Qos::AtMostOnce).then_some(7),
+                    dup: false,
+                    retain: false,
+                    v5: Some(v5),
+                    max_packet: usize::MAX,
+                };
+                let mut out = BytesMut::new();
+                encode_publish(&mut out, &publish).unwrap();
+                prop_assert_eq!(publish_v5_len("t/1", payload.len(), qos, &v5), Some(out.len()));
+                let v5::Packet::Publish(got) = decode_back(&out) else {
+                    panic!("not a publish")
+                };
+                prop_assert_eq!(&got.payload[..], &payload[..]);
+                let got = got.properties.unwrap_or_default();
+                prop_assert_eq!(got.is_utf8_payload, p.payload_is_utf8);
+                prop_assert_eq!(got.content_type.as_deref(), p.content_type.as_deref());
+                prop_assert_eq!(got.response_topic.as_deref(), p.response_topic.as_deref());
+                prop_assert_eq!(got.correlation_data, p.correlation_data);
+                prop_assert_eq!(got.message_expiry_interval.map(|n| n.get()), expiry);
+                let users: Vec<(String, String)> = got
+                    .user_properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                prop_assert_eq!(users, p.user_properties);
+                let got_ids: Vec<u32> = got.subscription_ids.iter().map(|i| i.get()).collect();
+                prop_assert_eq!(got_ids, ids);
+            }
+        }
+    }
 }
