@@ -17,6 +17,22 @@ use astramq_tests::{unique_id, within, within_for};
 
 use proxy_harness::{active_by_backend, grown, GossipCluster};
 
+/// Redis, three nodes and a round-robin proxy. The gossip ports are picked
+/// free and then bound by the processes, so a parallel test can take one
+/// in between: such a start is retried (at most three times).
+async fn start_cluster() -> Result<GossipCluster> {
+    let mut attempt = 0;
+    loop {
+        match GossipCluster::start("round-robin").await {
+            Ok(cluster) => return Ok(cluster),
+            Err(e) if attempt < 2 && format!("{e:#}").contains("Address already in use") => {
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The properties a publisher sets, including a Message Expiry Interval.
 fn properties() -> Properties {
     Properties::new()
@@ -115,7 +131,7 @@ async fn next_message(client: &mut Client5) -> Result<Publish5> {
 /// other nodes with every property unchanged and the expiry not grown.
 #[tokio::test]
 async fn publish_properties_cross_nodes_unchanged() -> Result<()> {
-    let cluster = GossipCluster::start("round-robin").await?;
+    let cluster = start_cluster().await?;
     let mut subs = Vec::new();
     let mut used = Vec::new();
     for i in 0..2 {
@@ -156,7 +172,7 @@ async fn publish_properties_cross_nodes_unchanged() -> Result<()> {
 /// properties.
 #[tokio::test]
 async fn a_persistent_v5_session_resumes_on_another_node_with_its_queue() -> Result<()> {
-    let cluster = GossipCluster::start("round-robin").await?;
+    let cluster = start_cluster().await?;
     let client_id = unique_id("roamer5");
     let connect = Connect5::new(&client_id).session_expiry(300);
     let (mut roamer, home) = through_proxy(&cluster, &connect).await?;
@@ -214,7 +230,7 @@ async fn a_persistent_v5_session_resumes_on_another_node_with_its_queue() -> Res
 /// the old connection gets DISCONNECT 0x8E (Session taken over).
 #[tokio::test]
 async fn a_takeover_from_another_node_sends_disconnect_0x8e() -> Result<()> {
-    let cluster = GossipCluster::start("round-robin").await?;
+    let cluster = start_cluster().await?;
     let connect = Connect5::new(&unique_id("twin5")).session_expiry(60);
     let (mut old, first) = through_proxy(&cluster, &connect).await?;
     let (mut new, second) = through_proxy(&cluster, &connect).await?;
@@ -233,7 +249,7 @@ async fn a_takeover_from_another_node_sends_disconnect_0x8e() -> Result<()> {
 /// another node with them unchanged when the connection drops.
 #[tokio::test]
 async fn a_will_with_properties_crosses_nodes() -> Result<()> {
-    let cluster = GossipCluster::start("round-robin").await?;
+    let cluster = start_cluster().await?;
     let (mut sub, sub_node) = through_proxy(&cluster, &Connect5::new(&unique_id("wsub"))).await?;
     ensure!(sub.subscribe(1, &[("cw5/#", 1)]).await?.reasons == [1]);
     let will_props = Properties::new()
@@ -283,7 +299,7 @@ async fn elsewhere(cluster: &GossipCluster, connect: &Connect5, avoid: &str) -> 
 /// node: Session Present 0, and the message queued for it is not sent.
 #[tokio::test]
 async fn an_expired_session_is_gone_on_every_node() -> Result<()> {
-    let cluster = GossipCluster::start("round-robin").await?;
+    let cluster = start_cluster().await?;
     let client_id = unique_id("brief5");
     let connect = Connect5::new(&client_id).session_expiry(2);
     let (mut client, home) = through_proxy(&cluster, &connect).await?;
@@ -315,7 +331,7 @@ async fn an_expired_session_is_gone_on_every_node() -> Result<()> {
 /// arrives with at most 58 s left.
 #[tokio::test]
 async fn a_resumed_session_keeps_subscription_options_and_expiry_on_another_node() -> Result<()> {
-    let cluster = GossipCluster::start("round-robin").await?;
+    let cluster = start_cluster().await?;
     let client_id = unique_id("opts5");
     let connect = Connect5::new(&client_id).session_expiry(300);
     let (mut client, home) = through_proxy(&cluster, &connect).await?;
@@ -379,7 +395,7 @@ async fn a_resumed_session_keeps_subscription_options_and_expiry_on_another_node
 /// will even when it lands on another node than the one the client left.
 #[tokio::test]
 async fn a_reconnect_on_another_node_within_the_will_delay_cancels_the_will() -> Result<()> {
-    let cluster = GossipCluster::start("round-robin").await?;
+    let cluster = start_cluster().await?;
     let (mut sub, _) = through_proxy(&cluster, &Connect5::new(&unique_id("cwsub"))).await?;
     ensure!(sub.subscribe(1, &[("wc5/#", 1)]).await?.reasons == [1]);
     let client_id = unique_id("wreturn");
@@ -420,7 +436,7 @@ const FAILOVER: Duration = Duration::from_secs(15);
 /// properties intact.
 #[tokio::test]
 async fn a_v5_session_whose_node_died_resumes_on_a_survivor() -> Result<()> {
-    let mut cluster = GossipCluster::start("round-robin").await?;
+    let mut cluster = start_cluster().await?;
     let client_id = unique_id("orphan5");
     let connect = Connect5::new(&client_id).session_expiry(300);
     let (mut client, home) = through_proxy(&cluster, &connect).await?;
@@ -509,7 +525,7 @@ async fn a_v5_session_whose_node_died_resumes_on_a_survivor() -> Result<()> {
 /// a `$share/...` SUBSCRIBE with 0x9E, its CONNACK said 0.
 #[tokio::test]
 async fn shared_subscriptions_in_a_cluster_are_served_as_announced() -> Result<()> {
-    let cluster = GossipCluster::start("round-robin").await?;
+    let cluster = start_cluster().await?;
     let mut members = Vec::new();
     let mut refused = Vec::new();
     for i in 0..2 {
