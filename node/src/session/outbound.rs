@@ -61,8 +61,10 @@ impl ActiveSession {
             // A message too large for the client is not sent to it; it is
             // done with as if it had been (5.0 §3.1.2.11.4).
             let limit = v5.client.maximum_packet_size;
+            // Sized with the topic name and an alias: the most it can take.
             let message = &delivery.message;
-            let props = outgoing_properties(message, &delivery.subscription_ids, now_ms);
+            let mut props = outgoing_properties(message, &delivery.subscription_ids, now_ms);
+            props.topic_alias = Some(1);
             let size = publish_v5_len(&message.topic, message.payload.len(), delivery.qos, &props);
             if size.is_none_or(|size| size > limit) {
                 self.broker.stats().dropped(DropReason::TooLarge, 1);
@@ -88,12 +90,18 @@ impl ActiveSession {
             }
         };
         let message = &delivery.message;
-        let v5 = self
-            .v5
-            .as_ref()
-            .map(|_| outgoing_properties(message, &delivery.subscription_ids, now_ms));
+        let mut topic: &str = &message.topic;
+        let v5 = self.v5.as_mut().map(|v5| {
+            let naming = v5.outbound_topic(&message.topic);
+            if !naming.with_name {
+                topic = "";
+            }
+            let mut props = outgoing_properties(message, &delivery.subscription_ids, now_ms);
+            props.topic_alias = naming.alias;
+            props
+        });
         let publish = OutgoingPublish {
-            topic: &message.topic,
+            topic,
             payload: &message.payload,
             qos: delivery.qos,
             packet_id,

@@ -6,16 +6,17 @@
 //! Guaranteed (5.0 section in brackets): the node never has more QoS 1/2
 //! PUBLISH in flight to the client than its Receive Maximum [3.3.4], never
 //! sends a packet over its Maximum Packet Size (such a message is dropped
-//! for this client and counted) [3.1.2.11.4], never sends it a topic alias
-//! (the node's topic alias maximum toward clients is 0 in effect) and
-//! resolves the client's aliases up to [`TOPIC_ALIAS_MAXIMUM`] [3.3.2.3.4];
+//! for this client and counted) [3.1.2.11.4], uses at most the client's
+//! Topic Alias Maximum of aliases toward it (each topic named once, then
+//! by its alias; re-sends after a reconnect carry the name) and resolves
+//! the client's aliases up to [`TOPIC_ALIAS_MAXIMUM`] [3.3.2.3.4];
 //! a client over the node's [`RECEIVE_MAXIMUM`] is disconnected with 0x93
 //! [3.3.4]. Not done: enhanced authentication (any Authentication Method
-//! is refused with CONNACK 0x8C), server-sent topic aliases, and
-//! shared subscriptions in a cluster (SUBACK 0x9E; announced as
+//! is refused with CONNACK 0x8C), and shared subscriptions in a cluster (SUBACK 0x9E; announced as
 //! unavailable in that node's CONNACK; served without a cluster, see
 //! [`crate::router::shared`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::message::{unix_millis, Message, Properties};
@@ -78,6 +79,8 @@ pub struct ClientLimits {
     pub receive_maximum: u16,
     /// Largest packet it takes.
     pub maximum_packet_size: usize,
+    /// Topic aliases it takes from the node (0: none).
+    pub topic_alias_maximum: u16,
     /// Whether reason strings may go on acknowledgements.
     pub problem_information: bool,
 }
@@ -91,6 +94,7 @@ impl ClientLimits {
             maximum_packet_size: v5
                 .maximum_packet_size
                 .map_or(usize::MAX, |n| n.get() as usize),
+            topic_alias_maximum: v5.topic_alias_maximum,
             problem_information: v5.request_problem_information,
         }
     }
@@ -109,6 +113,21 @@ pub struct SessionV5 {
     pub expiry_was_zero: bool,
     /// Inbound topic aliases, index = alias − 1.
     aliases: Vec<Option<Arc<str>>>,
+    /// Outbound topic aliases: the alias each topic has on this
+    /// connection, and (index = alias − 1) the topic each alias stands for.
+    out_aliases: HashMap<Arc<str>, u16>,
+    out_topics: Vec<Arc<str>>,
+    /// The alias given next when all are taken (the oldest one, reused).
+    out_next: u16,
+}
+
+/// How a PUBLISH to the client names its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundTopic {
+    /// Send the topic name (false: the alias alone stands for it).
+    pub with_name: bool,
+    /// The alias the PUBLISH carries, setting it (with the name) or using it.
+    pub alias: Option<u16>,
 }
 
 /// Why an inbound topic alias cannot be used.
@@ -128,6 +147,46 @@ impl SessionV5 {
             session_expiry,
             expiry_was_zero: session_expiry == 0,
             aliases: Vec::new(),
+            out_aliases: HashMap::new(),
+            out_topics: Vec::new(),
+            out_next: 0,
+        }
+    }
+
+    /// How the next PUBLISH of `topic` names it, within the client's Topic
+    /// Alias Maximum (5.0 §3.3.2.3.4): a topic sent before goes by its
+    /// alias alone; a new one gets an alias (with its name), the next free
+    /// one or, all taken, the oldest one again. Call only for a PUBLISH
+    /// that is written.
+    pub fn outbound_topic(&mut self, topic: &Arc<str>) -> OutboundTopic {
+        let max = self.client.topic_alias_maximum;
+        if max == 0 {
+            return OutboundTopic {
+                with_name: true,
+                alias: None,
+            };
+        }
+        if let Some(&alias) = self.out_aliases.get(topic) {
+            return OutboundTopic {
+                with_name: false,
+                alias: Some(alias),
+            };
+        }
+        let alias = if self.out_topics.len() < usize::from(max) {
+            self.out_topics.push(topic.clone());
+            self.out_topics.len() as u16
+        } else {
+            let alias = self.out_next % max + 1;
+            self.out_next = alias % max;
+            let slot = usize::from(alias - 1);
+            let old = std::mem::replace(&mut self.out_topics[slot], topic.clone());
+            self.out_aliases.remove(&old);
+            alias
+        };
+        self.out_aliases.insert(topic.clone(), alias);
+        OutboundTopic {
+            with_name: true,
+            alias: Some(alias),
         }
     }
 
@@ -196,6 +255,7 @@ pub fn outgoing_properties<'a>(
         properties,
         expiry_secs,
         subscription_ids,
+        topic_alias: None,
     }
 }
 
@@ -208,6 +268,7 @@ mod tests {
         let client = ClientLimits {
             receive_maximum: 10,
             maximum_packet_size: 1000,
+            topic_alias_maximum: 2,
             problem_information: true,
         };
         SessionV5::new(client, 0)
@@ -234,6 +295,37 @@ mod tests {
             Err(AliasError::OutOfRange)
         );
         assert_eq!(s.resolve_alias("plain".into(), None), Ok("plain".into()));
+    }
+
+    #[test]
+    fn outbound_aliases_are_set_once_then_used_and_reused_oldest_first() {
+        let mut s = session();
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        let set = |alias| OutboundTopic {
+            with_name: true,
+            alias: Some(alias),
+        };
+        let used = |alias| OutboundTopic {
+            with_name: false,
+            alias: Some(alias),
+        };
+        assert_eq!(s.outbound_topic(&a), set(1));
+        assert_eq!(s.outbound_topic(&a), used(1));
+        assert_eq!(s.outbound_topic(&b), set(2));
+        // Both taken: c takes the oldest (1, a's); a then takes 2.
+        assert_eq!(s.outbound_topic(&c), set(1));
+        assert_eq!(s.outbound_topic(&c), used(1));
+        assert_eq!(s.outbound_topic(&a), set(2));
+        assert_eq!(s.outbound_topic(&b), set(1));
+        let mut none = session();
+        none.client.topic_alias_maximum = 0;
+        assert_eq!(
+            none.outbound_topic(&a),
+            OutboundTopic {
+                with_name: true,
+                alias: None
+            }
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod property {
     pub const RESPONSE_TOPIC: u8 = 0x08;
     pub const CORRELATION_DATA: u8 = 0x09;
     pub const SUBSCRIPTION_ID: u8 = 0x0B;
+    pub const TOPIC_ALIAS: u8 = 0x23;
     pub const REASON_STRING: u8 = 0x1F;
     pub const USER_PROPERTY: u8 = 0x26;
 }
@@ -44,6 +45,8 @@ pub struct PublishV5<'a> {
     pub expiry_secs: Option<u32>,
     /// The identifiers of the subscriptions it matched (5.0 §3.3.2.3.8).
     pub subscription_ids: &'a [u32],
+    /// The topic alias it sets or uses (5.0 §3.3.2.3.4).
+    pub topic_alias: Option<u16>,
 }
 
 fn string_len(s: &str) -> Result<usize, EncodeError> {
@@ -77,6 +80,9 @@ fn publish_properties_len(v5: &PublishV5<'_>) -> Result<usize, EncodeError> {
     }
     if v5.expiry_secs.is_some() {
         len += 5;
+    }
+    if v5.topic_alias.is_some() {
+        len += 3;
     }
     for id in v5.subscription_ids {
         len += 1 + varint::encoded_len(*id as usize);
@@ -118,6 +124,10 @@ fn put_publish_properties(out: &mut BytesMut, v5: &PublishV5<'_>) {
     if let Some(secs) = v5.expiry_secs {
         out.put_u8(property::MESSAGE_EXPIRY);
         out.put_u32(secs);
+    }
+    if let Some(alias) = v5.topic_alias {
+        out.put_u8(property::TOPIC_ALIAS);
+        out.put_u16(alias);
     }
     for id in v5.subscription_ids {
         out.put_u8(property::SUBSCRIPTION_ID);
@@ -351,6 +361,7 @@ mod tests {
             properties: Some(&properties),
             expiry_secs: Some(7),
             subscription_ids: &[3, 200_000],
+            topic_alias: Some(2),
         };
         let mut out = BytesMut::new();
         let publish = OutgoingPublish {
@@ -388,7 +399,7 @@ mod tests {
         assert_eq!(users, [("k", "1"), ("k", "2")]);
         let ids: Vec<u32> = got.subscription_ids.iter().map(|i| i.get()).collect();
         assert_eq!(ids, [3, 200_000]);
-        assert!(got.topic_alias.is_none());
+        assert_eq!(got.topic_alias.map(|a| a.get()), Some(2));
     }
 
     #[test]
@@ -528,7 +539,7 @@ mod tests {
                 payload in proptest::collection::vec(any::<u8>(), 0..64),
             ) {
                 let qos = Qos::from_bits(qos).unwrap();
-                let v5 = PublishV5 { properties: Some(&p), expiry_secs: expiry, subscription_ids: &ids };
+                let v5 = PublishV5 { properties: Some(&p), expiry_secs: expiry, subscription_ids: &ids, topic_alias: None };
                 let publish = OutgoingPublish {
                     topic: "t/1",
                     payload: &payload,
