@@ -92,6 +92,12 @@ impl Connection {
             })
             .await
             .context("waiting for CONNACK")?;
+        // 0x01 is no 5.0 reason code: it is 3.1.1's "unacceptable protocol
+        // version". scripts/bench looks for this wording.
+        ensure!(
+            !(protocol == Protocol::V5 && code == 0x01),
+            "the broker does not serve MQTT 5.0 (CONNACK 0x01, unacceptable protocol version)"
+        );
         ensure!(
             code == 0,
             "CONNACK refused the connection with {} code 0x{code:02X}",

@@ -215,7 +215,9 @@ pub fn parse(
     };
     let v5 = protocol == Protocol::V5;
     let packet = match first >> 4 {
-        2 if v5 => {
+        // A broker without 5.0 may refuse it with 3.1.1's CONNACK 0x01
+        // (unacceptable protocol version), which has no property block.
+        2 if v5 && !(body.len() == 2 && body[1] == 0x01) => {
             ensure!(body.len() >= 3, "CONNACK of {} bytes", body.len());
             Incoming::ConnAck {
                 return_code: body[1],

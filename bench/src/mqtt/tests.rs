@@ -196,6 +196,17 @@ fn v5_connack_suback_and_disconnect() {
         parse_all(&[0x20, 0x02, 0x00, 0x00], V5).is_err(),
         "no property block"
     );
+    let old = parse_all(&[0x20, 0x02, 0x00, 0x01], V5).unwrap().0;
+    assert!(
+        matches!(
+            old,
+            Incoming::ConnAck {
+                return_code: 0x01,
+                ..
+            }
+        ),
+        "a 3.1.1 broker's refusal of 5.0"
+    );
 
     let suback = [0x90, 0x09, 0x00, 0x01, 0x04, 0x1F, 0, 1, b'x', 0x01, 0x87];
     assert_eq!(
