@@ -86,6 +86,8 @@ def summary(scenarios, results, targets):
                 return pick(by_target.get(t.key, {}).get("report"), path)
 
             for us in ours:
+                if "not_served" in by_target.get(us.key, {}):
+                    continue
                 goal_here = goal_for(us.key, figure, goal)
                 mine = value(us)
                 candidates = [(value(p), p) for p in peers if value(p) is not None]
@@ -130,6 +132,8 @@ def before_after(scenarios, results, targets):
             figures.append(FIGURES[1])
         for figure, _, path, lower, _ in figures:
             for before_key, after_key in pairs:
+                if any("not_served" in by_target.get(k, {}) for k in (before_key, after_key)):
+                    continue
                 before = pick(by_target.get(before_key, {}).get("report"), path)
                 after = pick(by_target.get(after_key, {}).get("report"), path)
                 if before is None and after is None:
