@@ -1,7 +1,8 @@
 //! One MQTT client connection: a TCP stream with a read and a write buffer,
-//! the protocol version it speaks, and the CONNECT/SUBSCRIBE handshakes. Publishers and subscribers own one
-//! each and drive it from a single task (no split halves, no channels), so
-//! the bench spends its CPU on the broker's traffic and little else.
+//! the protocol version it speaks, and the CONNECT/SUBSCRIBE handshakes.
+//! Publishers and subscribers own one each and drive it from a single task
+//! (no split halves, no channels), so the bench spends its CPU on the
+//! broker's traffic and little else.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
