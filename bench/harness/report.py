@@ -2,8 +2,9 @@
 (AstraMQ against the best peer per figure), the per-scenario figures, and
 the JSON document with everything.
 
-`results[scenario_key][target_key]` is {"report": <astramq-bench JSON>} or
-{"error": "<why there is no report>"}.
+`results[scenario_key][target_key]` is {"report": <astramq-bench JSON>},
+{"error": "<why there is no report>"} or {"not_served": "<why>"} (the
+target does not speak the scenario's protocol).
 """
 
 # (figure, which scenarios, path into a report, lower is better, goal)
@@ -14,7 +15,7 @@ FIGURES = [
     ("Broker CPU-µs per delivered msg", lambda s: s.kind in ("fixed-rate", "flat-out"),
      ("broker_cpu_us_per_msg",), True, ("ratio", 0.6)),
     ("Delivered msg/s, flat out", lambda s: s.kind == "flat-out", ("delivered_per_s",), False, ("ratio", 1.2)),
-    ("p99 latency µs at 20k msg/s", lambda s: s.key in ("p2p-qos0-20k", "latency-qos1-20k"),
+    ("p99 latency µs at 20k msg/s", lambda s: s.key in ("p2p-qos0-20k", "latency-qos1-20k", "p2p-v5-qos0-20k"),
      ("latency", "p99_us"), True, ("ratio", 1.0)),
     ("Idle RSS per connection, bytes", lambda s: s.kind == "conn", ("rss_per_connection_bytes",), True,
      ("max", 1024)),
@@ -27,6 +28,15 @@ FIGURES = [
 # configurations (one node on Redis, behind the proxy) are reported, not
 # judged here: the proxy's goals are relative to direct connections.
 CLUSTER_TARGETS = ("astramq-routed", "astramq-broadcast")
+
+
+# Each baseline target and the current configuration it is the "before" of.
+BASELINES = {
+    "baseline-node": "astramq",
+    "baseline-redis": "astramq-redis",
+    "baseline-routed": "astramq-routed",
+    "baseline-broadcast": "astramq-broadcast",
+}
 
 
 def goal_for(target_key, figure, goal):
@@ -76,6 +86,8 @@ def summary(scenarios, results, targets):
                 return pick(by_target.get(t.key, {}).get("report"), path)
 
             for us in ours:
+                if "not_served" in by_target.get(us.key, {}):
+                    continue
                 goal_here = goal_for(us.key, figure, goal)
                 mine = value(us)
                 candidates = [(value(p), p) for p in peers if value(p) is not None]
@@ -101,6 +113,39 @@ def summary(scenarios, results, targets):
                     "lower_is_better": lower,
                     "goal": goal_text(goal_here, lower),
                     "met": met,
+                })
+    return rows
+
+
+def before_after(scenarios, results, targets):
+    """One row per (scenario, figure, configuration run both before and after):
+    the baseline binary's figure, the current one's and after / before."""
+    keys = {t.key for t in targets}
+    pairs = [(before, after) for before, after in BASELINES.items() if before in keys and after in keys]
+    rows = []
+    for scenario in scenarios:
+        by_target = results.get(scenario.key, {})
+        figures = []
+        if scenario.kind in ("fixed-rate", "flat-out"):
+            figures.append(FIGURES[0])
+        if scenario.kind == "flat-out":
+            figures.append(FIGURES[1])
+        for figure, _, path, lower, _ in figures:
+            for before_key, after_key in pairs:
+                if any("not_served" in by_target.get(k, {}) for k in (before_key, after_key)):
+                    continue
+                before = pick(by_target.get(before_key, {}).get("report"), path)
+                after = pick(by_target.get(after_key, {}).get("report"), path)
+                if before is None and after is None:
+                    continue
+                rows.append({
+                    "scenario": scenario.key,
+                    "figure": figure,
+                    "target": after_key,
+                    "before": before,
+                    "after": after,
+                    "ratio": after / before if before and after is not None else None,
+                    "lower_is_better": lower,
                 })
     return rows
 
@@ -141,6 +186,18 @@ def markdown(meta, scenarios, results, targets, rows):
             f"| {r['figure']} | {r['scenario']} | {config} | {fmt(r['value'])} | {best} | {ratio} | {r['goal']} | {met} |"
         )
 
+    changes = before_after(scenarios, results, targets)
+    if changes:
+        out += ["", "## Before / after (the --baseline binary against the current one)", ""]
+        out.append("| scenario | figure | configuration | before | after | after / before |")
+        out.append("|---|---|---|---:|---:|---:|")
+        for r in changes:
+            ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "–"
+            out.append(
+                f"| {r['scenario']} | {r['figure']} | {names.get(r['target'], r['target'])} | "
+                f"{fmt(r['before'])} | {fmt(r['after'])} | {ratio} |"
+            )
+
     out += ["", "## Load scenarios", ""]
     out.append(
         "| scenario | broker | delivered msg/s | sent msg/s | delivered / expected | p50 µs | p99 µs | "
@@ -153,6 +210,9 @@ def markdown(meta, scenarios, results, targets, rows):
         for t in targets:
             entry = results.get(s.key, {}).get(t.key, {})
             r = entry.get("report")
+            if r is None and "not_served" in entry:
+                out.append(f"| {s.key} | {t.name} | not served: {short(entry['not_served'])} |" + " |" * 9)
+                continue
             if r is None:
                 out.append(f"| {s.key} | {t.name} | error: {short(entry.get('error'))} |" + " |" * 9)
                 continue

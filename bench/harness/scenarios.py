@@ -1,6 +1,7 @@
 """Scenarios: the same astramq-bench invocations run against every target.
 
-All use 64-byte payloads. Fixed-rate scenarios measure cost (broker CPU-µs per
+All use 64-byte payloads and MQTT 3.1.1 except the `p2p-v5-*` ones, which
+repeat a 3.1.1 scenario's shape in MQTT 5.0 (`--protocol 5`). Fixed-rate scenarios measure cost (broker CPU-µs per
 delivered message) and latency at a load every broker sustains; flat-out
 scenarios measure throughput; `conn` measures idle-connection memory.
 `--quick` keeps the shapes but uses fewer clients and 1 s windows, for a smoke
@@ -21,12 +22,15 @@ class Scenario:
     args: list
     warmup: float = 0.0
     duration: float = 0.0
+    protocol: str = "3.1.1"  # or "5"
 
     def bench_args(self):
+        version = ["--protocol", self.protocol] if self.protocol != "3.1.1" else []
         if self.mode == "conn":
-            return list(self.args)
+            return [*self.args, *version]
         return [
             *self.args,
+            *version,
             "--payload", str(PAYLOAD),
             "--warmup", str(self.warmup),
             "--duration", str(self.duration),
@@ -85,6 +89,16 @@ def scenarios(quick=False):
         Scenario(
             "latency-qos1-20k", f"p2p {p2p}→{p2p} QoS 1, 20k msg/s total (latency)", kind="fixed-rate",
             args=[*p2p_shape, "-q", "1", "-r", per_pub_20k], **load,
+        ),
+        # MQTT 5.0: the shapes of p2p-qos1-max and p2p-qos0-20k, each message
+        # with an (empty) property block, acknowledgements as 5.0 allows.
+        Scenario(
+            "p2p-v5-qos1", f"MQTT 5.0 p2p {p2p}→{p2p} QoS 1, flat out (32 in flight)", kind="flat-out",
+            args=[*p2p_shape, "-q", "1", "--inflight", "32"], protocol="5", **load,
+        ),
+        Scenario(
+            "p2p-v5-qos0-20k", f"MQTT 5.0 p2p {p2p}→{p2p} QoS 0, 20k msg/s total", kind="fixed-rate",
+            args=[*p2p_shape, "-q", "0", "-r", per_pub_20k], protocol="5", **load,
         ),
         Scenario(
             "conn-idle", f"{conns // 1000}k idle connections", mode="conn", kind="conn",

@@ -7,6 +7,11 @@ subscribers should use and the PIDs whose CPU time and memory are the
 system's cost. `prepare(ctx)` installs or checks what it needs once per run.
 Register new targets in TARGETS; peers (compared against) have peer=True.
 
+MQTT 5.0 scenarios use the same `start` unless the target serves 5.0 on a
+listener of its own (`start_v5`, rumqttd). A broker that answers a 5.0
+CONNECT with 3.1.1's "unacceptable protocol version" (an older `--baseline`
+binary) is reported as not serving the scenario, not as failing it.
+
 Configurations are chosen to be comparable, not tuned: no persistence, no
 logging beyond warnings, 32 QoS 1/2 messages in flight per client where the
 broker lets us set it, and large per-client queues (MAX_QUEUED).
@@ -60,6 +65,18 @@ class Target:
     prepare: Callable
     start: Callable
     peer: bool
+    # Starts the target for MQTT 5.0 scenarios when 5.0 has its own listener.
+    start_v5: Optional[Callable] = None
+
+    def starter(self, protocol):
+        """The start function for a scenario's protocol ("3.1.1" or "5")."""
+        if protocol == "5" and self.start_v5:
+            return self.start_v5
+        return self.start
+
+
+class NotServed(Exception):
+    """The target does not serve the scenario's protocol."""
 
 
 # --- AstraMQ -----------------------------------------------------------------
@@ -185,10 +202,20 @@ def start_astramq_broadcast(ctx):
 # --- An older AstraMQ, for before/after comparisons in one run ----------------
 
 
-def prepare_baseline(ctx):
-    prepare_redis(ctx)
+def prepare_baseline_node(ctx):
     if ctx.baseline is None or not ctx.baseline.exists():
         raise RuntimeError("no --baseline binary given")
+
+
+def prepare_baseline(ctx):
+    prepare_redis(ctx)
+    prepare_baseline_node(ctx)
+
+
+def start_baseline_node(ctx):
+    """The `astramq` target (one node, embedded store) run by the baseline."""
+    proc, addr = start_astramq_node(ctx, name="baseline-node", binary=ctx.baseline)
+    return Running([addr], [addr], [proc.pid], [proc])
 
 
 def start_baseline_redis(ctx):
@@ -315,11 +342,13 @@ def prepare_rumqttd(ctx):
     subprocess.run(["cargo", "install", "rumqttd"], check=True, timeout=1800)
 
 
-def start_rumqttd(ctx):
+def start_rumqttd(ctx, version="v4"):
+    """rumqttd with one listener on loopback: `v4` (MQTT 3.1.1) or `v5`."""
     port = procs.free_port()
     conf = ctx.workdir / f"rumqttd-{port}.toml"
-    # Only a v4 listener on loopback: the stock config also opens v5,
-    # websocket, console and prometheus ports on 0.0.0.0.
+    # One listener, on loopback, in the scenario's protocol: the stock config
+    # opens v4, v5, websocket, console and prometheus ports on 0.0.0.0. The
+    # v5 listener takes the same settings as the v4 one.
     # rumqttd's outgoing in-flight window is fixed at 100 (router/iobufs.rs);
     # max_inflight_count is its per-connection incoming batch size.
     conf.write_text(
@@ -330,11 +359,11 @@ def start_rumqttd(ctx):
         "max_outgoing_packet_count = 200\n"
         "max_segment_size = 104857600\n"
         "max_segment_count = 10\n\n"
-        "[v4.1]\n"
-        'name = "v4-1"\n'
+        f"[{version}.1]\n"
+        f'name = "{version}-1"\n'
         f'listen = "127.0.0.1:{port}"\n'
         "next_connection_delay_ms = 0\n"
-        "[v4.1.connections]\n"
+        f"[{version}.1.connections]\n"
         "connection_timeout_ms = 60000\n"
         "max_payload_size = 1048576\n"
         "max_inflight_count = 100\n"
@@ -350,6 +379,10 @@ def start_rumqttd(ctx):
     return Running([addr], [addr], [proc.pid], [proc])
 
 
+def start_rumqttd_v5(ctx):
+    return start_rumqttd(ctx, "v5")
+
+
 TARGETS = {
     t.key: t
     for t in [
@@ -360,10 +393,11 @@ TARGETS = {
         Target("astramq-routed-linger", "AstraMQ 3 nodes routed, linger 1 ms", prepare_redis, start_astramq_routed_linger, peer=False),
         Target("astramq-broadcast", "AstraMQ 3 nodes broadcast, cross-node", prepare_redis, start_astramq_broadcast, peer=False),
         Target("astramq-proxy", "AstraMQ behind astramq-proxy", prepare_astramq_proxy, start_astramq_proxy, peer=False),
+        Target("baseline-node", "baseline: AstraMQ 1 node", prepare_baseline_node, start_baseline_node, peer=False),
         Target("baseline-redis", "baseline: 1 node on Redis", prepare_baseline, start_baseline_redis, peer=False),
         Target("baseline-routed", "baseline: 3 nodes routed", prepare_baseline, start_baseline_routed, peer=False),
         Target("baseline-broadcast", "baseline: 3 nodes broadcast", prepare_baseline, start_baseline_broadcast, peer=False),
         Target("mosquitto", "Mosquitto", prepare_mosquitto, start_mosquitto, peer=True),
-        Target("rumqttd", "rumqttd", prepare_rumqttd, start_rumqttd, peer=True),
+        Target("rumqttd", "rumqttd", prepare_rumqttd, start_rumqttd, peer=True, start_v5=start_rumqttd_v5),
     ]
 }

@@ -1,7 +1,8 @@
 //! One MQTT client connection: a TCP stream with a read and a write buffer,
-//! and the CONNECT/SUBSCRIBE handshakes. Publishers and subscribers own one
-//! each and drive it from a single task (no split halves, no channels), so
-//! the bench spends its CPU on the broker's traffic and little else.
+//! the protocol version it speaks, and the CONNECT/SUBSCRIBE handshakes.
+//! Publishers and subscribers own one each and drive it from a single task
+//! (no split halves, no channels), so the bench spends its CPU on the
+//! broker's traffic and little else.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::mqtt::{self, Incoming};
+use crate::mqtt::{self, Incoming, Protocol};
 
 /// Largest packet the bench accepts from a broker.
 pub const MAX_PACKET: usize = 1 << 20;
@@ -28,6 +29,15 @@ pub struct Connection {
     pub rbuf: BytesMut,
     /// Packets encoded but not yet written; flushed by [`Connection::flush`].
     pub wbuf: BytesMut,
+    /// The version sent in CONNECT; every packet is encoded and parsed in it.
+    pub protocol: Protocol,
+    /// QoS 1/2 publishes the broker takes in flight from this client: its
+    /// 5.0 Receive Maximum, or 65,535 (3.1.1 has no such limit).
+    pub receive_maximum: u16,
+    /// Highest QoS the broker accepts (5.0 Maximum QoS; 2 in 3.1.1).
+    pub maximum_qos: u8,
+    /// Keep-alive in force: the client's, or the 5.0 Server Keep Alive.
+    pub keep_alive: u16,
 }
 
 impl Connection {
@@ -36,6 +46,7 @@ impl Connection {
     pub async fn open(
         addr: SocketAddr,
         source: Option<IpAddr>,
+        protocol: Protocol,
         client_id: &str,
         keep_alive: u16,
         clean_session: bool,
@@ -59,26 +70,52 @@ impl Connection {
             stream,
             rbuf: BytesMut::with_capacity(READ_CHUNK),
             wbuf: BytesMut::with_capacity(READ_CHUNK),
+            protocol,
+            receive_maximum: u16::MAX,
+            maximum_qos: 2,
+            keep_alive,
         };
-        mqtt::encode_connect(&mut conn.wbuf, client_id, keep_alive, clean_session);
+        mqtt::encode_connect(
+            &mut conn.wbuf,
+            protocol,
+            client_id,
+            keep_alive,
+            clean_session,
+        );
         conn.flush().await?;
-        let code = conn
+        let (code, limits) = conn
             .expect(|p| match p {
-                Incoming::ConnAck { return_code } => Some(return_code),
+                Incoming::ConnAck {
+                    return_code,
+                    limits,
+                } => Some((return_code, limits)),
                 _ => None,
             })
             .await
             .context("waiting for CONNACK")?;
+        // 0x01 is no 5.0 reason code: it is 3.1.1's "unacceptable protocol
+        // version". scripts/bench looks for this wording.
+        ensure!(
+            !(protocol == Protocol::V5 && code == 0x01),
+            "the broker does not serve MQTT 5.0 (CONNACK 0x01, unacceptable protocol version)"
+        );
         ensure!(
             code == 0,
-            "CONNACK refused the connection with return code {code}"
+            "CONNACK refused the connection with {} code 0x{code:02X}",
+            match protocol {
+                Protocol::V311 => "return",
+                Protocol::V5 => "reason",
+            }
         );
+        conn.receive_maximum = limits.receive_maximum.unwrap_or(u16::MAX);
+        conn.maximum_qos = limits.maximum_qos.unwrap_or(2);
+        conn.keep_alive = limits.server_keep_alive.unwrap_or(keep_alive);
         Ok(conn)
     }
 
     /// Subscribes to `filters` at `qos` and waits for the SUBACK.
     pub async fn subscribe(&mut self, filters: &[String], qos: u8) -> Result<()> {
-        mqtt::encode_subscribe(&mut self.wbuf, 1, filters, qos);
+        mqtt::encode_subscribe(&mut self.wbuf, self.protocol, 1, filters, qos);
         self.flush().await?;
         let codes = self
             .expect(|p| match p {
@@ -87,9 +124,10 @@ impl Connection {
             })
             .await
             .context("waiting for SUBACK")?;
+        // Granted QoS 0..=2; 0x80 and up is a refusal (5.0 has several).
         ensure!(
-            codes.len() == filters.len() && codes.iter().all(|&c| c != 0x80),
-            "SUBACK refused a filter: {codes:?}"
+            codes.len() == filters.len() && codes.iter().all(|&c| c < 0x80),
+            "SUBACK refused a filter: {codes:02X?}"
         );
         Ok(())
     }
@@ -128,7 +166,7 @@ impl Connection {
     async fn expect<T>(&mut self, mut pick: impl FnMut(Incoming<'_>) -> Option<T>) -> Result<T> {
         let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         loop {
-            while let Some((packet, len)) = mqtt::parse(&self.rbuf, MAX_PACKET)? {
+            while let Some((packet, len)) = mqtt::parse(&self.rbuf, MAX_PACKET, self.protocol)? {
                 let picked = pick(packet);
                 self.rbuf.advance(len);
                 if let Some(value) = picked {

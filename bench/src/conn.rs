@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::client::Connection;
+use crate::mqtt::Protocol;
 use crate::probe;
 use crate::procstat::Watch;
 use crate::report::{ConnReport, LatencySummary};
@@ -32,6 +33,8 @@ pub struct ConnPlan {
     /// Limit on the whole connect phase.
     pub timeout: Duration,
     pub keep_alive: u16,
+    /// MQTT version every connection speaks.
+    pub protocol: Protocol,
     pub pids: Vec<u32>,
     pub label: String,
 }
@@ -62,11 +65,12 @@ pub async fn run(plan: ConnPlan) -> Result<ConnReport> {
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % plan.source_ips) as u8));
         let id = format!("bench-{run_tag}-c{i}");
         let permits = permits.clone();
-        let keep_alive = plan.keep_alive;
+        let (keep_alive, protocol) = (plan.keep_alive, plan.protocol);
         set.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let t0 = Instant::now();
-            let conn = Connection::open(addr, Some(source), &id, keep_alive, true).await?;
+            let conn =
+                Connection::open(addr, Some(source), protocol, &id, keep_alive, true).await?;
             anyhow::Ok((conn.stream, t0.elapsed()))
         });
     }

@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::Connection;
+use crate::mqtt::Protocol;
 use crate::procstat::Watch;
 use crate::report::{LatencySummary, LoadReport};
 use crate::{probe, procstat, publisher, subscriber};
@@ -44,6 +45,8 @@ pub struct LoadPlan {
     pub duration: Duration,
     pub topic_prefix: String,
     pub keep_alive: u16,
+    /// MQTT version every client speaks.
+    pub protocol: Protocol,
     pub connect_concurrency: usize,
     /// Subscribers keep persistent sessions (clean session = 0).
     pub persistent_subscribers: bool,
@@ -108,10 +111,10 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport> {
         } else {
             wildcard.clone()
         };
-        let (qos, keep_alive) = (plan.qos, plan.keep_alive);
+        let (qos, keep_alive, protocol) = (plan.qos, plan.keep_alive, plan.protocol);
         let clean = !plan.persistent_subscribers;
         async move {
-            let mut conn = Connection::open(addr, None, &id, keep_alive, clean).await?;
+            let mut conn = Connection::open(addr, None, protocol, &id, keep_alive, clean).await?;
             conn.subscribe(&[filter], qos).await?;
             Ok(conn)
         }
@@ -119,15 +122,15 @@ pub async fn run(plan: LoadPlan) -> Result<LoadReport> {
     .await
     .context("connecting subscribers")?;
     for conn in subs {
-        let task = subscriber::run(conn, shared.clone(), stop_rx.clone(), plan.keep_alive);
+        let task = subscriber::run(conn, shared.clone(), stop_rx.clone());
         tasks.spawn(task);
     }
 
     let pubs = connect_all(plan.publishers, plan.connect_concurrency, |i| {
         let addr = plan.pub_addrs[i % plan.pub_addrs.len()];
         let id = format!("bench-{run_tag}-p{i}");
-        let keep_alive = plan.keep_alive;
-        async move { Connection::open(addr, None, &id, keep_alive, true).await }
+        let (keep_alive, protocol) = (plan.keep_alive, plan.protocol);
+        async move { Connection::open(addr, None, protocol, &id, keep_alive, true).await }
     })
     .await
     .context("connecting publishers")?;

@@ -1,7 +1,8 @@
-//! `astramq-bench`: a load generator for MQTT 3.1.1 brokers.
+//! `astramq-bench`: a load generator for MQTT 3.1.1 and 5.0 brokers.
 //!
 //! # Layout
-//! - `mqtt`: the minimal client-side codec (encode what we send, parse what we get).
+//! - `mqtt`: the minimal client-side codec, 3.1.1 and 5.0 (encode what we send,
+//!   parse what we get).
 //! - `client`: one connection — TCP stream, buffers, CONNECT/SUBSCRIBE handshakes.
 //! - `probe`: the send timestamp carried in every payload.
 //! - `publisher` / `subscriber`: the per-client tasks of the `load` mode.
@@ -30,11 +31,13 @@ use anyhow::{ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+use crate::mqtt::Protocol;
+
 #[derive(Parser)]
 #[command(
     name = "astramq-bench",
     version,
-    about = "Load generator for MQTT 3.1.1 brokers: delivered msg/s, end-to-end latency, broker CPU-µs per message and RSS per connection."
+    about = "Load generator for MQTT 3.1.1 and 5.0 brokers: delivered msg/s, end-to-end latency, broker CPU-µs per message and RSS per connection."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -66,6 +69,17 @@ struct CommonArgs {
     /// MQTT keep-alive in seconds (some brokers refuse 0).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u16).range(1..))]
     keep_alive: u16,
+    /// MQTT version every client speaks: 3.1.1 (or 4) or 5 (or 5.0).
+    #[arg(long, default_value = "3.1.1", value_parser = parse_protocol)]
+    protocol: Protocol,
+}
+
+fn parse_protocol(text: &str) -> Result<Protocol, String> {
+    match text {
+        "3.1.1" | "4" => Ok(Protocol::V311),
+        "5" | "5.0" => Ok(Protocol::V5),
+        other => Err(format!("{other:?} is not 3.1.1 or 5")),
+    }
 }
 
 #[derive(Args)]
@@ -234,6 +248,7 @@ fn load_plan(a: LoadArgs) -> Result<load::LoadPlan> {
         duration,
         topic_prefix: a.topic_prefix.unwrap_or_else(|| format!("bench/{tag}")),
         keep_alive: a.common.keep_alive,
+        protocol: a.common.protocol,
         connect_concurrency: a.connect_concurrency,
         persistent_subscribers: a.persistent_subscribers,
         pids: a.common.pid,
@@ -250,6 +265,7 @@ fn conn_plan(a: ConnArgs) -> Result<conn::ConnPlan> {
         settle: seconds(a.settle, 600.0, "settle")?,
         timeout: seconds(a.timeout, 3600.0, "timeout")?,
         keep_alive: a.common.keep_alive,
+        protocol: a.common.protocol,
         pids: a.common.pid,
         label: a.common.label,
     })

@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use bytes::{Buf, Bytes};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
@@ -41,7 +41,8 @@ pub struct Config {
     pub payload: usize,
     /// Messages per second, or `None` for flat out.
     pub rate: Option<f64>,
-    /// Most QoS 1/2 messages awaiting acknowledgement.
+    /// Most QoS 1/2 messages awaiting acknowledgement (lowered to the
+    /// broker's 5.0 Receive Maximum when that is smaller).
     pub window: usize,
     /// Deliveries one message to this topic should cause.
     pub fanout: u64,
@@ -55,13 +56,19 @@ pub async fn run(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
+    ensure!(
+        config.qos <= conn.maximum_qos,
+        "the broker accepts publishes up to QoS {} only",
+        conn.maximum_qos
+    );
+    let window = config.window.min(usize::from(conn.receive_maximum));
     let mut payload = vec![0u8; config.payload];
     let mut packet_id: u16 = 0;
     let mut in_flight = 0usize;
     let started = Instant::now();
     // Messages the rate schedule has released so far.
     let mut released = 0u64;
-    let backlog_cap = config.window.max(QOS0_BATCH) as u64;
+    let backlog_cap = window.max(QOS0_BATCH) as u64;
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
 
@@ -72,7 +79,7 @@ pub async fn run(
         let mut n = if config.qos == 0 {
             QOS0_BATCH
         } else {
-            config.window - in_flight
+            window - in_flight
         };
         if let Some(rate) = config.rate {
             let scheduled = (started.elapsed().as_secs_f64() * rate) as u64;
@@ -100,6 +107,7 @@ pub async fn run(
                 };
                 mqtt::encode_publish(
                     &mut conn.wbuf,
+                    conn.protocol,
                     &config.topic,
                     config.qos,
                     packet_id,
@@ -147,7 +155,7 @@ pub async fn run(
 fn consume_acks(conn: &mut Connection, shared: &Shared) -> Result<usize> {
     let mut completed = 0;
     let mut used = 0;
-    while let Some((packet, len)) = mqtt::parse(&conn.rbuf[used..], MAX_PACKET)? {
+    while let Some((packet, len)) = mqtt::parse(&conn.rbuf[used..], MAX_PACKET, conn.protocol)? {
         used += len;
         match packet {
             Incoming::PubAck(_) | Incoming::PubComp(_) => completed += 1,

@@ -40,6 +40,8 @@ impl From<&Histogram<u64>> for LatencySummary {
 pub struct LoadReport {
     pub mode: &'static str,
     pub label: String,
+    /// MQTT version: "3.1.1" or "5.0".
+    pub protocol: &'static str,
     pub publishers: usize,
     pub subscribers: usize,
     pub wildcard_subscribers: usize,
@@ -89,6 +91,7 @@ impl LoadReport {
         LoadReport {
             mode: "load",
             label: plan.label.clone(),
+            protocol: plan.protocol.name(),
             publishers: plan.publishers,
             subscribers: plan.subscribers,
             wildcard_subscribers: plan.wildcard_subscribers,
@@ -126,8 +129,9 @@ impl LoadReport {
             None => pace,
         };
         let mut out = format!(
-            "load {}: {} pub -> {} sub (+{} wildcard), {} topics, QoS {}, {} B, {pace}, {:.1} s window\n",
+            "load {} (MQTT {}): {} pub -> {} sub (+{} wildcard), {} topics, QoS {}, {} B, {pace}, {:.1} s window\n",
             self.label,
+            self.protocol,
             self.publishers,
             self.subscribers,
             self.wildcard_subscribers,
@@ -171,6 +175,8 @@ impl LoadReport {
 pub struct ConnReport {
     pub mode: &'static str,
     pub label: String,
+    /// MQTT version: "3.1.1" or "5.0".
+    pub protocol: &'static str,
     pub requested: usize,
     pub connected: usize,
     pub failed: usize,
@@ -202,6 +208,7 @@ impl ConnReport {
         ConnReport {
             mode: "conn",
             label: plan.label.clone(),
+            protocol: plan.protocol.name(),
             requested: plan.connections,
             connected,
             failed,
@@ -220,8 +227,9 @@ impl ConnReport {
 
     pub fn human(&self) -> String {
         let mut out = format!(
-            "conn {}: {} of {} connected ({} failed) from {} source IPs in {:.2} s: {:.0} connects/s\n",
+            "conn {} (MQTT {}): {} of {} connected ({} failed) from {} source IPs in {:.2} s: {:.0} connects/s\n",
             self.label,
+            self.protocol,
             self.connected,
             self.requested,
             self.failed,

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{watch, Notify};
 
 use crate::client::{Connection, MAX_PACKET};
-use crate::mqtt::{self, Incoming};
+use crate::mqtt::{self, Incoming, Protocol};
 use crate::probe;
 
 /// State shared by all client tasks of one run. Counters are bumped once
@@ -89,10 +89,9 @@ pub async fn run(
     mut conn: Connection,
     shared: std::sync::Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    keep_alive: u16,
 ) -> Result<()> {
     // Subscribers may only receive, so they must ping to stay alive.
-    let period = Duration::from_secs(u64::from(keep_alive.max(2)) / 2);
+    let period = Duration::from_secs(u64::from(conn.keep_alive.max(2)) / 2);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
@@ -101,8 +100,13 @@ pub async fn run(
             read = conn.fill() => { read?; }
             _ = ping.tick() => mqtt::encode_pingreq(&mut conn.wbuf),
         }
-        let Connection { rbuf, wbuf, .. } = &mut conn;
-        consume(rbuf, wbuf, &shared)?;
+        let Connection {
+            rbuf,
+            wbuf,
+            protocol,
+            ..
+        } = &mut conn;
+        consume(rbuf, wbuf, *protocol, &shared)?;
         conn.flush().await?;
     }
     mqtt::encode_disconnect(&mut conn.wbuf);
@@ -111,7 +115,12 @@ pub async fn run(
 }
 
 /// Handles every whole packet in `rbuf`, queueing acknowledgements in `wbuf`.
-fn consume(rbuf: &mut BytesMut, wbuf: &mut BytesMut, shared: &Shared) -> Result<()> {
+fn consume(
+    rbuf: &mut BytesMut,
+    wbuf: &mut BytesMut,
+    protocol: Protocol,
+    shared: &Shared,
+) -> Result<()> {
     // One clock read per batch: the packets in it arrived together.
     let now = probe::now_ns();
     let mut latency = shared
@@ -120,7 +129,7 @@ fn consume(rbuf: &mut BytesMut, wbuf: &mut BytesMut, shared: &Shared) -> Result<
         .then(|| shared.latency.lock().expect("latency lock"));
     let mut delivered = 0;
     let mut used = 0;
-    while let Some((packet, len)) = mqtt::parse(&rbuf[used..], MAX_PACKET)? {
+    while let Some((packet, len)) = mqtt::parse(&rbuf[used..], MAX_PACKET, protocol)? {
         used += len;
         match packet {
             Incoming::Publish {
