@@ -306,7 +306,7 @@ impl MqttProxy {
             tracing::warn!("no backend reachable: answering CONNACK server unavailable");
             self.metrics.no_backend();
             let answer = Refusal::ServerUnavailable.connack(info.level);
-            let _ = write_and_flush(client, answer).await;
+            let _ = write_and_flush(client, &answer).await;
             return;
         };
         let (meters, _active) = self.metrics.routed(&backend.node_id);

@@ -61,6 +61,18 @@ pub enum ProtocolError {
     /// (empty without a clean session, or over 23 bytes in 3.1).
     #[error("client identifier rejected: {0}")]
     IdentifierRejected(&'static str),
+    /// A 5.0 packet that is well formed but breaks a rule the standard
+    /// names with its own reason code (0x82 protocol error, 0x94 topic
+    /// alias invalid) rather than 0x81 (malformed).
+    #[error("{packet} breaks the protocol: {reason}")]
+    Violation {
+        /// Which packet type was being read.
+        packet: &'static str,
+        /// What was wrong, for the log.
+        reason: &'static str,
+        /// The 5.0 reason code of the server's DISCONNECT.
+        code: u8,
+    },
 }
 
 /// Random input through the whole inbound path (framing, validation,

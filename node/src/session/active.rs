@@ -716,11 +716,13 @@ impl ActiveSession {
         End::ProtocolError(code, reason)
     }
 
-    /// A packet that could not be read: too large (0x95) or malformed
-    /// (0x81).
+    /// A packet that could not be read: too large (0x95), breaking a rule
+    /// with its own code (a 5.0 protocol error, 0x82 or 0x94), or
+    /// malformed (0x81).
     fn unreadable(&self, error: ProtocolError) -> End {
         let code = match &error {
             ProtocolError::Frame(FrameError::TooLarge { .. }) => reason::PACKET_TOO_LARGE,
+            ProtocolError::Violation { code, .. } => *code,
             _ => reason::MALFORMED_PACKET,
         };
         self.violation(code, error.to_string())

@@ -281,4 +281,4 @@ impl<'a> Cursor<'a> {
 mod tests;
 
 mod refusal;
-pub use refusal::Refusal;
+pub use refusal::{Refusal, RefusingConnack};

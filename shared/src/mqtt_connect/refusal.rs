@@ -34,7 +34,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The 3.1/3.1.1 CONNACK return code.
-    pub const fn v311_code(self) -> u8 {
+    pub fn v311_code(self) -> u8 {
         match self {
             Refusal::UnsupportedProtocol => 0x01,
             Refusal::IdentifierRejected => 0x02,
@@ -45,7 +45,7 @@ impl Refusal {
     }
 
     /// The 5.0 CONNACK reason code.
-    pub const fn v5_code(self) -> u8 {
+    pub fn v5_code(self) -> u8 {
         match self {
             Refusal::UnsupportedProtocol => 0x84,
             Refusal::IdentifierRejected => 0x85,
@@ -70,34 +70,32 @@ impl Refusal {
     /// The whole refusing CONNACK for a client of protocol `level`: four
     /// bytes for 3.1/3.1.1, five for 5.0 (session present 0, the reason
     /// code, an empty property block).
-    pub fn connack(self, level: u8) -> &'static [u8] {
-        // One static per answer, so callers write it without allocating.
-        macro_rules! answers {
-            ($($refusal:ident),*) => {
-                match (level, self) {
-                    $(
-                        (5, Refusal::$refusal) => {
-                            const V5: [u8; 5] = [0x20, 0x03, 0x00, Refusal::$refusal.v5_code(), 0x00];
-                            &V5
-                        }
-                        (_, Refusal::$refusal) => {
-                            const V3: [u8; 4] = [0x20, 0x02, 0x00, Refusal::$refusal.v311_code()];
-                            &V3
-                        }
-                    )*
-                }
-            };
+    pub fn connack(self, level: u8) -> RefusingConnack {
+        match level {
+            5 => RefusingConnack {
+                bytes: [0x20, 0x03, 0x00, self.v5_code(), 0x00],
+                len: 5,
+            },
+            _ => RefusingConnack {
+                bytes: [0x20, 0x02, 0x00, self.v311_code(), 0],
+                len: 4,
+            },
         }
-        answers!(
-            UnsupportedProtocol,
-            IdentifierRejected,
-            ServerUnavailable,
-            BadUserNameOrPassword,
-            NotAuthorized,
-            BadAuthenticationMethod,
-            QuotaExceeded,
-            PacketTooLarge
-        )
+    }
+}
+
+/// A refusing CONNACK's bytes, without an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefusingConnack {
+    bytes: [u8; 5],
+    len: usize,
+}
+
+impl std::ops::Deref for RefusingConnack {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -108,15 +106,15 @@ mod tests {
     #[test]
     fn each_version_gets_its_own_connack() {
         assert_eq!(
-            Refusal::ServerUnavailable.connack(4),
+            &*Refusal::ServerUnavailable.connack(4),
             &[0x20, 0x02, 0x00, 0x03]
         );
         assert_eq!(
-            Refusal::ServerUnavailable.connack(3),
+            &*Refusal::ServerUnavailable.connack(3),
             &[0x20, 0x02, 0x00, 0x03]
         );
         assert_eq!(
-            Refusal::ServerUnavailable.connack(5),
+            &*Refusal::ServerUnavailable.connack(5),
             &[0x20, 0x03, 0x00, 0x88, 0x00]
         );
         assert_eq!(Refusal::IdentifierRejected.connack(5)[3], 0x85);
@@ -124,7 +122,7 @@ mod tests {
         assert_eq!(Refusal::QuotaExceeded.connack(4)[3], 0x03);
         // An unknown level is answered as 3.1.1 answers.
         assert_eq!(
-            Refusal::UnsupportedProtocol.connack(6),
+            &*Refusal::UnsupportedProtocol.connack(6),
             &[0x20, 0x02, 0x00, 0x01]
         );
     }

@@ -23,6 +23,7 @@ use rmqtt_codec::{v3, v5};
 use tokio_util::codec::Decoder;
 
 use astramq_shared::mqtt_connect::{self, ConnectError};
+use astramq_shared::varint;
 
 use super::packets::*;
 use crate::message::Qos;
@@ -79,6 +80,13 @@ fn decode_any(
         }
         _ => wire_check::check_fixed_header_flags(header.first_byte)?,
     }
+    if version == Version::Mqtt5 {
+        // Before the codec, which would call these malformed (0x81). Most
+        // packets have an empty property block: one byte looked at.
+        if let Some(error) = v5_rejection(header.first_byte, body) {
+            return Err(error);
+        }
+    }
     let limit = u32::try_from(packet_len).unwrap_or(u32::MAX).max(1);
     let decoded = match version {
         Version::Mqtt5 => v5::Codec::new(limit, 0)
@@ -117,6 +125,82 @@ fn connect_version(packet: &[u8]) -> Result<Version, ProtocolError> {
 
 fn malformed(packet: &'static str, reason: &'static str) -> ProtocolError {
     ProtocolError::Malformed { packet, reason }
+}
+
+/// A 5.0 Protocol Error (DISCONNECT 0x82).
+fn violation(packet: &'static str, reason: &'static str) -> ProtocolError {
+    ProtocolError::Violation {
+        packet,
+        reason,
+        code: 0x82,
+    }
+}
+
+/// The rules of a 5.0 PUBLISH or SUBSCRIBE that the codec would refuse as
+/// malformed but that the standard gives their own reason code: a Topic
+/// Alias of 0 (0x94, MQTT-3.3.2-8), a Subscription Identifier in a
+/// PUBLISH from a client (MQTT-3.3.4-6) or of 0 in a SUBSCRIBE (0x82,
+/// 5.0 §3.8.2.1.2). `None` for anything else, a malformed block included
+/// (the codec then decides). A bounds-checked walk of the property block
+/// only, with no allocation.
+fn v5_rejection(first_byte: u8, body: &[u8]) -> Option<ProtocolError> {
+    let mut r = body;
+    let kind = first_byte >> 4;
+    let (packet, properties) = match kind {
+        wire_check::packet_type::PUBLISH => {
+            let topic = usize::from(u16::from_be_bytes([*r.first()?, *r.get(1)?]));
+            let id = if (first_byte >> 1) & 0b11 == 0 { 0 } else { 2 };
+            r = r.get(2 + topic + id..)?;
+            ("PUBLISH", properties_of(r)?)
+        }
+        wire_check::packet_type::SUBSCRIBE => ("SUBSCRIBE", properties_of(r.get(2..)?)?),
+        _ => return None,
+    };
+    let mut p = properties;
+    while let Some((&id, rest)) = p.split_first() {
+        p = rest;
+        let value_len = match id {
+            0x01 => 1,
+            0x02 => 4,
+            0x23 => {
+                let alias = u16::from_be_bytes([*p.first()?, *p.get(1)?]);
+                if alias == 0 {
+                    return Some(ProtocolError::Violation {
+                        packet,
+                        reason: "topic alias 0",
+                        code: 0x94,
+                    });
+                }
+                2
+            }
+            0x0B => {
+                let (value, used) = varint::decode(p).ok()??;
+                if packet == "PUBLISH" {
+                    return Some(violation(packet, "subscription identifier from a client"));
+                }
+                if value == 0 {
+                    return Some(violation(packet, "subscription identifier 0"));
+                }
+                used
+            }
+            0x03 | 0x08 | 0x09 => 2 + usize::from(u16::from_be_bytes([*p.first()?, *p.get(1)?])),
+            0x26 => {
+                let key = 2 + usize::from(u16::from_be_bytes([*p.first()?, *p.get(1)?]));
+                let value = p.get(key..key + 2)?;
+                key + 2 + usize::from(u16::from_be_bytes([value[0], value[1]]))
+            }
+            _ => return None,
+        };
+        p = p.get(value_len..)?;
+    }
+    None
+}
+
+/// The property block at the start of `r` (its length, then that many
+/// bytes), if it is all there.
+fn properties_of(r: &[u8]) -> Option<&[u8]> {
+    let (len, used) = varint::decode(r).ok()??;
+    r.get(used..used.checked_add(len)?)
 }
 
 fn qos_from(qos: rmqtt_codec::types::QoS) -> Qos {
@@ -338,14 +422,14 @@ fn check_v5(inbound: &Inbound) -> Result<(), ProtocolError> {
             }
             let alias = p.properties.as_ref().and_then(|props| props.topic_alias);
             if p.topic.is_empty() && alias.is_none() {
-                return Err(malformed("PUBLISH", "empty topic without a topic alias"));
+                return Err(violation("PUBLISH", "empty topic without a topic alias"));
             }
             if p.properties
                 .as_ref()
                 .is_some_and(|props| !props.subscription_ids.is_empty())
             {
                 // MQTT-3.3.4-6.
-                return Err(malformed(
+                return Err(violation(
                     "PUBLISH",
                     "subscription identifier from a client",
                 ));
@@ -359,7 +443,7 @@ fn check_v5(inbound: &Inbound) -> Result<(), ProtocolError> {
             for ((filter, _), options) in filters.iter().zip(options) {
                 if options.no_local && filter.starts_with("$share/") {
                     // MQTT-3.8.3-4.
-                    return Err(malformed("SUBSCRIBE", "No Local on a shared subscription"));
+                    return Err(violation("SUBSCRIBE", "No Local on a shared subscription"));
                 }
             }
         }

@@ -77,7 +77,7 @@ pub fn encode_connack(out: &mut BytesMut, session_present: bool) {
 /// Appends a CONNACK that refuses a client of `version` (3.1.1 form for
 /// 3.1/3.1.1, 5.0 form with an empty property block for 5.0).
 pub fn encode_connack_refusal(out: &mut BytesMut, version: Version, refusal: ConnackRefusal) {
-    out.extend_from_slice(refusal.connack(version.level()));
+    out.extend_from_slice(&refusal.connack(version.level()));
 }
 
 /// One PUBLISH to a subscriber, as [`encode_publish`] writes it.

@@ -382,3 +382,23 @@ fn v5_server_packets_from_a_client_are_refused() {
     // Reserved fixed-header flags.
     assert!(later(Version::Mqtt5, &[0xC1, 0x00]).is_err());
 }
+
+#[test]
+fn protocol_errors_are_told_apart_from_malformed_packets() {
+    let code = |raw: &[u8]| match later(Version::Mqtt5, raw) {
+        Err(ProtocolError::Violation { code, .. }) => Some(code),
+        Err(_) => None,
+        Ok(packet) => panic!("accepted: {packet:?}"),
+    };
+    // PUBLISH QoS 0 "t", properties: Topic Alias 0.
+    assert_eq!(code(&[0x30, 0x07, 0, 1, b't', 3, 0x23, 0, 0]), Some(0x94));
+    // PUBLISH QoS 0 "t", properties: Subscription Identifier 1.
+    assert_eq!(code(&[0x30, 0x06, 0, 1, b't', 2, 0x0B, 1]), Some(0x82));
+    // SUBSCRIBE id 1, properties: Subscription Identifier 0, filter "t" QoS 0.
+    assert_eq!(
+        code(&[0x82, 0x09, 0, 1, 2, 0x0B, 0, 0, 1, b't', 0]),
+        Some(0x82)
+    );
+    // A truncated property block is malformed, not a protocol error.
+    assert_eq!(code(&[0x30, 0x06, 0, 1, b't', 3, 0x23, 0]), None);
+}
