@@ -24,6 +24,8 @@
 //! - [`ws`]: [`ws::WsClient`], a byte-level MQTT client over WebSocket
 //!   (and WebSocket inside TLS), for the `--ws-listen`/`--wss-listen` tests.
 //! - [`signal`]: signals to a started process (the one `kill(2)`).
+//! - [`paho`]: the paho-mqtt Python client (3.1.1 and 5.0), installed
+//!   when missing.
 //! - [`v5`]: hand-encoded MQTT 5.0 packets and properties, a decoder,
 //!   and [`v5::Client5`], a byte-level 5.0 client (the 5.0 twin of
 //!   [`wire`] and [`raw`]).
@@ -36,6 +38,7 @@ pub mod chaos;
 pub mod client;
 pub mod node;
 pub mod observability;
+pub mod paho;
 pub mod proxy;
 pub mod raw;
 pub mod redis;

@@ -14,12 +14,12 @@ mod tls_pki;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Context, Result};
+use anyhow::{anyhow, ensure, Result};
 use astramq_tests::observability::cluster::node_metrics_addr;
 use astramq_tests::observability::exposition::Exposition;
+use astramq_tests::paho::{ensure_paho, DEBIAN_PYTHON};
 use astramq_tests::proxy::ProxyProcess;
 use astramq_tests::users::{add_user, TempDir};
 use astramq_tests::wire::{Connect, Publish};
@@ -367,34 +367,6 @@ if not got.wait(10):
     sys.exit("message not received")
 print("received")
 "#;
-
-/// Debian's python3, where python3-paho-mqtt lives.
-const DEBIAN_PYTHON: &str = "/usr/bin/python3";
-
-/// Makes sure paho-mqtt is importable by [`DEBIAN_PYTHON`], installing it
-/// with scripts/ensure-deps.sh when it is not.
-fn ensure_paho() -> Result<()> {
-    let importable = || {
-        Command::new(DEBIAN_PYTHON)
-            .args(["-c", "import paho.mqtt.client"])
-            .output()
-            .is_ok_and(|out| out.status.success())
-    };
-    if importable() {
-        return Ok(());
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new("bash")
-        .args(["-c", "source scripts/ensure-deps.sh && ensure_python3_paho"])
-        .current_dir(root)
-        .status()
-        .context("running scripts/ensure-deps.sh")?;
-    ensure!(
-        status.success() && importable(),
-        "cannot install python3-paho-mqtt"
-    );
-    Ok(())
-}
 
 /// Runs [`PAHO_ROUND_TRIP`] against `localhost:port`.
 async fn paho_round_trip(port: u16, ca: Option<&Path>, topic: &str) -> Result<()> {

@@ -1,6 +1,7 @@
 //! Independent clients (mosquitto -V 5, paho-mqtt MQTTv5, rumqttc v5), request/response (§4.10), WebSocket, and 5.0 through astramq-proxy.
 
 use super::*;
+use astramq_tests::paho::{ensure_paho, DEBIAN_PYTHON};
 
 /// Whether `name` is an executable on `PATH`.
 fn on_path(name: &str) -> bool {
@@ -152,30 +153,6 @@ print(got["corr"].hex(), got["payload"].decode())
 c.disconnect()
 c.loop_stop()
 "#;
-
-/// Debian's python3, where python3-paho-mqtt lives.
-const DEBIAN_PYTHON: &str = "/usr/bin/python3";
-
-/// Makes paho-mqtt importable by [`DEBIAN_PYTHON`] (scripts/ensure-deps.sh).
-fn ensure_paho() -> Result<()> {
-    let importable = || {
-        StdCommand::new(DEBIAN_PYTHON)
-            .args(["-c", "import paho.mqtt.client"])
-            .output()
-            .is_ok_and(|out| out.status.success())
-    };
-    if importable() {
-        return Ok(());
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    StdCommand::new("bash")
-        .args(["-c", "source scripts/ensure-deps.sh && ensure_python3_paho"])
-        .current_dir(root)
-        .status()
-        .context("running scripts/ensure-deps.sh")?;
-    ensure!(importable(), "cannot install python3-paho-mqtt");
-    Ok(())
-}
 
 /// §4.10 [MQTT-3.3.2-15], [MQTT-3.3.2-16]: a `rumqttc::v5` responder
 /// subscribed to the request topic answers on the request's Response

@@ -8,7 +8,7 @@
 //! sentinel message, a PINGRESP) has shown the node processed everything
 //! sent before it; every wait is bounded by the harness's `TIMEOUT`.
 
-use std::process::{Command as StdCommand, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
