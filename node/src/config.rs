@@ -40,7 +40,7 @@ const DEFAULT_HEARTBEAT_TTL_MS: u64 = 2000;
 #[command(
     name = "astramq-node",
     version,
-    about = "AstraMQ broker node: MQTT 3.1.1 over TCP, alone or in a Redis-backed cluster.",
+    about = "AstraMQ broker node: MQTT 5.0 and 3.1.1 over TCP, TLS and WebSocket, alone or in a Redis-backed cluster.",
     after_help = "Users: `astramq-node user add|remove|list NAME [--password-file FILE | --redis URL]` (see `astramq-node user --help`)."
 )]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]

@@ -71,8 +71,8 @@ async fn handshake(
         Err(answer) => {
             tracing::debug!(client_id = %untrusted(&connect.client_id), ?answer, "connection refused");
             broker.stats().refused(match answer {
-                Some(_) => Refusal::IdentifierRejected,
-                None => Refusal::BadConnect,
+                Some(ConnackRefusal::IdentifierRejected) => Refusal::IdentifierRejected,
+                _ => Refusal::BadConnect,
             });
             if let Some(code) = answer {
                 encode_connack_refusal(connection.output(), connect.version, code);
@@ -198,6 +198,15 @@ fn admit(broker: &Broker, connect: &ConnectPacket) -> Result<ClientId, Option<Co
         if will.payload.len() > limits.max_will_payload {
             broker.stats().limit_refused(LimitReason::WillPayload);
             return Err(None);
+        }
+        let says_utf8 = will
+            .v5
+            .as_ref()
+            .is_some_and(|v5| v5.properties.is_utf8_payload);
+        if says_utf8 && std::str::from_utf8(&will.payload).is_err() {
+            // 5.0 §3.1.3.2.3: a will marked UTF-8 must be (CONNACK 0x99).
+            broker.stats().protocol_errors.inc();
+            return Err(Some(ConnackRefusal::PayloadFormatInvalid));
         }
     }
     if connect.client_id.len() > limits.max_client_id_length {

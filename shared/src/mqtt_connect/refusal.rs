@@ -30,6 +30,9 @@ pub enum Refusal {
     QuotaExceeded,
     /// The CONNECT is larger than the broker takes.
     PacketTooLarge,
+    /// A will whose Payload Format Indicator says UTF-8 and whose payload
+    /// is not (5.0 only).
+    PayloadFormatInvalid,
 }
 
 impl Refusal {
@@ -38,7 +41,10 @@ impl Refusal {
         match self {
             Refusal::UnsupportedProtocol => 0x01,
             Refusal::IdentifierRejected => 0x02,
-            Refusal::ServerUnavailable | Refusal::QuotaExceeded | Refusal::PacketTooLarge => 0x03,
+            Refusal::ServerUnavailable
+            | Refusal::QuotaExceeded
+            | Refusal::PacketTooLarge
+            | Refusal::PayloadFormatInvalid => 0x03,
             Refusal::BadUserNameOrPassword => 0x04,
             Refusal::NotAuthorized | Refusal::BadAuthenticationMethod => 0x05,
         }
@@ -55,6 +61,7 @@ impl Refusal {
             Refusal::BadAuthenticationMethod => 0x8C,
             Refusal::QuotaExceeded => 0x97,
             Refusal::PacketTooLarge => 0x95,
+            Refusal::PayloadFormatInvalid => 0x99,
         }
     }
 

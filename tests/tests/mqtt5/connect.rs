@@ -197,16 +197,6 @@ async fn an_imposed_default_keep_alive_is_announced_as_server_keep_alive() -> Re
     Ok(())
 }
 
-/// The reason code of the CONNACK `connect` gets, after which the node
-/// must close the connection (§3.2.2.2 [MQTT-3.2.2-7]).
-async fn refusal(node: &NodeProcess, connect: &Connect5) -> Result<u8> {
-    let mut client = Client5::handshake(node.addr(), connect).await?;
-    let code = client.connack.reason;
-    ensure!(code >= 0x80, "expected a refusal, got {:?}", client.connack);
-    client.expect_closed(TIMEOUT).await?;
-    Ok(code)
-}
-
 /// §3.2.2.2, §3.1.3.1, §3.1.3.5: refusals carry 5.0 reason codes: a client
 /// identifier over `--max-client-id-length` gets 0x85 (Client Identifier
 /// not valid), a wrong password 0x86 (Bad User Name or Password), no

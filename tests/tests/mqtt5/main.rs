@@ -130,3 +130,13 @@ async fn expect_nothing_queued(client: &mut Client5) -> Result<()> {
     client.ping().await?;
     client.expect_quiet(QUIET).await
 }
+
+/// The reason code of the CONNACK `connect` gets, after which the node
+/// must close the connection (§3.2.2.2 [MQTT-3.2.2-7]).
+async fn refusal(node: &NodeProcess, connect: &Connect5) -> Result<u8> {
+    let mut client = Client5::handshake(node.addr(), connect).await?;
+    let code = client.connack.reason;
+    ensure!(code >= 0x80, "expected a refusal, got {:?}", client.connack);
+    client.expect_closed(TIMEOUT).await?;
+    Ok(code)
+}

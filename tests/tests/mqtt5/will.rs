@@ -143,3 +143,22 @@ async fn the_will_comes_when_the_session_ends_before_the_will_delay() -> Result<
     );
     Ok(())
 }
+
+/// §3.1.3.2.3, §3.2.2.2: a will whose Payload Format
+/// Indicator says UTF-8 but whose payload is not is refused with CONNACK
+/// 0x99 (Payload format invalid), and the same will with valid UTF-8 is
+/// accepted.
+#[tokio::test]
+async fn a_will_marked_utf8_that_is_not_gets_connack_0x99() -> Result<()> {
+    let node = NodeProcess::start()?;
+    let utf8 = || Properties::new().byte(id::PAYLOAD_FORMAT_INDICATOR, 1);
+    let bad = Will5::new("w/bad", &[0xC3, 0x28]).with_props(utf8());
+    let code = refusal(&node, &Connect5::new(&unique_id("bad")).will(bad)).await?;
+    ensure!(
+        code == 0x99,
+        "a will with an invalid UTF-8 payload got {code:#04x}"
+    );
+    let good = Will5::new("w/good", "ünï".as_bytes()).with_props(utf8());
+    let mut client = with_will(&node, &unique_id("good"), good, 0).await?;
+    client.ping().await
+}
