@@ -164,7 +164,7 @@ pub struct GossipCluster {
 impl GossipCluster {
     pub async fn start(balance: &str) -> Result<Self> {
         let redis = RedisProcess::start()?;
-        let gossip: Vec<SocketAddr> = (0..4).map(|_| free_gossip_addr()).collect::<Result<_>>()?;
+        let gossip: Vec<SocketAddr> = (0..3).map(|_| free_gossip_addr()).collect::<Result<_>>()?;
         let join = gossip[..3]
             .iter()
             .map(ToString::to_string)
@@ -185,12 +185,23 @@ impl GossipCluster {
                 ],
             )?);
         }
-        let proxy = ProxyProcess::start(&[
-            ("--node-id", &unique_id("px")),
-            ("--gossip-listen", &gossip[3].to_string()),
-            ("--join", &join),
-            ("--balance", balance),
-        ])?;
+        // Its gossip port is picked last and retried: a port found free
+        // earlier may have gone to a node's ephemeral listener meanwhile.
+        let mut attempts = 0;
+        let proxy = loop {
+            attempts += 1;
+            let started = ProxyProcess::start(&[
+                ("--node-id", &unique_id("px")),
+                ("--gossip-listen", &free_gossip_addr()?.to_string()),
+                ("--join", &join),
+                ("--balance", balance),
+            ]);
+            match started {
+                Ok(proxy) => break proxy,
+                Err(error) if attempts < 3 => eprintln!("proxy start retried: {error:#}"),
+                Err(error) => return Err(error),
+            }
+        };
         proxy.wait_for_backends(3, MEMBERSHIP).await?;
         Ok(GossipCluster {
             proxy,
