@@ -137,9 +137,17 @@ async fn a_silent_tls_socket_is_closed_at_the_connect_timeout() -> Result<()> {
 
 /// `mosquitto_sub --cafile` on the TLS port `port` receives one message
 /// that `publisher` (on a plain port) publishes until it arrives.
-async fn mosquitto_sub_receives(port: u16, ca: &Pki, publisher: &mut TestClient) -> Result<()> {
+/// `mosquitto_sub` speaking MQTT `version` (`mqttv311` or `mqttv5`) over
+/// TLS on `port` receives what `publisher` publishes.
+async fn mosquitto_sub_receives(
+    port: u16,
+    ca: &Pki,
+    publisher: &mut TestClient,
+    version: &str,
+) -> Result<()> {
     let topic = unique_id("tls/mosquitto");
     let subscriber = tokio::process::Command::new("mosquitto_sub")
+        .args(["-V", version])
         .args(["-h", "localhost", "-p", &port.to_string(), "--cafile"])
         .arg(ca.ca_file())
         .args([
@@ -188,7 +196,9 @@ async fn mosquitto_sub_with_cafile_receives_over_tls() -> Result<()> {
     let ca = Pki::new("mosq")?;
     let (node, tls_addr) = tls_node(&ca.server()?, &[])?;
     let mut publisher = TestClient::connect(node.addr(), &unique_id("pub")).await?;
-    mosquitto_sub_receives(tls_addr.port(), &ca, &mut publisher).await
+    mosquitto_sub_receives(tls_addr.port(), &ca, &mut publisher, "mqttv311").await?;
+    // MQTT 5.0 over the same TLS listener.
+    mosquitto_sub_receives(tls_addr.port(), &ca, &mut publisher, "mqttv5").await
 }
 
 /// Runs a node with `flags` that must refuse to start; its exit code and stderr.
@@ -349,6 +359,8 @@ async fn tls_proxy(node: &NodeProcess, server: &Identity) -> Result<(ProxyProces
     Ok((proxy, addr))
 }
 
+/// Through the proxy's TLS port: rumqttc (3.1.1) both ways, mosquitto_sub
+/// in MQTT 5.0; plain MQTT to that port is closed.
 #[tokio::test]
 async fn through_the_proxys_tls_port_rumqttc_and_mosquitto_connect_and_plain_mqtt_fails(
 ) -> Result<()> {
@@ -361,7 +373,7 @@ async fn through_the_proxys_tls_port_rumqttc_and_mosquitto_connect_and_plain_mqt
     round_trip(&mut secure, &mut plain, "ptls/in").await?;
     round_trip(&mut plain, &mut secure, "ptls/out").await?;
 
-    mosquitto_sub_receives(tls_addr.port(), &ca, &mut plain).await?;
+    mosquitto_sub_receives(tls_addr.port(), &ca, &mut plain, "mqttv5").await?;
 
     let mut raw = RawClient::connect_tcp(tls_addr).await?;
     raw.send(&Connect::new(&unique_id("raw")).encode()).await?;
