@@ -12,7 +12,10 @@ mod proxy_harness;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use astramq_tests::v5::{id, reason, Client5, Connect5, Packet5, Properties, Publish5, Will5};
+use astramq_tests::v5::{
+    application_properties, check_application_properties, id, reason, Client5, Connect5, Packet5,
+    Properties, Publish5, Will5,
+};
 use astramq_tests::{unique_id, within, within_for};
 
 use proxy_harness::{active_by_backend, grown, GossipCluster};
@@ -35,37 +38,13 @@ async fn start_cluster() -> Result<GossipCluster> {
 
 /// The properties a publisher sets, including a Message Expiry Interval.
 fn properties() -> Properties {
-    Properties::new()
-        .byte(id::PAYLOAD_FORMAT_INDICATOR, 1)
-        .four(id::MESSAGE_EXPIRY_INTERVAL, 300)
-        .text(id::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .text(id::RESPONSE_TOPIC, "c5/reply")
-        .binary(id::CORRELATION_DATA, &[0, 0xFF, 7, b'x'])
-        .user("k", "1")
-        .user("other", "x")
-        .user("k", "2")
+    application_properties().four(id::MESSAGE_EXPIRY_INTERVAL, 300)
 }
 
 /// Requires `got` to carry [`properties`] unchanged (User Properties in
 /// order with duplicates), its expiry at most 300 s and at least 280 s.
 fn check(got: &Publish5) -> Result<()> {
-    let sent = properties();
-    for prop in [
-        id::PAYLOAD_FORMAT_INDICATOR,
-        id::CONTENT_TYPE,
-        id::RESPONSE_TOPIC,
-        id::CORRELATION_DATA,
-    ] {
-        ensure!(
-            got.props.get(prop) == sent.get(prop) && got.props.count(prop) == 1,
-            "property {prop:#04x} changed between nodes: {got:?}"
-        );
-    }
-    ensure!(
-        got.props.users() == sent.users(),
-        "User Properties changed between nodes: {:?}",
-        got.props.users()
-    );
+    check_application_properties(&got.props).context("between nodes")?;
     let expiry = got.props.get_four(id::MESSAGE_EXPIRY_INTERVAL);
     ensure!(
         expiry.is_some_and(|s| (280..=300).contains(&s)),

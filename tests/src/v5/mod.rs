@@ -7,14 +7,17 @@
 //! - [`packet`]: CONNECT, PUBLISH, acks, SUBSCRIBE, UNSUBSCRIBE and
 //!   DISCONNECT builders; a decoder for what a server sends.
 //! - [`client`]: [`Client5`], a byte-level client that never acks on its own.
+//! - [`sample`]: the application properties tests publish, and their check.
 
 pub mod client;
 pub mod packet;
 pub mod props;
+pub mod sample;
 
 pub use client::Client5;
 pub use packet::{sub, Ack5, ConnAck5, Connect5, Disconnect5, Packet5, Publish5, SubAck5, Will5};
 pub use props::{id, Properties, Value};
+pub use sample::{application_properties, check_application_properties};
 
 /// Reason codes of §2.4 used by the tests.
 pub mod reason {

@@ -15,7 +15,10 @@ use anyhow::{bail, ensure, Context, Result};
 use astramq_tests::proxy::ProxyProcess;
 use astramq_tests::users::TempDir;
 use astramq_tests::v5::packet::{self as p5, puback};
-use astramq_tests::v5::{id, reason, sub, Client5, Connect5, Packet5, Properties, Publish5, Will5};
+use astramq_tests::v5::{
+    application_properties, check_application_properties, id, reason, sub, Client5, Connect5,
+    Packet5, Properties, Publish5, Will5,
+};
 use astramq_tests::wire::kind;
 use astramq_tests::{unique_id, within, within_for, NodeProcess, RawClient, QUIET, TIMEOUT};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -59,44 +62,6 @@ fn ack_reason(ack: Option<p5::Ack5>, expected: u8) -> Result<()> {
     ensure!(
         ack.reason == expected,
         "expected ack reason {expected:#04x}, got {ack:?}"
-    );
-    Ok(())
-}
-
-/// The properties a publisher sets that a subscriber must get unchanged.
-fn application_properties() -> Properties {
-    Properties::new()
-        .byte(id::PAYLOAD_FORMAT_INDICATOR, 1)
-        .text(id::CONTENT_TYPE, "application/json; charset=utf-8")
-        .text(id::RESPONSE_TOPIC, "reply/to/me")
-        .binary(id::CORRELATION_DATA, &[0x00, 0x01, 0xFE, 0xFF, b'c'])
-        .user("a", "1")
-        .user("b", "2")
-        .user("a", "3")
-        .user("ünï", "cödé")
-}
-
-/// Requires `got` to carry every property of [`application_properties`]
-/// with its value, and the User Properties in order with duplicates.
-fn check_application_properties(got: &Properties) -> Result<()> {
-    let sent = application_properties();
-    for prop in [
-        id::PAYLOAD_FORMAT_INDICATOR,
-        id::CONTENT_TYPE,
-        id::RESPONSE_TOPIC,
-        id::CORRELATION_DATA,
-    ] {
-        ensure!(
-            got.get(prop) == sent.get(prop) && got.count(prop) == 1,
-            "property {prop:#04x}: sent {:?}, got {got:?}",
-            sent.get(prop)
-        );
-    }
-    ensure!(
-        got.users() == sent.users(),
-        "User Properties: sent {:?}, got {:?}",
-        sent.users(),
-        got.users()
     );
     Ok(())
 }
