@@ -19,8 +19,7 @@
 //! On the embedded store everything is in memory; offline deliveries go to
 //! the store in one batch.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -86,7 +85,9 @@ pub struct Broker {
     /// given time (see [`RELEASE_GRACE`]).
     released: Mutex<Vec<(tokio::time::Instant, ClientId, Vec<String>)>>,
     /// Parked sessions with a 5.0 expiry, soonest first.
-    expiring: Mutex<BinaryHeap<Reverse<(tokio::time::Instant, SessionOwner)>>>,
+    /// One entry per client id (a later park replaces it), so memory is
+    /// bounded by the sessions held, not by how often clients reconnect.
+    expiring: Mutex<HashMap<ClientId, (tokio::time::Instant, u64)>>,
     /// Checks each CONNECT's credentials.
     auth: Authenticator,
     /// What clients may publish and subscribe to; `None` (no `--acl-file`):
@@ -178,7 +179,7 @@ impl Broker {
             incarnation: crate::message::unix_millis(),
             recent_publishes: Mutex::new(RecentIds::default()),
             released: Mutex::new(Vec::new()),
-            expiring: Mutex::new(BinaryHeap::new()),
+            expiring: Mutex::new(HashMap::new()),
             auth: Authenticator::anonymous(),
             acl: None,
             limits,
@@ -372,20 +373,32 @@ impl Broker {
             return; // Further off than the clock reaches: never.
         };
         let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
-        expiring.push(Reverse((due, owner)));
+        if expiring
+            .get(&owner.client_id)
+            .is_some_and(|(_, epoch)| *epoch > owner.epoch)
+        {
+            return; // A later park of the session set its own expiry.
+        }
+        expiring.insert(owner.client_id, (due, owner.epoch));
     }
 
-    /// Ends the sessions whose expiry is due.
+    /// Ends the sessions whose expiry is due (one pass over the parked
+    /// sessions with an expiry, once a second).
     async fn expire_due(&self) {
         let now = tokio::time::Instant::now();
         let due: Vec<SessionOwner> = {
             let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
             let mut due = Vec::new();
-            while expiring.peek().is_some_and(|Reverse((at, _))| *at <= now) {
-                if let Some(Reverse((_, owner))) = expiring.pop() {
-                    due.push(owner);
+            expiring.retain(|client_id, (at, epoch)| {
+                if *at > now {
+                    return true;
                 }
-            }
+                due.push(SessionOwner {
+                    client_id: client_id.clone(),
+                    epoch: *epoch,
+                });
+                false
+            });
             due
         };
         for owner in due {
@@ -445,9 +458,12 @@ impl Broker {
         })
     }
 
-    /// Forgets the parked-session record when the session is resumed here.
+    /// Forgets the parked-session record (and its expiry) when the session
+    /// is resumed here.
     pub fn session_resumed(&self, client_id: &ClientId) {
         self.offline_sessions().remove(client_id);
+        let mut expiring = self.expiring.lock().unwrap_or_else(|p| p.into_inner());
+        expiring.remove(client_id);
     }
 
     /// Takes over an offline persistent session of a dead node.
