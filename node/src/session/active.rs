@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use super::acks::OwedAcks;
 use super::read_mark::ReadMark;
 use super::v5::{
-    outgoing_properties, reason, ClientLimits, SessionV5, RECEIVE_MAXIMUM, TOPIC_ALIAS_MAXIMUM,
+    outgoing_properties, reason, reason_string, ClientLimits, SessionV5, RECEIVE_MAXIMUM,
+    TOPIC_ALIAS_MAXIMUM,
 };
 use super::will::Will;
 use super::window::{AckOutcome, OutgoingWindow};
@@ -905,7 +906,13 @@ impl ActiveSession {
         if let (Some(_), Some(code)) = (&self.v5, end.disconnect_reason()) {
             // What this turn encoded and must not leave was cleared
             // already (`unrecorded`); the DISCONNECT goes last.
-            encode_disconnect_v5(self.connection.output(), code, None);
+            // A protocol error says what was wrong (a DISCONNECT may carry a
+            // Reason String whatever Request Problem Information says).
+            let why = match &end {
+                End::ProtocolError(_, reason) => Some(reason_string(reason)),
+                _ => None,
+            };
+            encode_disconnect_v5(self.connection.output(), code, why);
         }
         let expiry = self.session_expiry();
         // Best effort: a client that does not read must not hold up takeover.

@@ -219,6 +219,19 @@ impl SessionV5 {
     }
 }
 
+/// Longest Reason String the node sends, in bytes.
+const MAX_REASON_STRING: usize = 200;
+
+/// `text` as a Reason String: at most [`MAX_REASON_STRING`] bytes, cut at
+/// a character boundary.
+pub fn reason_string(text: &str) -> &str {
+    let mut end = text.len().min(MAX_REASON_STRING);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// The node's message properties from a 5.0 PUBLISH's (or will's), with
 /// the expiry interval turned into a wall-clock deadline.
 pub fn message_properties(p: &PublishProperties) -> Properties {
@@ -326,6 +339,17 @@ mod tests {
                 alias: None
             }
         );
+    }
+
+    #[test]
+    fn reason_strings_are_cut_at_a_character_boundary() {
+        assert_eq!(reason_string("short"), "short");
+        let long = "é".repeat(150); // 300 bytes
+        let cut = reason_string(&long);
+        assert_eq!(cut.len(), 200);
+        assert!(cut.chars().all(|c| c == 'é'));
+        let odd = format!("x{long}"); // a 2-byte char across byte 200
+        assert_eq!(reason_string(&odd).len(), 199);
     }
 
     #[test]
