@@ -625,12 +625,9 @@ impl Broker {
             .router()
             .matches(&message.topic, message.publisher.as_ref());
         let sessions = self.registry.read();
-        let mut targets: Vec<(ClientId, Delivery)> = matches
-            .into_iter()
-            .map(|(client_id, matched)| (client_id, matched.deliver(message.clone())))
-            .collect();
-        targets.extend(self.choose_shared(message, &sessions, None));
-        if targets.is_empty() {
+        // Empty (no allocation) unless this node has shared subscriptions.
+        let shared = self.choose_shared(message, &sessions, None);
+        if matches.is_empty() && shared.is_empty() {
             self.stats.dropped(DropReason::NoSubscribers, 1);
             return routed;
         }
@@ -650,6 +647,10 @@ impl Broker {
                 .insert(id),
             None => true,
         };
+        let targets = matches
+            .into_iter()
+            .map(|(client_id, matched)| (client_id, matched.deliver(message.clone())))
+            .chain(shared);
         for (client_id, delivery) in targets {
             let session = sessions.get(&client_id);
             let durable = clustered

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
@@ -32,6 +33,31 @@ pub fn ensure_paho() -> Result<()> {
     ensure!(
         status.success() && importable(),
         "cannot install python3-paho-mqtt"
+    );
+    Ok(())
+}
+
+/// Runs `script` (`python3 -c`) with `args` within `limit`; it must exit
+/// with success and print exactly `expected` (surrounding space aside).
+pub async fn run_script(
+    script: &str,
+    args: &[&str],
+    limit: Duration,
+    expected: &str,
+) -> Result<()> {
+    let run = tokio::process::Command::new(DEBIAN_PYTHON)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let output = crate::within_for(limit, "the paho-mqtt script", run).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        output.status.success() && stdout.trim() == expected,
+        "paho-mqtt: {} {stdout} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
 }

@@ -67,7 +67,7 @@ pub fn frame(first_byte: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Appends a length-prefixed string or binary field.
-fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = u16::try_from(bytes.len()).expect("MQTT fields are at most 65535 bytes");
     out.extend(len.to_be_bytes());
     out.extend_from_slice(bytes);

@@ -16,10 +16,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use astramq_tests::observability::cluster::node_metrics_addr;
 use astramq_tests::observability::exposition::Exposition;
-use astramq_tests::paho::{ensure_paho, DEBIAN_PYTHON};
+use astramq_tests::paho::{ensure_paho, run_script};
 use astramq_tests::proxy::ProxyProcess;
 use astramq_tests::users::{add_user, TempDir};
 use astramq_tests::wire::{Connect, Publish};
@@ -371,26 +371,10 @@ print("received")
 /// Runs [`PAHO_ROUND_TRIP`] against `localhost:port`.
 async fn paho_round_trip(port: u16, ca: Option<&Path>, topic: &str) -> Result<()> {
     let ca = ca.map_or("-".to_owned(), |ca| ca.display().to_string());
-    let run = tokio::process::Command::new(DEBIAN_PYTHON)
-        .args([
-            "-c",
-            PAHO_ROUND_TRIP,
-            "localhost",
-            &port.to_string(),
-            &ca,
-            topic,
-        ])
-        .kill_on_drop(true)
-        .output();
-    let output = within("paho-mqtt", run).await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        output.status.success() && stdout.trim() == "received",
-        "paho {topic}: {} {stdout} {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
+    let args = ["localhost", &port.to_string(), &ca, topic];
+    run_script(PAHO_ROUND_TRIP, &args, TIMEOUT, "received")
+        .await
+        .with_context(|| format!("paho {topic}"))
 }
 
 #[tokio::test]

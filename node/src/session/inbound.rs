@@ -43,7 +43,9 @@ impl ActiveSession {
             if let Some(end) = self.check_v5_publish(&publish, &p) {
                 return end;
             }
-            properties = Some(Box::new(message_properties(&p)));
+            // Boxed only when there is something to carry.
+            let carried = message_properties(&p);
+            properties = (carried != Properties::default()).then(|| Box::new(carried));
         }
         if !is_valid_topic_name(&publish.topic) {
             let topic = untrusted(&publish.topic);
@@ -59,7 +61,7 @@ impl ActiveSession {
             return self.acknowledge_denied(&publish);
         }
         let mut message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain);
-        message.properties = properties.filter(|p| **p != Properties::default());
+        message.properties = properties;
         if self.has_no_local {
             message.publisher = Some(self.client_id.clone());
         }

@@ -147,12 +147,9 @@ pub fn read_varint(buf: &[u8]) -> Result<(u32, usize)> {
     bail!("variable byte integer truncated or longer than 4 bytes: {buf:02x?}")
 }
 
-/// Appends a two-byte length and `bytes` (§1.5.4, §1.5.6).
-pub(crate) fn put_field(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = u16::try_from(bytes.len()).expect("MQTT fields are at most 65535 bytes");
-    out.extend(len.to_be_bytes());
-    out.extend_from_slice(bytes);
-}
+/// Appends a two-byte length and `bytes` (§1.5.4, §1.5.6): the same
+/// field as 3.1.1's.
+pub(crate) use crate::wire::put_field;
 
 /// Reads a two-byte length and that many bytes from `buf` at `*at`.
 pub(crate) fn take_field(buf: &[u8], at: &mut usize) -> Result<Vec<u8>> {

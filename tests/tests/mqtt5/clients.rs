@@ -1,7 +1,7 @@
 //! Independent clients (mosquitto -V 5, paho-mqtt MQTTv5, rumqttc v5), request/response (§4.10), WebSocket, and 5.0 through astramq-proxy.
 
 use super::*;
-use astramq_tests::paho::{ensure_paho, DEBIAN_PYTHON};
+use astramq_tests::paho::{ensure_paho, run_script};
 
 /// Whether `name` is an executable on `PATH`.
 fn on_path(name: &str) -> bool {
@@ -210,21 +210,13 @@ async fn request_response_between_rumqttc_and_paho() -> Result<()> {
     });
     within("the responder's SUBACK", ready_rx).await??;
 
-    let run = tokio::process::Command::new(DEBIAN_PYTHON)
-        .args(["-c", PAHO_REQUESTER, "127.0.0.1", &node.port().to_string()])
-        .args([&request, &response, &unique_id("requester")])
-        .kill_on_drop(true)
-        .output();
-    let output = within_for(Duration::from_secs(15), "the paho requester", run).await??;
+    let port = node.port().to_string();
+    let requester = unique_id("requester");
+    let args = ["127.0.0.1", &port, &request, &response, &requester];
+    let expected = "007265712d3432ff answer to what time is it";
+    let asked = run_script(PAHO_REQUESTER, &args, Duration::from_secs(15), expected).await;
     serve.abort();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        output.status.success() && stdout.trim() == "007265712d3432ff answer to what time is it",
-        "paho requester: {} {stdout} {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
+    asked.context("the paho requester")
 }
 
 /// A 5.0 client through the proxy is routed to the node and served with
@@ -330,18 +322,15 @@ async fn paho_v5_over_websocket_carries_properties() -> Result<()> {
         .find_map(|line| line.strip_prefix("astramq-node listening on ws://"))
         .and_then(|addr| addr.trim().parse::<std::net::SocketAddr>().ok())
         .with_context(|| format!("no ws:// line; output:\n{}", node.log_tail()))?;
-    let run = tokio::process::Command::new(DEBIAN_PYTHON)
-        .args(["-c", PAHO_WS_V5, "127.0.0.1", &ws.port().to_string()])
-        .arg(unique_id("ws5/t"))
-        .kill_on_drop(true)
-        .output();
-    let output = within_for(Duration::from_secs(20), "paho over WebSocket", run).await??;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    ensure!(
-        output.status.success() && stdout.trim() == "text/x-ws a=1,b=2",
-        "paho: {} {stdout} {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
+    let port = ws.port().to_string();
+    let topic = unique_id("ws5/t");
+    let args = ["127.0.0.1", &port, &topic];
+    run_script(
+        PAHO_WS_V5,
+        &args,
+        Duration::from_secs(20),
+        "text/x-ws a=1,b=2",
+    )
+    .await
+    .context("paho over WebSocket")
 }
